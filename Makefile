@@ -1,0 +1,38 @@
+# glscl: `make reproduce` runs the whole course on the toy preset; `make test` runs every check.
+# Both create or refresh .venv first (pip, Python >= 3.10).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PRESET ?= toy
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv reproduce test lab export clean-nbs bench distclean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "glscl needs Python >= 3.10"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --user --name python3 --display-name "Python 3 (glscl)" >/dev/null
+	touch $(STAMP)
+
+# Run every notebook in order with papermill on $(PRESET); executed notebooks and figures go to runs/.
+reproduce: venv
+	$(PY) -m glscl.course --preset $(PRESET) --out runs/course
+
+test: venv
+	bash tests/run_all.sh
+
+lab: venv
+	$(VENV)/bin/jupyter lab nbs
+
+export: venv
+	$(VENV)/bin/nbdev-export && $(VENV)/bin/nbdev-clean
+
+bench: venv
+	$(PY) benchmarks/bench_similarity.py
+
+distclean:
+	rm -rf $(VENV) runs
