@@ -1,0 +1,110 @@
+"The GLSCL module: its forward against a slow per-pair reference, gradients, caches, chunks, compat switch."
+import pytest, torch, torch.nn.functional as F
+from glscl.config import load_config
+from glscl.model import GLSCL
+
+@pytest.fixture(scope='module')
+def cfg():
+    return load_config('toy', clip_pretrained='none', lim_dropout=0.0)
+
+@pytest.fixture(scope='module')
+def model(cfg):
+    torch.manual_seed(0)
+    return GLSCL(cfg).eval()
+
+def make_batch(B=4, N=5, L=10, S=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 49000, (B, L), generator=g)
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    for i, n in enumerate([10, 6, 3, 8][:B]):
+        ids[i, 0] = 49406; ids[i, n - 1] = 49407; ids[i, n:] = 0; mask[i, :n] = True
+    fm = torch.zeros(B, N, dtype=torch.bool)
+    for i, n in enumerate([5, 2, 4, 3][:B]): fm[i, :n] = True
+    frames = torch.randn(B, N, 3, S, S, generator=g) * fm[..., None, None, None]
+    return dict(ids=ids, mask=mask, frames=frames, frame_mask=fm)
+
+def reference_similarity(cfg, text, video):
+    "Slow, obvious S = Sim1 + lambda Sim2: per pair, build v_{a|b} from the valid frames, then the queries' mean dot."
+    T, V, K = len(text['eos']), len(video['frames']), text['query'].shape[1]
+    S = torch.zeros(T, V)
+    for a in range(T):
+        t = text['eos'][a]
+        for b in range(V):
+            f = video['frames'][b][video['mask'][b]]
+            w = torch.softmax(f @ t / cfg.gim_temp, 0)
+            v = (w[:, None] * f).sum(0)
+            sim1 = (t @ v) / (t.norm() * v.norm())
+            sim2 = sum(text['query'][a, k] @ video['query'][b, k] for k in range(K)) / K
+            S[a, b] = sim1 + cfg.sim_lambda * sim2
+    return S
+
+def test_similarity_matches_reference(model, cfg):
+    b = make_batch()
+    with torch.no_grad():
+        t, v = model.encode_text(b['ids'], b['mask']), model.encode_video(b['frames'], b['frame_mask'])
+        S = model.similarity(t, v)
+    assert torch.allclose(S, reference_similarity(cfg, t, v), atol=1e-5)
+    assert t['query'].shape == (4, cfg.n_queries, 128) and torch.allclose(t['query'].norm(dim=-1), torch.ones(4, cfg.n_queries), atol=1e-5)
+    with torch.no_grad(): s1 = model.similarity(t, v, use_lim=False)
+    assert torch.allclose(S - s1, cfg.sim_lambda * (t['query'].flatten(1) @ v['query'].flatten(1).T) / cfg.n_queries, atol=1e-5)
+
+def test_forward_losses_match_reference(model, cfg):
+    b = make_batch()
+    with torch.no_grad():
+        out = model(b)
+        t, v = model.encode_text(b['ids'], b['mask']), model.encode_video(b['frames'], b['frame_mask'])
+    S = reference_similarity(cfg, t, v)
+    s = model.logit_scale.exp().clamp(max=100)
+    B = len(S)
+    nce = 0.5 * (sum(-torch.log_softmax(s * S[i], 0)[i] for i in range(B)) / B + sum(-torch.log_softmax(s * S[:, i], 0)[i] for i in range(B)) / B)
+    qv, qt = v['query'], t['query']; K = qv.shape[1]
+    M = sum(qv[i] @ qt[i].T for i in range(B)) / K
+    icl = ((qv.mean(0) - qt.mean(0)) ** 2).mean() + cfg.icl_beta * sum((M[k, k] - cfg.icl_target) ** 2 for k in range(K))
+    G = sum(qv[i] @ qv[i].T for i in range(B)) / B
+    idl = cfg.idl_alpha * sum(F.relu(cfg.idl_margin + G[i, j] - G[i, i]) + F.relu(cfg.idl_margin + G[i, j] - G[j, j])
+                              for i in range(K) for j in range(K) if i != j) / (K * (K - 1))
+    for k, ref in dict(nce=nce, icl=icl, idl=idl).items(): assert torch.allclose(out[k], ref, atol=1e-5), k
+    assert torch.allclose(out['loss'], nce + icl + idl, atol=1e-5)
+
+def test_gradients_reach_every_part(cfg):
+    torch.manual_seed(1)
+    m = GLSCL(cfg).train()
+    m(make_batch())['loss'].backward()
+    for name, mod in [('lim', m.lim), ('temporal', m.temporal)]:
+        for pn, p in mod.named_parameters(): assert p.grad is not None and p.grad.abs().sum() > 0, f'{name}.{pn}'
+    assert m.lim.queries.grad.abs().sum() > 0 if hasattr(m.lim, 'queries') else True
+    assert m.clip.model.visual.conv1.weight.grad.abs().sum() > 0 and m.clip.model.token_embedding.weight.grad.abs().sum() > 0
+
+def test_chunked_equals_one_shot(model):
+    b = make_batch()
+    with torch.no_grad():
+        t, v = model.encode_text(b['ids'], b['mask']), model.encode_video(b['frames'], b['frame_mask'])
+        full = model.similarity(t, v)
+        for c in (1, 2, 3): assert torch.allclose(model.similarity(t, v, chunk_size=c), full, atol=1e-6)
+
+def test_similarity_never_reruns_the_decoder(model, monkeypatch):
+    b = make_batch()
+    with torch.no_grad():
+        t, v = model.encode_text(b['ids'], b['mask']), model.encode_video(b['frames'], b['frame_mask'])
+    monkeypatch.setattr(model.lim, 'forward', lambda *a, **k: (_ for _ in ()).throw(AssertionError('decoder re-run')))
+    with torch.no_grad(): model.similarity(t, v)
+
+def test_official_compat(cfg, model):
+    compat = GLSCL(cfg.replace(official_compat=True), encoder=model.clip).eval()
+    compat.load_state_dict(model.state_dict())
+    b = make_batch()
+    with torch.no_grad():
+        assert not torch.allclose(compat(b)['loss'], model(b)['loss'])
+        full = make_batch(); full['mask'][:] = True; full['frame_mask'][:] = True
+        full['ids'][:, -1] = 49407
+        assert torch.allclose(compat(full)['loss'], model(full)['loss'], atol=1e-5)
+
+def test_unshared_and_text_idl(cfg, model):
+    u = GLSCL(cfg.replace(share_queries=False, share_decoder=False), encoder=model.clip)
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(u.lim) == 2 * n(model.lim)
+    b = make_batch()
+    with torch.no_grad():
+        tx = GLSCL(cfg.replace(idl_text=True), encoder=model.clip).eval(); tx.load_state_dict(model.state_dict())
+        assert tx(b)['idl'] >= model(b)['idl']
+    with pytest.raises(ValueError, match='tt_init'): GLSCL(cfg.replace(tt_init='zeros'), encoder=model.clip)
