@@ -8,11 +8,11 @@ Docs: https://glscl.github.io/glscl/global_interaction.html.md"""
 # %% auto #0
 __all__ = ['GIM_BLOCK_ELEMENTS', 'frame_weights', 'global_interaction']
 
-# %% ../nbs/03_global_interaction.ipynb #3704dce2
+# %% ../nbs/03_global_interaction.ipynb #789b4b9d
 import torch
 from torch import Tensor
 
-# %% ../nbs/03_global_interaction.ipynb #9e7d6e00
+# %% ../nbs/03_global_interaction.ipynb #f9f882b0
 def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float):
     "Validate GIM inputs; return (eos, frames, mask) in a common float dtype and a bool mask."
     if not isinstance(eos, Tensor) or eos.ndim != 2:
@@ -34,37 +34,41 @@ def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: fl
     dt = torch.promote_types(torch.promote_types(eos.dtype, frames.dtype), torch.float32)
     return eos.to(dt), frames.to(dt), mask
 
-# %% ../nbs/03_global_interaction.ipynb #c5cb8aa2
-def _gim_scores(eos, frames_flat, mask, temp, official_compat):
-    "Scores s [t,v,N], unnormalised weights e [t,v,N] (zero on padding) and normaliser z [t,v] for one block."
-    v, n = mask.shape
-    s = (eos @ frames_flat.T).view(len(eos), v, n)           # one (t x D)(D x vN) product
-    x = s / temp
-    if official_compat:                                      # softmax over every slot, then mask (released code)
-        e = torch.exp(x - x.amax(-1, keepdim=True).detach())
+# %% ../nbs/03_global_interaction.ipynb #72da1f68
+def _gim_consts(eos, frames, mask, temp):
+    "Per-call constants: texts scaled by 1/temp, frames as [V*N, D], and an additive padding bias [V, N]."
+    bound = eos.norm(dim=-1).max() * frames.norm(dim=-1).max() / temp        # |x| <= bound for every score
+    bias = (~mask).to(eos.dtype) * -(2 * bound + 1000.)                        # exp(x + bias - max) == 0 exactly
+    return eos / temp, frames.flatten(0, 1), bias
+
+def _gim_block(eos_scaled, flat, bias, mask, official_compat):
+    "x = s/temp [t,v,N] (plus the bias on padding), unnormalised weights e [t,v,N] (0 on padding), normaliser z [t,v]."
+    x = (eos_scaled @ flat.T).view(len(eos_scaled), *mask.shape)             # one (t x D)(D x vN) product
+    if official_compat:                                                      # softmax over every slot, then mask
+        e = (x - x.amax(-1, keepdim=True).detach()).exp_()
         z = e.sum(-1)
         e = e * mask
-    else:                                                    # softmax over the valid frames only
-        x = x.masked_fill(~mask, float('-inf'))
-        e = torch.exp(x - x.amax(-1, keepdim=True).detach())
+    else:                                                                    # softmax over the valid frames only
+        x = x.add_(bias)
+        e = (x - x.amax(-1, keepdim=True).detach()).exp_()
         z = e.sum(-1)
-    return s, e, z
+    return x, e, z
 
 def frame_weights(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float = 3.0,
                   official_compat: bool = False) -> Tensor:
     "GIM's text-conditioned frame weights `w [T, V, N]`: softmax over each video's valid frames of `eos . frame / temp`."
     eos, frames, mask = _gim_inputs(eos, frames, frame_mask, temp)
-    _, e, z = _gim_scores(eos, frames.flatten(0, 1), mask, temp, official_compat)
+    _, e, z = _gim_block(*_gim_consts(eos, frames, mask, temp), mask, official_compat)
     return e / z[..., None]
 
-# %% ../nbs/03_global_interaction.ipynb #33801a7f
-GIM_BLOCK_ELEMENTS = 2 ** 21   # largest [t, v, N] temporary GIM builds when chunk_size is not given (8 MB in float32)
+# %% ../nbs/03_global_interaction.ipynb #b94e9d6d
+GIM_BLOCK_ELEMENTS = 2 ** 22   # largest [t, v, N] temporary GIM builds (16 MB in float32) unless chunk_size asks for more
 
 def _gim_blocks(T: int, V: int, N: int, chunk_size: int | None):
     "Texts per block and videos per block."
     if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer (texts per block) or None, got {chunk_size}")
-    tc = int(chunk_size) if chunk_size else max(1, min(T, GIM_BLOCK_ELEMENTS // (V * N)))
+    tc = int(chunk_size) if chunk_size else max(1, GIM_BLOCK_ELEMENTS // (V * N))
     tc = min(tc, max(T, 1))
     vc = V if tc * V * N <= GIM_BLOCK_ELEMENTS else max(1, GIM_BLOCK_ELEMENTS // (tc * N))
     return tc, vc
@@ -76,20 +80,18 @@ def global_interaction(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, t
     `chunk_size` = texts per block (default: automatic, bounded memory)."""
     eos, frames, mask = _gim_inputs(eos, frames, frame_mask, temp)
     T, V, N = len(eos), *mask.shape
-    flat = frames.flatten(0, 1)                              # [V*N, D]
-    gram = frames @ frames.transpose(1, 2)                   # [V, N, N], once per video
+    eos_scaled, flat, bias = _gim_consts(eos, frames, mask, temp)
+    gram = frames @ frames.transpose(1, 2)                                   # [V, N, N], once per video
     t_norm = eos.norm(dim=-1).clamp_min(eps)
     tc, vc = _gim_blocks(T, V, N, chunk_size)
     rows = []
     for i in range(0, T, tc):
         cols = []
         for j in range(0, V, vc):
-            m = mask[j:j + vc]
-            s, e, z = _gim_scores(eos[i:i + tc], flat[j * N:(j + vc) * N], m, temp, official_compat)
-            t_dot_v = torch.einsum('tvn,tvn->tv', e, s) / z
-            u = torch.einsum('tvn,vnm->tvm', e, gram[j:j + vc])          # w G, batched over videos
-            v_sq = torch.einsum('tvm,tvm->tv', u, e)                      # w^T G w (times z^2)
-            v_norm = (v_sq.clamp_min(eps * eps).sqrt() / z).clamp_min(eps)
-            cols.append(t_dot_v / (t_norm[i:i + tc, None] * v_norm))
+            x, e, z = _gim_block(eos_scaled[i:i + tc], flat[j * N:(j + vc) * N], bias[j:j + vc], mask[j:j + vc], official_compat)
+            t_dot_v = torch.einsum('tvn,tvn->tv', e, x) * (temp / z)
+            u = torch.einsum('tvn,vnm->tvm', e, gram[j:j + vc])              # e G, batched over videos
+            v_norm = (torch.einsum('tvm,tvm->tv', u, e).clamp_min(eps * eps).sqrt() / z).clamp_min(eps)
+            cols.append(t_dot_v / (v_norm * t_norm[i:i + tc, None]))
         rows.append(torch.cat(cols, 1))
     return torch.cat(rows, 0)
