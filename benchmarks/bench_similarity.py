@@ -24,13 +24,15 @@ def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
 
-def timed(fn, repeats, device, warmup=True):
-    "Median wall time of `repeats` runs (after one warm-up run if `warmup`); returns (seconds, last output)."
-    if warmup: fn(); sync(device)
-    times = []
+def interleaved(fns, repeats, device):
+    """Median wall time of each of `fns` (a dict), run in turn `repeats` times after one warm-up each, so that a
+    change in machine load hits all of them alike; returns ({name: seconds}, {name: last output})."""
+    outs = {k: f() for k, f in fns.items()}; sync(device)
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter(); out = fn(); sync(device); times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for k, f in fns.items():
+            t0 = time.perf_counter(); outs[k] = f(); sync(device); times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, outs
 
 
 def per_pair_sim1(eos, frames, mask, temp=3.0, chunk=50):
@@ -53,13 +55,11 @@ def bench_gim(T, V, N, D, repeats, device, g):
     eos = (torch.randn(T, D, generator=g) / D ** 0.5 * 8).to(device)
     frames = (torch.randn(V, N, D, generator=g) / D ** 0.5 * 8).to(device)
     mask = random_lengths(V, N, max(1, N // 2), g, device)
+    flat = frames.flatten(0, 1)
     with torch.inference_mode():
-        t_ours, s_ours = timed(lambda: global_interaction(eos, frames, mask), repeats, device)
-        t_pair, s_pair = timed(lambda: per_pair_sim1(eos, frames, mask), repeats, device)
-        flat = frames.flatten(0, 1)
-        t_floor, _ = timed(lambda: eos @ flat.T, repeats, device)
-    diff = (s_ours - s_pair).abs().max().item()
-    return dict(ours=t_ours, pair=t_pair, floor=t_floor, diff=diff)
+        t, out = interleaved(dict(floor=lambda: eos @ flat.T, ours=lambda: global_interaction(eos, frames, mask),
+                                  pair=lambda: per_pair_sim1(eos, frames, mask)), repeats, device)
+    return dict(t, diff=(out['ours'] - out['pair']).abs().max().item())
 
 
 def bench_heads(T, V, N, D, words, batch, repeats, device, g):
@@ -88,10 +88,8 @@ def bench_heads(T, V, N, D, words, batch, repeats, device, g):
         return torch.cat(rows)
 
     with torch.inference_mode():
-        t_cached, s_cached = timed(cached, repeats, device)
-        t_rel, s_rel = timed(released, min(repeats, 2), device)
-    diff = (s_cached - s_rel).abs().max().item()
-    return dict(cached=t_cached, released=t_rel, diff=diff)
+        t, out = interleaved(dict(cached=cached, released=released), min(repeats, 2), device)
+    return dict(t, diff=(out['cached'] - out['released']).abs().max().item())
 
 
 def main(argv=None):
@@ -113,8 +111,9 @@ def main(argv=None):
     bt = a.b_texts or (a.texts if device.type == 'cuda' else min(a.texts, 500))
     bv = a.b_videos or (a.videos if device.type == 'cuda' else min(a.videos, bt))
     g = torch.Generator().manual_seed(0)
-    print(f"device {device} ({threads} CPU threads), torch {torch.__version__}; median of {a.repeats} runs after a warm-up "
-          f"(the released scheme in (b): {min(a.repeats, 2)} runs)\n")
+    load = lambda: ' '.join(f'{x:.1f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
+    print(f"device {device} ({threads} CPU threads), torch {torch.__version__}; methods run in turn, median of "
+          f"{a.repeats} runs ({min(a.repeats, 2)} in (b)) after a warm-up each; load average before: {load()}\n")
 
     ok = True
     r = bench_gim(a.texts, a.videos, a.frames, a.dim, a.repeats, device, g)
@@ -140,7 +139,8 @@ def main(argv=None):
     print(f"    {'released: decode again per (text, video) batch':<48}{r['released']:>10.3f}")
     print(f"    speed-up of cached over released: {r['released'] / r['cached']:.1f}x; max |difference| = {r['diff']:.2e}")
     if r['diff'] >= 1e-4: ok = False; print("    FAIL: the two similarity matrices differ by >= 1e-4")
-    print("\nequality checks:", "passed" if ok else "FAILED")
+    print(f"\nload average after: {load()} (a load above {threads} means other processes shared the cores: times are noisy)")
+    print("equality checks:", "passed" if ok else "FAILED")
     return 0 if ok else 1
 
 

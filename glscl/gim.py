@@ -8,11 +8,11 @@ Docs: https://glscl.github.io/glscl/global_interaction.html.md"""
 # %% auto #0
 __all__ = ['GIM_BLOCK_ELEMENTS', 'frame_weights', 'global_interaction']
 
-# %% ../nbs/03_global_interaction.ipynb #789b4b9d
+# %% ../nbs/03_global_interaction.ipynb #30009406
 import torch
 from torch import Tensor
 
-# %% ../nbs/03_global_interaction.ipynb #f9f882b0
+# %% ../nbs/03_global_interaction.ipynb #48811277
 def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float):
     "Validate GIM inputs; return (eos, frames, mask) in a common float dtype and a bool mask."
     if not isinstance(eos, Tensor) or eos.ndim != 2:
@@ -22,6 +22,8 @@ def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: fl
     if eos.shape[1] != frames.shape[2]:
         raise ValueError(f"feature size mismatch: eos has D={eos.shape[1]} but frames have D={frames.shape[2]}; "
                          "both must come from the same joint embedding space")
+    if not (len(eos) and frames.shape[0] and frames.shape[1]):
+        raise ValueError(f"GIM needs at least one text and one video with a frame slot, got eos {tuple(eos.shape)}, frames {tuple(frames.shape)}")
     if frame_mask is None: frame_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
     if tuple(frame_mask.shape) != tuple(frames.shape[:2]):
         raise ValueError(f"frame_mask must be [V, N] = {tuple(frames.shape[:2])} to match frames, got {tuple(frame_mask.shape)}")
@@ -34,7 +36,7 @@ def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: fl
     dt = torch.promote_types(torch.promote_types(eos.dtype, frames.dtype), torch.float32)
     return eos.to(dt), frames.to(dt), mask
 
-# %% ../nbs/03_global_interaction.ipynb #72da1f68
+# %% ../nbs/03_global_interaction.ipynb #36614a94
 def _gim_consts(eos, frames, mask, temp):
     "Per-call constants: texts scaled by 1/temp, frames as [V*N, D], and an additive padding bias [V, N]."
     bound = eos.norm(dim=-1).max() * frames.norm(dim=-1).max() / temp        # |x| <= bound for every score
@@ -61,7 +63,7 @@ def frame_weights(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: 
     _, e, z = _gim_block(*_gim_consts(eos, frames, mask, temp), mask, official_compat)
     return e / z[..., None]
 
-# %% ../nbs/03_global_interaction.ipynb #b94e9d6d
+# %% ../nbs/03_global_interaction.ipynb #2c2944ec
 GIM_BLOCK_ELEMENTS = 2 ** 22   # largest [t, v, N] temporary GIM builds (16 MB in float32) unless chunk_size asks for more
 
 def _gim_blocks(T: int, V: int, N: int, chunk_size: int | None):
@@ -84,14 +86,15 @@ def global_interaction(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, t
     gram = frames @ frames.transpose(1, 2)                                   # [V, N, N], once per video
     t_norm = eos.norm(dim=-1).clamp_min(eps)
     tc, vc = _gim_blocks(T, V, N, chunk_size)
-    rows = []
+    ex, eGe, zs = [], [], []                                                  # [T, V] pieces, one per block
     for i in range(0, T, tc):
-        cols = []
         for j in range(0, V, vc):
             x, e, z = _gim_block(eos_scaled[i:i + tc], flat[j * N:(j + vc) * N], bias[j:j + vc], mask[j:j + vc], official_compat)
-            t_dot_v = torch.einsum('tvn,tvn->tv', e, x) * (temp / z)
             u = torch.einsum('tvn,vnm->tvm', e, gram[j:j + vc])              # e G, batched over videos
-            v_norm = (torch.einsum('tvm,tvm->tv', u, e).clamp_min(eps * eps).sqrt() / z).clamp_min(eps)
-            cols.append(t_dot_v / (v_norm * t_norm[i:i + tc, None]))
-        rows.append(torch.cat(cols, 1))
-    return torch.cat(rows, 0)
+            ex.append(torch.einsum('tvn,tvn->tv', e, x)); eGe.append(torch.einsum('tvm,tvm->tv', u, e)); zs.append(z)
+    def whole(parts):                                                         # blocks back to [T, V]
+        nv = -(-V // vc)
+        return torch.cat([torch.cat(parts[r * nv:(r + 1) * nv], 1) for r in range(len(parts) // nv)], 0)
+    ex, eGe, z = whole(ex), whole(eGe), whole(zs)
+    # t.v = temp * ex / z and |v| = max(sqrt(eGe) / z, eps); the z's cancel in the cosine
+    return temp * ex / (t_norm[:, None] * torch.maximum(eGe, (eps * z) ** 2).sqrt())

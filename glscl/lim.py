@@ -8,12 +8,12 @@ Docs: https://glscl.github.io/glscl/learnable_queries.html.md"""
 # %% auto #0
 __all__ = ['MODALITIES', 'LocalInteraction', 'cross_attention_maps', 'query_similarity']
 
-# %% ../nbs/04_learnable_queries.ipynb #aaf7ff7a
+# %% ../nbs/04_learnable_queries.ipynb #4044f55d
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-# %% ../nbs/04_learnable_queries.ipynb #d3c4e49b
+# %% ../nbs/04_learnable_queries.ipynb #4df11639
 MODALITIES = ('text', 'video')
 
 class LocalInteraction(nn.Module):
@@ -63,7 +63,7 @@ class LocalInteraction(nn.Module):
         tgt = queries.unsqueeze(0).expand(len(memory), -1, -1)
         return F.normalize(decoder(tgt, memory, memory_key_padding_mask=kpm), dim=-1)
 
-# %% ../nbs/04_learnable_queries.ipynb #84115f4a
+# %% ../nbs/04_learnable_queries.ipynb #056fab7c
 @torch.no_grad()
 def cross_attention_maps(lim: LocalInteraction, memory: Tensor, mask: Tensor | None = None, modality: str = 'video',
                          official_compat: bool = False, return_output: bool = False):
@@ -88,7 +88,7 @@ def cross_attention_maps(lim: LocalInteraction, memory: Tensor, mask: Tensor | N
     maps = torch.stack(maps)
     return (maps, x) if return_output else maps
 
-# %% ../nbs/04_learnable_queries.ipynb #f57b27dc
+# %% ../nbs/04_learnable_queries.ipynb #b3ba9dfa
 def query_similarity(qt: Tensor, qv: Tensor) -> Tensor:
     "Sim2 [T, V]: mean over the K query slots of the dot products of text query outputs `qt [T, K, D]` and video ones `qv [V, K, D]`."
     if qt.ndim != 3 or qv.ndim != 3:

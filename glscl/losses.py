@@ -8,12 +8,12 @@ Docs: https://glscl.github.io/glscl/inter_consistency.html.md"""
 # %% auto #0
 __all__ = ['contrastive_loss', 'consistency_matrix', 'inter_consistency_loss', 'intra_diversity_loss']
 
-# %% ../nbs/05_inter_consistency.ipynb #2cfa22cb
+# %% ../nbs/05_inter_consistency.ipynb #4a27bba3
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# %% ../nbs/05_inter_consistency.ipynb #9d73ee6b
+# %% ../nbs/05_inter_consistency.ipynb #45223787
 def contrastive_loss(sim: Tensor, logit_scale, max_scale: float = 100.0) -> Tensor:
     "Symmetric InfoNCE on square logits `sim [B, B]` (matched pairs on the diagonal), scale exp(logit_scale) clamped at `max_scale`."
     if not isinstance(sim, Tensor) or sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
@@ -22,7 +22,7 @@ def contrastive_loss(sim: Tensor, logit_scale, max_scale: float = 100.0) -> Tens
     labels = torch.arange(len(sim), device=sim.device)
     return 0.5 * (F.cross_entropy(scale * sim, labels) + F.cross_entropy(scale * sim.T, labels))
 
-# %% ../nbs/05_inter_consistency.ipynb #435b4f6c
+# %% ../nbs/05_inter_consistency.ipynb #76b58671
 def _check_queries(name: str, q: Tensor):
     if not isinstance(q, Tensor) or q.ndim != 3:
         raise ValueError(f"{name} must be query outputs [B, K, D], got {getattr(q, 'shape', type(q))}")
@@ -41,7 +41,7 @@ def inter_consistency_loss(qv: Tensor, qt: Tensor, beta: float, target: float = 
     M = consistency_matrix(qv, qt, norm)
     return F.mse_loss(qv.mean(0), qt.mean(0)) + beta * (M.diagonal() - target).pow(2).sum()
 
-# %% ../nbs/06_intra_diversity.ipynb #9314abbb
+# %% ../nbs/06_intra_diversity.ipynb #8ed2b00a
 def intra_diversity_loss(q: Tensor, alpha: float, margin: float = 0.1) -> Tensor:
     "IDL on the query outputs `q [B, K, D]` of one modality: two-sided margin ranking of G = mean_b q_b q_b^T, times alpha."
     _check_queries('q', q)

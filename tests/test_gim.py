@@ -165,5 +165,7 @@ def test_errors(batch):
         global_interaction(eos, frames[0], mask)
     with pytest.raises(ValueError, match='temp'):
         global_interaction(eos, frames, mask, temp=0)
+    with pytest.raises(ValueError, match='at least one text'):
+        global_interaction(eos[:0], frames, mask)
     with pytest.raises(ValueError, match='chunk_size'):
         global_interaction(eos, frames, mask, chunk_size=0)
