@@ -8,12 +8,12 @@ Docs: https://glscl.github.io/glscl/cli.html.md"""
 # %% auto #0
 __all__ = ['parser', 'main']
 
-# %% ../nbs/13_cli.ipynb #a41713cc
+# %% ../nbs/13_cli.ipynb #89b47308
 import argparse, sys
 from pathlib import Path
 from .config import load_config, list_presets, run_course
 
-# %% ../nbs/13_cli.ipynb #ff6c0029
+# %% ../nbs/13_cli.ipynb #1a4a3df4
 def _presets(a):
     if not a.name:
         for n in list_presets(): print(f"{n:<16} {load_config(n).description}")

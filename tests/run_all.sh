@@ -15,4 +15,4 @@ if [ "$before" != "$after" ]; then
   exit 1
 fi
 echo "nbdev-export and nbdev-clean leave no diff"
-$BIN/python -m pytest -q -rs "$@" tests
+$BIN/python -m pytest -q -rs --durations=12 "$@" tests
