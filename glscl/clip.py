@@ -10,7 +10,7 @@ __all__ = ['log', 'TINY_CLIP', 'TINY_RECIPE', 'register_tiny_clip', 'data_dir', 
            'TemporalTransformer', 'clip_contrastive_targets', 'pretrain_tiny_clip', 'tiny_clip_checkpoint',
            'frame_caption_recall']
 
-# %% ../nbs/02_clip_encoding.ipynb #2df43607
+# %% ../nbs/02_clip_encoding.ipynb #8e1c0f41
 import json, logging, os, socket, tempfile, time
 from copy import deepcopy
 from pathlib import Path
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/02_clip_encoding.ipynb #595d63c7
+# %% ../nbs/02_clip_encoding.ipynb #d732c3ec
 TINY_CLIP = dict(embed_dim=128,
                  vision_cfg=dict(image_size=64, layers=4, width=128, patch_size=8, head_width=32),
                  text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=4, layers=4))
@@ -35,7 +35,7 @@ def register_tiny_clip():
 
 register_tiny_clip()
 
-# %% ../nbs/02_clip_encoding.ipynb #a5892d92
+# %% ../nbs/02_clip_encoding.ipynb #caddc775
 def data_dir() -> Path:
     "Where generated data and weights are cached: $GLSCL_DATA, else the repository's data/, else ~/.cache/glscl."
     if os.environ.get('GLSCL_DATA'): return Path(os.environ['GLSCL_DATA'])
@@ -68,7 +68,7 @@ def resolve_pretrained(model_name: str, tag: str) -> str:
             f"and pass its path: load_clip('{model_name}', '/path/to/checkpoint.pt').")
     return open_clip.download_pretrained(cfg)
 
-# %% ../nbs/02_clip_encoding.ipynb #fc5f1ac5
+# %% ../nbs/02_clip_encoding.ipynb #e840b857
 def _read_checkpoint(path: Path) -> tuple:
     "State dict of an open_clip checkpoint or an OpenAI JIT archive, and whether it was a JIT archive (QuickGELU)."
     import warnings
@@ -101,7 +101,7 @@ def _load_weights(model, sd: dict, path: Path, model_name: str):
                          + ". Pass the model name the checkpoint was trained with.")
     model.load_state_dict(sd)
 
-# %% ../nbs/02_clip_encoding.ipynb #4810f9cc
+# %% ../nbs/02_clip_encoding.ipynb #8b8079b6
 class ClipEncoder(nn.Module):
     "An open_clip CLIP (`.model`) that returns token-level text features and frame-level video features."
     def __init__(self, model, model_name: str = ''):
@@ -145,7 +145,7 @@ class ClipEncoder(nn.Module):
         out[keep] = feats
         return out.view(B, N, -1)
 
-# %% ../nbs/02_clip_encoding.ipynb #2dae8842
+# %% ../nbs/02_clip_encoding.ipynb #b9f1ce5d
 def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', precision: str = 'fp32') -> ClipEncoder:
     "A `ClipEncoder` of open_clip `model_name` with weights `pretrained`: a tag, a checkpoint path, 'toy' (glscl-tiny) or None."
     register_tiny_clip()
@@ -174,7 +174,7 @@ def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', p
     if precision == 'fp16' and torch.device(device).type == 'cuda': model = model.half()
     return ClipEncoder(model, model_name).eval()
 
-# %% ../nbs/02_clip_encoding.ipynb #ec65ab8f
+# %% ../nbs/02_clip_encoding.ipynb #48044b8d
 class TemporalTransformer(nn.Module):
     "F <- TT(F + P) + F over the frames of a video, with a frame padding mask."
     def __init__(self, width: int, n_layers: int = 4, heads: int = 8, n_positions: int = 77):
@@ -209,7 +209,7 @@ class TemporalTransformer(nn.Module):
         for blk in self.blocks: x = blk(x, attn_mask=am)
         return (x + frames) * mask[..., None].to(frames.dtype)
 
-# %% ../nbs/02_clip_encoding.ipynb #5c94e144
+# %% ../nbs/02_clip_encoding.ipynb #252257af
 def clip_contrastive_targets(caption_ids: torch.Tensor) -> torch.Tensor:
     "Soft targets [B,B]: row i spreads evenly over the items whose caption equals item i's."
     same = (caption_ids[:, None] == caption_ids[None, :]).float()
@@ -243,7 +243,7 @@ def pretrain_tiny_clip(steps: int = 300, batch_size: int = 128, lr: float = 1e-3
         if step % 10 == 0: bar.set_postfix(loss=f'{loss.item():.3f}')
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-# %% ../nbs/02_clip_encoding.ipynb #460c57d8
+# %% ../nbs/02_clip_encoding.ipynb #c258f1b2
 TINY_RECIPE = dict(steps=300, batch_size=128, lr=1e-3, seed=0, n_frames=8192)
 
 def _atomic_save(obj, path: Path):
@@ -267,7 +267,7 @@ def tiny_clip_checkpoint(path=None, rebuild: bool = False) -> Path:
     log.info(f"pretrained glscl-tiny in {time.time() - t0:.0f} s -> {path}")
     return path
 
-# %% ../nbs/02_clip_encoding.ipynb #c53bf8ec
+# %% ../nbs/02_clip_encoding.ipynb #fa9c5821
 @torch.no_grad()
 def frame_caption_recall(encoder: ClipEncoder, n: int = 512, seed: int = 12345) -> dict:
     "Zero-shot R@1/R@5 of held-out toy frames against every distinct frame caption, and chance."
