@@ -8,7 +8,7 @@ Docs: https://glscl.github.io/glscl/model.html.md"""
 # %% auto #0
 __all__ = ['GLSCL']
 
-# %% ../nbs/07_model.ipynb #c4b29f3c
+# %% ../nbs/07_model.ipynb #88aa7ca6
 import torch, torch.nn as nn
 from fastcore.basics import patch
 from .clip import load_clip, ClipEncoder, TemporalTransformer
@@ -16,7 +16,7 @@ from .gim import global_interaction
 from .lim import LocalInteraction, query_similarity
 from .losses import contrastive_loss, inter_consistency_loss, intra_diversity_loss
 
-# %% ../nbs/07_model.ipynb #73fa57cd
+# %% ../nbs/07_model.ipynb #262bdfb7
 class GLSCL(nn.Module):
     "GLSCL: CLIP + temporal transformer + GIM (Sim1) + shared LIM (Sim2), trained with NCE + ICL + IDL."
     def __init__(self, cfg, encoder: ClipEncoder = None):
@@ -39,7 +39,7 @@ class GLSCL(nn.Module):
     @property
     def logit_scale(self): return self.clip.logit_scale
 
-# %% ../nbs/07_model.ipynb #75b1f17f
+# %% ../nbs/07_model.ipynb #4a78e8f3
 @patch
 def encode_text(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     "Per-text cache: eos [T,D], tokens [T,L,D], mask [T,L], query [T,K,D]."
@@ -51,13 +51,12 @@ def encode_text(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor) -> dict:
 @patch
 def encode_video(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
     "Per-video cache: frames [V,N,D] (after the temporal transformer), mask [V,N], query [V,K,D]."
-    compat = self.cfg.official_compat
-    f = self.clip.encode_frames(frames, None if compat else frame_mask).float()
-    f = self.temporal(f, frame_mask)
-    q = self.lim(f, frame_mask, modality='video', official_compat=compat)
+    f = self.clip.encode_frames(frames, frame_mask).float()           # padded slots are not encoded
+    f = self.temporal(f, frame_mask)                                   # padded rows come out as zeros
+    q = self.lim(f, frame_mask, modality='video', official_compat=self.cfg.official_compat)
     return dict(frames=f, mask=frame_mask, query=q)
 
-# %% ../nbs/07_model.ipynb #4e2479f9
+# %% ../nbs/07_model.ipynb #08e51252
 @patch
 def similarity(self: GLSCL, text: dict, video: dict, use_lim: bool = True, chunk_size: int = None) -> torch.Tensor:
     "S [T,V] = Sim1 + lambda * Sim2 from `encode_text` / `encode_video` caches."
@@ -67,7 +66,7 @@ def similarity(self: GLSCL, text: dict, video: dict, use_lim: bool = True, chunk
     if use_lim and c.sim_lambda: s = s + c.sim_lambda * query_similarity(text['query'], video['query'])
     return s
 
-# %% ../nbs/07_model.ipynb #c0138b6e
+# %% ../nbs/07_model.ipynb #7c756fad
 @patch
 def forward(self: GLSCL, batch: dict, gather=None) -> dict:
     "Losses of a batch of matched pairs: dict(loss, nce, icl, idl)."
