@@ -8,7 +8,9 @@ Modules:
 - `glscl.gim`: A parameter-free, text-conditioned pooling of a video's frames, and the coarse similarity Sim1 for every text-video pair at the cost of one matrix product.
 - `glscl.lim`: $K$ learnable queries read a caption's tokens and a video's frames through one shared transformer decoder; the fine similarity Sim2 compares the two sets of query outputs slot by slot.
 - `glscl.losses`: The symmetric InfoNCE loss on the training logits, and the inter-consistency loss that asks a query to mean the same thing in a video and in its caption.
+- `glscl.metrics`: How a text-video similarity matrix becomes the numbers of a results table, with ties handled fairly, several captions per video, and the two test-time re-rankings (DSL, QB-Norm) kept apart from the plain numbers.
 - `glscl.model`: CLIP, the temporal transformer, GIM and the shared LIM put together: a training forward that returns the three losses, and cacheable per-item encodings that rank any number of texts against any number of videos.
-- `glscl.toyworld`: Procedurally drawn videos with captions, written in MSR-VTT's exact file layout, so the whole method can be learned, run and tested on a laptop CPU with no download."""
+- `glscl.toyworld`: Procedurally drawn videos with captions, written in MSR-VTT's exact file layout, so the whole method can be learned, run and tested on a laptop CPU with no download.
+- `glscl.train`: The loop that turns the GLSCL module into a retrieval model: optimizer groups, the warmup-cosine schedule, evaluation with an on-disk encoding cache, checkpoints that resume bit for bit, and the `glscl train` run."""
 
 __version__ = "0.0.1"

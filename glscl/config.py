@@ -40,15 +40,32 @@ class Config:
     seed: int; num_workers: int; eval_batch_size: int; out_dir: Path
     # toy world only (0 when the preset reads real data)
     toy_videos: int = 0; toy_seed: int = 0
+    # similarity head: 'glscl' (Sim1 + sim_lambda Sim2) or 'meanp' (CLIP4Clip's mean pooling, the baseline);
+    # icl_weight scales the whole ICL term (0 switches it off, for ablations)
+    head: str = 'glscl'; icl_weight: float = 1.0
+    # training loop: optimizer name, evaluation every n steps (0: at epoch ends only), a step budget
+    # (0: epochs decide), the share of unreadable videos that stops a run
+    optimizer: str = 'adamw'; eval_every: int = 0; max_steps: int = 0; max_skip_frac: float = 0.01
 
     def replace(self, **kw) -> "Config":
         "A copy with some fields changed (values are converted like the ini's strings)."
-        return dataclasses.replace(self, **{k: _convert(self._types()[k], v, k, Path('.')) for k, v in kw.items()})
+        types = self._types()
+        unknown = sorted(set(kw) - set(types) - {'name'})
+        if unknown: raise ValueError(f"unknown setting(s) {unknown}; known: {sorted(types)}")
+        return dataclasses.replace(self, **{k: _convert(types[k], v, k, Path('.')) for k, v in kw.items()})
 
     @classmethod
     def _types(cls): return get_type_hints(cls)
 
     def to_dict(self) -> dict: return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        "The inverse of `to_dict` (as a checkpoint stores it); keys this version does not know are an error, new keys take their defaults."
+        types = cls._types()
+        unknown = sorted(set(d) - set(types))
+        if unknown: raise ValueError(f"unknown setting(s) {unknown}: written by another glscl version?")
+        return cls(**{k: _convert(types[k], v, k, Path('.')) for k, v in d.items()})
 
 # %% ../nbs/00_config.ipynb #33a71eba
 _TRUE, _FALSE = {'1', 'true', 'yes', 'on'}, {'0', 'false', 'no', 'off'}

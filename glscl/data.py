@@ -286,10 +286,15 @@ def load_video(path: PathLike, max_frames: int = 12, fps: float = 1.0, image_siz
     return clip_preprocess(frames, image_size), torch.from_numpy(mask)
 
 class _VideoItems:
-    "Shared video loading with logged, counted skips."
+    "Shared video loading with logged, counted skips; set `memo = {}` to keep decoded videos in memory (small data sets)."
+    memo = None
     def _load(self, vid: str):
+        if self.memo is not None and vid in self.memo: return self.memo[vid]
         path = self.video_dir / f"{vid}{self.ext}"
-        try: return load_video(path, self.max_frames, self.fps, self.image_size)
+        try:
+            video = load_video(path, self.max_frames, self.fps, self.image_size)
+            if self.memo is not None: self.memo[vid] = video
+            return video
         except (VideoError, FileNotFoundError) as e:
             self.n_skipped += 1
             _log.warning("skipping video %s: %s", path, e)

@@ -2,6 +2,7 @@
 import pytest, torch, torch.nn.functional as F
 from glscl.config import load_config
 from glscl.model import GLSCL
+from glscl.losses import intra_diversity_loss
 
 @pytest.fixture(scope='module')
 def cfg():
@@ -72,7 +73,7 @@ def test_gradients_reach_every_part(cfg):
     m(make_batch())['loss'].backward()
     for name, mod in [('lim', m.lim), ('temporal', m.temporal)]:
         for pn, p in mod.named_parameters(): assert p.grad is not None and p.grad.abs().sum() > 0, f'{name}.{pn}'
-    assert m.lim.queries.grad.abs().sum() > 0 if hasattr(m.lim, 'queries') else True
+    assert cfg.share_queries and m.lim.queries.grad.abs().sum() > 0        # the one shared query set
     assert m.clip.model.visual.conv1.weight.grad.abs().sum() > 0 and m.clip.model.token_embedding.weight.grad.abs().sum() > 0
 
 def test_chunked_equals_one_shot(model):
@@ -104,7 +105,43 @@ def test_unshared_and_text_idl(cfg, model):
     n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(u.lim) == 2 * n(model.lim)
     b = make_batch()
+    # margin 2 keeps every hinge of both modalities active (G's entries lie in [-1, 1]), so the textual term is > 0
+    wide = dict(idl_margin=2.0)
     with torch.no_grad():
-        tx = GLSCL(cfg.replace(idl_text=True), encoder=model.clip).eval(); tx.load_state_dict(model.state_dict())
-        assert tx(b)['idl'] >= model(b)['idl']
+        vis = GLSCL(cfg.replace(**wide), encoder=model.clip).eval(); vis.load_state_dict(model.state_dict())
+        tx = GLSCL(cfg.replace(idl_text=True, **wide), encoder=model.clip).eval(); tx.load_state_dict(model.state_dict())
+        qt = model.encode_text(b['ids'], b['mask'])['query']
+        text_term = intra_diversity_loss(qt, cfg.idl_alpha, 2.0)
+        assert text_term > 0
+        assert torch.allclose(tx(b)['idl'], vis(b)['idl'] + text_term, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match='tt_init'): GLSCL(cfg.replace(tt_init='zeros'), encoder=model.clip)
+
+def test_mean_pooling_head_matches_reference(cfg, model):
+    m = GLSCL(cfg.replace(head='meanp'), encoder=model.clip).eval()
+    assert m.temporal is None and m.lim is None
+    b = make_batch()
+    with torch.no_grad():
+        t, v = m.encode_text(b['ids'], b['mask']), m.encode_video(b['frames'], b['frame_mask'])
+        S = m.similarity(t, v)
+        out = m(b)
+    ref = torch.zeros(4, 4)
+    for a in range(4):
+        for j in range(4):
+            f = v['frames'][j][b['frame_mask'][j]].mean(0)
+            ref[a, j] = F.cosine_similarity(t['eos'][a], f, dim=0)
+    assert 'query' not in t and 'query' not in v
+    assert torch.allclose(S, ref, atol=1e-5)
+    assert out['icl'] == 0 and out['idl'] == 0 and torch.allclose(out['loss'], out['nce'])
+    with pytest.raises(ValueError, match='head'): GLSCL(cfg.replace(head='xpool'), encoder=model.clip)
+
+def test_ablation_switches(cfg, model):
+    b = make_batch()
+    with torch.no_grad():
+        full = model(b)
+        no_icl = GLSCL(cfg.replace(icl_weight=0), encoder=model.clip).eval(); no_icl.load_state_dict(model.state_dict())
+        o = no_icl(b)
+        assert o['icl'] == 0 and full['icl'] > 0 and torch.allclose(o['nce'], full['nce']) and torch.allclose(o['idl'], full['idl'])
+        half = GLSCL(cfg.replace(icl_weight=0.5), encoder=model.clip).eval(); half.load_state_dict(model.state_dict())
+        assert torch.allclose(half(b)['icl'], 0.5 * full['icl'])
+    sim1 = GLSCL(cfg.replace(sim_lambda=0, icl_weight=0, idl_alpha=0), encoder=model.clip)
+    assert sim1.lim is None and not sim1.uses_lim and model.uses_lim

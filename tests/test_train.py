@@ -1,0 +1,210 @@
+"""The training loop and evaluation: optimizer groups, schedule, batches, atomic checkpoints, bitwise resume, the NaN
+stop, unreadable-video skips, the evaluation cache (hit, miss, stale, foreign) and the metric rows of `evaluate`."""
+import json, math, os, shutil, logging
+import pytest, torch
+from glscl.config import load_config
+from glscl.toyworld import make_toy_msrvtt
+from glscl.model import GLSCL
+from glscl import train as T
+from glscl.metrics import retrieval_metrics
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    "A small toy world: 24 videos (20 train x 10 captions, 4 test)."
+    return make_toy_msrvtt(tmp_path_factory.mktemp('toy')/'toy', n_videos=24, seed=3)
+
+@pytest.fixture
+def cfg(world, tmp_path):
+    "Toy preset on the small world, a random tiny CLIP (no pretraining needed), batches of 16: 12 steps an epoch."
+    return load_config('toy', anno_dir=world, video_dir=world/'videos', toy_videos=24, clip_pretrained='none',
+                       batch_size=16, eval_batch_size=8, epochs=1, out_dir=tmp_path/'run')
+
+def copy_world(world, dst):
+    shutil.copytree(world, dst)
+    return dst
+
+# --- optimizer and schedule ------------------------------------------------------------------------------------------
+
+def test_param_groups(cfg):
+    m = GLSCL(cfg)
+    groups = T.param_groups(m, cfg)
+    names = {id(p): n for n, p in m.named_parameters()}
+    where = {names[id(p)]: g for g in groups for p in g['params']}
+    assert len(where) == len(names)                                    # every parameter once
+    for n, p in m.named_parameters():
+        g = where[n]
+        assert g['lr'] == pytest.approx(cfg.lr * (cfg.coef_lr if n.startswith('clip.') else 1))
+        plain_matrix = p.ndim >= 2 and not any(k in n for k in ('embedding', 'queries', 'logit_scale')) and not n.endswith('.pos')
+        assert g['weight_decay'] == (cfg.weight_decay if plain_matrix else 0.0), n
+    assert where['clip.model.ln_final.weight']['weight_decay'] == 0 and where['lim.queries']['weight_decay'] == 0
+    assert where['lim.decoder.layers.0.linear1.weight']['weight_decay'] == cfg.weight_decay
+    with pytest.raises(ValueError, match='optimizer'): T.make_optimizer(m, cfg.replace(optimizer='sgd9'))
+
+def test_warmup_cosine_reference():
+    total, w = 50, 0.1
+    for s in range(total):
+        x = s / total
+        ref = x / w if x < w else 0.5 * (1 + math.cos(math.pi * x))
+        assert T.warmup_cosine(s, total, w) == pytest.approx(ref)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = T.make_scheduler(opt, load_config('toy'), 10)
+    lrs = []
+    for _ in range(10): lrs.append(opt.param_groups[0]['lr']); opt.step(); sched.step()
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(0.1 * math.pi))) and lrs[-1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(0.9 * math.pi)))
+
+def test_epoch_batches():
+    b = T.EpochBatches(23, 5, seed=7, epoch=1)
+    full = list(b)
+    assert len(full) == 4 == len(b) and all(len(x) == 5 for x in full) and len(set(sum(full, []))) == 20
+    assert full == list(T.EpochBatches(23, 5, seed=7, epoch=1))             # same seed and epoch, same order
+    assert full != list(T.EpochBatches(23, 5, seed=7, epoch=2))
+    assert list(T.EpochBatches(23, 5, 7, 1, start=2)) == full[2:] and len(T.EpochBatches(23, 5, 7, 1, start=2)) == 2
+    parts = [list(T.EpochBatches(24, 6, 7, 1, rank=r, world_size=3)) for r in range(3)]
+    assert [sum((p[i] for p in parts), []) for i in range(4)] == list(T.EpochBatches(24, 6, 7, 1))
+    with pytest.raises(ValueError, match='world_size'): T.EpochBatches(24, 5, world_size=2)
+    with pytest.raises(ValueError, match='batch'): T.EpochBatches(3, 5)
+
+# --- checkpoints -----------------------------------------------------------------------------------------------------
+
+def test_atomic_save_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
+    p = tmp_path/'last.pt'
+    T.atomic_save({'x': 1}, p)
+    real = torch.save
+    def crash(obj, f, *a, **k):
+        f.write(b'half a checkpoint'); raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', crash)
+    with pytest.raises(OSError, match='disk full'): T.atomic_save({'x': 2}, p)
+    monkeypatch.setattr(torch, 'save', real)
+    assert torch.load(p)['x'] == 1 and [q.name for q in tmp_path.iterdir()] == ['last.pt']
+
+def test_checkpoint_of_another_shape_names_keys(cfg, tmp_path):
+    m = GLSCL(cfg)
+    p = T.save_checkpoint(tmp_path/'a.pt', m)
+    other = GLSCL(cfg.replace(n_queries=4), encoder=m.clip)
+    with pytest.raises(ValueError, match=r"lim\.queries .*n_queries=8 \(here 4\)"): T.load_checkpoint(p, other)
+    meanp = GLSCL(cfg.replace(head='meanp'), encoder=m.clip)
+    with pytest.raises(ValueError, match=r"unexpected keys .*lim\."): T.load_checkpoint(p, meanp)
+    (tmp_path/'bad.pt').write_bytes(p.read_bytes()[:500])
+    with pytest.raises(ValueError, match='truncated'): T.read_checkpoint(tmp_path/'bad.pt')
+    torch.save({'weights': 1}, tmp_path/'clip.pt')
+    with pytest.raises(ValueError, match='not a glscl training checkpoint'): T.read_checkpoint(tmp_path/'clip.pt')
+    with pytest.raises(FileNotFoundError): T.read_checkpoint(tmp_path/'nope.pt')
+    m2 = T.model_from_checkpoint(p)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+# --- the loop --------------------------------------------------------------------------------------------------------
+
+def params_of(path): return T.read_checkpoint(path)['model']
+
+def test_resume_is_bitwise_exact(cfg, tmp_path):
+    "Interrupted twice (mid-epoch, and in the next epoch after an epoch-end evaluation) and resumed: same bits."
+    base = cfg.replace(max_steps=15, lim_dropout=0.1)                    # crosses the epoch end at step 12; dropout on
+    ref = T.train(base.replace(out_dir=tmp_path/'ref'), progress=False, final_extra=False)
+    run = base.replace(out_dir=tmp_path/'cut')
+    assert T.train(run, progress=False, stop_after=5)['stopped_at'] == 5
+    assert T.train(run, resume=tmp_path/'cut'/'last.pt', progress=False, stop_after=13)['stopped_at'] == 13
+    res = T.train(run, resume=tmp_path/'cut'/'last.pt', progress=False, final_extra=False)
+    a, b = params_of(tmp_path/'ref'/'last.pt'), params_of(tmp_path/'cut'/'last.pt')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res['final']['metrics'] == ref['final']['metrics'] and res['steps'] == 15
+    steps = lambda p: [r['step'] for r in T.read_log(p) if r['kind'] == 'step']
+    assert steps(tmp_path/'cut'/'log.jsonl') == steps(tmp_path/'ref'/'log.jsonl') == list(range(1, 16))
+    la = [r['loss'] for r in T.read_log(tmp_path/'ref'/'log.jsonl') if r['kind'] == 'step']
+    lb = [r['loss'] for r in T.read_log(tmp_path/'cut'/'log.jsonl') if r['kind'] == 'step']
+    assert la == lb
+
+def test_run_folder_and_best_vs_final(cfg):
+    s = T.train(cfg.replace(max_steps=4, eval_every=2), progress=False, final_extra=True)
+    out = cfg.out_dir
+    assert {p.name for p in out.iterdir()} >= {'last.pt', 'best.pt', 'log.jsonl', 'summary.json', 'training.png'}
+    evals = [r for r in T.read_log(out/'log.jsonl') if r['kind'] == 'eval']
+    assert [r['step'] for r in evals] == [2, 4]                           # every 2 steps, the end not twice
+    assert s['best']['t2v_R1'] == max(r['t2v_R1'] for r in evals) and 'selected on test' in s['best']['note']
+    assert set(s['final']['metrics']) == {'plain', 'DSL', 'QB-Norm'}
+    assert json.loads((out/'summary.json').read_text())['steps'] == 4
+    lrs = [r['lr'] for r in T.read_log(out/'log.jsonl') if r['kind'] == 'step']
+    assert lrs[0] == 0.0 and lrs[1] > 0                                  # the released schedule starts at lr 0
+
+def test_logit_scale_clamped_after_the_step(cfg):
+    m = GLSCL(cfg)
+    with torch.no_grad(): m.clip.logit_scale.fill_(math.log(100) + 0.5)
+    T.train(cfg.replace(max_steps=1), model=m, progress=False, final_extra=False)
+    assert m.clip.logit_scale.item() <= math.log(100) + 1e-6
+
+class NaNAt(GLSCL):
+    "A GLSCL whose loss turns NaN at the `bad`-th forward in training mode."
+    bad = 3
+    def forward(self, batch, gather=None):
+        out = super().forward(batch, gather)
+        self.calls = getattr(self, 'calls', 0) + 1
+        if self.calls == self.bad: out = dict(out, loss=out['loss'] * float('nan'))
+        return out
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(cfg):
+    m = NaNAt(cfg)
+    with pytest.raises(T.NonFiniteLoss, match=r"step 2: the loss is nan \(nce=.*icl=.*idl="):
+        T.train(cfg.replace(max_steps=6), model=m, progress=False, ckpt_every=1)
+    ck = T.read_checkpoint(cfg.out_dir/'last.pt')
+    assert ck['state']['step'] == 2
+    assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+
+def test_unreadable_videos_skipped_then_stop(cfg, world, tmp_path, caplog):
+    w = copy_world(world, tmp_path/'w')
+    (w/'videos'/'video0.mp4').write_bytes(b'not a video')
+    c = cfg.replace(anno_dir=w, video_dir=w/'videos', max_steps=12, max_skip_frac=0.1)   # 20 train videos: 2 allowed
+    with caplog.at_level(logging.WARNING):
+        s = T.train(c, progress=False, final_extra=False)
+    assert s['skipped_videos'] == ['video0'] and 'video0.mp4' in caplog.text
+    for v in ('video1', 'video2'): (w/'videos'/f'{v}.mp4').write_bytes(b'')
+    with pytest.raises(RuntimeError, match=r"3 of 20 training videos cannot be read .*video0\.mp4"):
+        T.train(c.replace(out_dir=tmp_path/'r2'), progress=False)
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+
+def test_evaluate_matches_a_plain_reference(cfg):
+    "evaluate == encode each item by hand, S by the model, metrics of notebook 08."
+    m = GLSCL(cfg).eval()
+    r = T.evaluate(m, cfg, progress=False)
+    caps, vids, cv = T.split_items(cfg, 'test')
+    from glscl.data import tokenize, load_video
+    with torch.no_grad():
+        t = m.encode_text(*tokenize(caps, cfg.max_words))
+        fr = [load_video(cfg.video_dir/f'{v}.mp4', cfg.max_frames, cfg.fps, cfg.image_size) for v in vids]
+        v = m.encode_video(torch.stack([f for f, _ in fr]), torch.stack([k for _, k in fr]))
+        S = m.similarity(t, v)
+    assert torch.allclose(r['sim'], S, atol=1e-5)
+    assert r['metrics']['plain'] == retrieval_metrics(r['sim'], torch.tensor(cv))
+
+def test_evaluation_cache_hit_miss_stale_foreign(cfg, world, tmp_path, caplog):
+    w = copy_world(world, tmp_path/'w')
+    c = cfg.replace(anno_dir=w, video_dir=w/'videos')
+    m = GLSCL(c).eval()
+    cache = tmp_path/'cache'
+    a = T.evaluate(m, c, cache_dir=cache, progress=False)
+    b = T.evaluate(m, c, cache_dir=cache, progress=False)
+    assert (a['cached'], b['cached']) == (False, True) and torch.equal(a['sim'], b['sim'])
+    with torch.no_grad(): m.lim.queries.mul_(1.5)                          # other weights: a miss
+    assert not T.evaluate(m, c, cache_dir=cache, progress=False)['cached']
+    assert T.evaluate(m, c, cache_dir=cache, progress=False)['cached']
+    vid = T.split_items(c, 'test')[1][0]                                   # other data: a miss
+    os.utime(w/'videos'/f'{vid}.mp4', ns=(1, 1))
+    assert not T.evaluate(m, c, cache_dir=cache, progress=False)['cached']
+    assert not T.evaluate(m, c.replace(max_frames=6), cache_dir=cache, progress=False)['cached']   # other settings
+    key, parts = T.encoding_key(m, c, 'test')                              # a foreign file under this key: rebuilt
+    path = cache/f'enc-test-{key}.pt'
+    blob = torch.load(path, weights_only=False)
+    blob['parts'] = dict(blob['parts'], model='somebody else'); blob['enc']['text']['eos'] += 1
+    torch.save(blob, path)
+    with caplog.at_level(logging.WARNING):
+        r = T.evaluate(m, c, cache_dir=cache, progress=False)
+    assert not r['cached'] and 'does not match its key' in caplog.text
+    assert torch.load(path, weights_only=False)['parts'] == parts
+    path.write_bytes(b'garbage')                                           # an unreadable file: rebuilt
+    assert not T.evaluate(m, c, cache_dir=cache, progress=False)['cached']
+
+def test_evaluation_refuses_missing_test_videos(cfg, world, tmp_path):
+    w = copy_world(world, tmp_path/'w')
+    vid = T.split_items(cfg, 'test')[1][1]
+    (w/'videos'/f'{vid}.mp4').unlink()
+    with pytest.raises(ValueError, match='evaluation needs every video'):
+        T.evaluate(GLSCL(cfg), cfg.replace(anno_dir=w, video_dir=w/'videos'), progress=False)
