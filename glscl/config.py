@@ -43,6 +43,8 @@ class Config:
     # similarity head: 'glscl' (Sim1 + sim_lambda Sim2) or 'meanp' (CLIP4Clip's mean pooling, the baseline);
     # icl_weight scales the whole ICL term (0 switches it off, for ablations)
     head: str = 'glscl'; icl_weight: float = 1.0
+    # freeze CLIP's image tower (its frame features are then computed once per training video and run)
+    freeze_visual: bool = False
     # training loop: optimizer name, evaluation every n steps (0: at epoch ends only), a step budget
     # (0: epochs decide), the share of unreadable videos that stops a run
     optimizer: str = 'adamw'; eval_every: int = 0; max_steps: int = 0; max_skip_frac: float = 0.01

@@ -32,6 +32,8 @@ class GLSCL(nn.Module):
             if cfg.tt_init == 'clip': self.temporal = TemporalTransformer.from_clip(self.clip, cfg.tt_layers)
             elif cfg.tt_init == 'random': self.temporal = TemporalTransformer(D, cfg.tt_layers, max(1, D // 64), max(cfg.max_frames, 32))
             else: raise ValueError(f"tt_init={cfg.tt_init!r}: use 'clip' or 'random'")
+        if cfg.freeze_visual:                            # frame features then depend on the video only
+            for p in self.clip.model.visual.parameters(): p.requires_grad_(False)
         if self.uses_lim:
             self.lim = LocalInteraction(D, cfg.n_queries, cfg.lim_layers, cfg.lim_heads, cfg.lim_ff_dim, cfg.lim_dropout,
                                         share_queries=cfg.share_queries, share_decoder=cfg.share_decoder)
@@ -62,9 +64,12 @@ def encode_text(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     return out
 
 @patch
-def encode_video(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
-    "Per-video cache: frames [V,N,D] (after the temporal transformer), mask [V,N], query [V,K,D] (no query when LIM is unused)."
-    f = self.clip.encode_frames(frames, frame_mask).float()           # padded slots are not encoded
+def encode_video(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, features: torch.Tensor = None) -> dict:
+    """Per-video cache: frames [V,N,D] (after the temporal transformer), mask [V,N], query [V,K,D] (no query when LIM is unused).
+    `features` [V,N,D]: CLIP frame features computed beforehand (a frozen image tower), used instead of encoding `frames`."""
+    if features is not None and self.clip.model.visual.conv1.weight.requires_grad:
+        raise ValueError("precomputed frame features need a frozen image tower (freeze_visual = true)")
+    f = (features if features is not None else self.clip.encode_frames(frames, frame_mask)).float()   # padded slots are 0
     if self.temporal is not None: f = self.temporal(f, frame_mask)     # padded rows come out as zeros
     out = dict(frames=f, mask=frame_mask)
     if self.uses_lim: out['query'] = self.lim(f, frame_mask, modality='video', official_compat=self.cfg.official_compat)
@@ -93,7 +98,7 @@ def forward(self: GLSCL, batch: dict, gather=None) -> dict:
     "Losses of a batch of matched pairs: dict(loss, nce, icl, idl)."
     c = self.cfg
     text = self.encode_text(batch['ids'], batch['mask'])
-    video = self.encode_video(batch['frames'], batch['frame_mask'])
+    video = self.encode_video(batch['frames'], batch['frame_mask'], features=batch.get('frame_features'))
     if gather is not None: text, video = gather(text), gather(video)
     sim = self.similarity(text, video)
     nce = contrastive_loss(sim, self.logit_scale)

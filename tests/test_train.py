@@ -30,8 +30,11 @@ def test_param_groups(cfg):
     groups = T.param_groups(m, cfg)
     names = {id(p): n for n, p in m.named_parameters()}
     where = {names[id(p)]: g for g in groups for p in g['params']}
-    assert len(where) == len(names)                                    # every parameter once
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert set(where) == trainable and len(where) == sum(len(g['params']) for g in groups)   # each trainable one once
+    assert cfg.freeze_visual and not any(n.startswith('clip.model.visual.') for n in where)
     for n, p in m.named_parameters():
+        if n not in trainable: continue
         g = where[n]
         assert g['lr'] == pytest.approx(cfg.lr * (cfg.coef_lr if n.startswith('clip.') else 1))
         plain_matrix = p.ndim >= 2 and not any(k in n for k in ('embedding', 'queries', 'logit_scale')) and not n.endswith('.pos')
