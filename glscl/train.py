@@ -251,7 +251,7 @@ def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True) -
         video, seen = [], 0
         for b in tqdm(dl, desc=f'encoding {split} videos', disable=not progress, leave=False):
             if b is None or b['n_skipped']:
-                raise ValueError(f"{split}: {ds.n_skipped or bs} video(s) of the evaluation set cannot be read (see the log above "
+                raise ValueError(f"{split}: {bs if b is None else b['n_skipped']} video(s) of the evaluation set cannot be read (see the log above "
                                  f"for the files under {cfg.video_dir}); evaluation needs every video: re-download or re-encode them")
             v = model.encode_video(b['frames'].to(dev), b['frame_mask'].to(dev))
             video.append({k: v[k].cpu() for k in VIDEO_KEEP if k in v})
@@ -472,6 +472,7 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
             if evaluated or end_of_epoch or (ckpt_every and state['step'] % ckpt_every == 0) or state['step'] == stop_after:
                 save_checkpoint(out/'last.pt', model, opt, sched, state=state)
             if done or state['step'] == stop_after or end_of_epoch: break
+        if state['batch'] >= steps_per_epoch: state['epoch'] += 1; state['batch'] = 0   # the epoch's last batch was unusable
         if stop_after is not None and state['step'] >= stop_after and state['step'] < total:
             bar.close()
             return dict(stopped_at=state['step'], out_dir=str(out))
@@ -484,7 +485,9 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
                              note=f"best test t2v R@1 of {state['evals']} evaluations on the test split (selected on test: optimistic)"),
                    skipped_videos=state['bad_videos'], out_dir=str(out))
     (out/'summary.json').write_text(json.dumps(summary, indent=1, default=float))
-    try: plot_run(out/'log.jsonl', out/'training.png')
+    try:
+        import matplotlib.pyplot as plt
+        plt.close(plot_run(out/'log.jsonl', out/'training.png'))
     except Exception as e: log.warning("could not plot the run: %s", e)
     return summary
 
