@@ -146,12 +146,13 @@ class ClipEncoder(nn.Module):
         return out.view(B, N, -1)
 
 # %% ../nbs/02_clip_encoding.ipynb #b9f1ce5d
-def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', precision: str = 'fp32') -> ClipEncoder:
-    "A `ClipEncoder` of open_clip `model_name` with weights `pretrained`: a tag, a checkpoint path, 'toy' (glscl-tiny) or None."
+def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', precision: str = 'fp32', quick_gelu: bool = False) -> ClipEncoder:
+    """A `ClipEncoder` of open_clip `model_name` with weights `pretrained`: a tag, a checkpoint path, 'toy' (glscl-tiny) or None.
+    `quick_gelu` forces OpenAI's QuickGELU activation (set on its own for OpenAI weights; pass it when the weights come later)."""
     register_tiny_clip()
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-32, ViT-B-16, glscl-tiny")
-    path, quick = None, False
+    path, quick = None, bool(quick_gelu)
     if isinstance(pretrained, str) and pretrained.lower() == 'none': pretrained = None
     if pretrained is None: pass
     elif model_name == 'glscl-tiny' and pretrained == 'toy': path = tiny_clip_checkpoint()

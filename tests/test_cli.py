@@ -37,6 +37,8 @@ def test_train_and_eval_end_to_end(tmp_path):
     r2 = run('eval', '--checkpoint', str(tmp_path/'run'/'last.pt'), '--quiet', '--plain')
     assert 'encodings from the cache' in r2.stdout
     assert [l for l in r2.stdout.splitlines() if l.startswith('plain')] == [l for l in lines if l.startswith('plain')]
+    r = run('eval', '--checkpoint', str(tmp_path/'run'/'last.pt'), '--set', 'n_queries=4')
+    assert r.returncode == 2 and 'the checkpoint fixes these' in r.stderr and 'Traceback' not in r.stderr
     r = run('train', '--preset', 'toy', *sets, '--resume', str(tmp_path/'run'/'last.pt'), '--set', 'max_steps=3', '--quiet')
     assert r.returncode == 0 and 'step 3' in r.stdout, r.stderr
 

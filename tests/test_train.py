@@ -37,10 +37,13 @@ def test_param_groups(cfg):
         if n not in trainable: continue
         g = where[n]
         assert g['lr'] == pytest.approx(cfg.lr * (cfg.coef_lr if n.startswith('clip.') else 1))
-        plain_matrix = p.ndim >= 2 and not any(k in n for k in ('embedding', 'queries', 'logit_scale')) and not n.endswith('.pos')
-        assert g['weight_decay'] == (cfg.weight_decay if plain_matrix else 0.0), n
-    assert where['clip.model.ln_final.weight']['weight_decay'] == 0 and where['lim.queries']['weight_decay'] == 0
-    assert where['lim.decoder.layers.0.linear1.weight']['weight_decay'] == cfg.weight_decay
+    no_decay = ['clip.model.ln_final.weight', 'clip.model.ln_final.bias', 'lim.queries', 'temporal.pos', 'clip.model.logit_scale',
+                'clip.model.token_embedding.weight', 'clip.model.positional_embedding', 'temporal.blocks.0.ln_1.weight',
+                'temporal.blocks.0.attn.in_proj_bias', 'lim.decoder.layers.0.norm1.weight', 'lim.decoder.layers.2.linear2.bias']
+    decay = ['clip.model.text_projection', 'clip.model.transformer.resblocks.0.mlp.c_fc.weight', 'temporal.blocks.3.attn.out_proj.weight',
+             'lim.decoder.layers.0.linear1.weight', 'lim.decoder.layers.1.multihead_attn.in_proj_weight']
+    for n in no_decay: assert where[n]['weight_decay'] == 0.0, n
+    for n in decay: assert where[n]['weight_decay'] == cfg.weight_decay, n
     with pytest.raises(ValueError, match='optimizer'): T.make_optimizer(m, cfg.replace(optimizer='sgd9'))
 
 def test_warmup_cosine_reference():
@@ -145,10 +148,10 @@ class NaNAt(GLSCL):
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(cfg):
     m = NaNAt(cfg)
-    with pytest.raises(T.NonFiniteLoss, match=r"step 2: the loss is nan \(nce=.*icl=.*idl="):
+    with pytest.raises(T.NonFiniteLoss, match=r"step 3: the loss is nan \(nce=.*icl=.*idl="):     # the log's numbering
         T.train(cfg.replace(max_steps=6), model=m, progress=False, ckpt_every=1)
     ck = T.read_checkpoint(cfg.out_dir/'last.pt')
-    assert ck['state']['step'] == 2
+    assert ck['state']['step'] == 2 and [r['step'] for r in T.read_log(cfg.out_dir/'log.jsonl')] == [1, 2]
     assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
 
 def test_unreadable_videos_skipped_then_stop(cfg, world, tmp_path, caplog):
@@ -211,3 +214,37 @@ def test_evaluation_refuses_missing_test_videos(cfg, world, tmp_path):
     (w/'videos'/f'{vid}.mp4').unlink()
     with pytest.raises(ValueError, match='evaluation needs every video'):
         T.evaluate(GLSCL(cfg), cfg.replace(anno_dir=w, video_dir=w/'videos'), progress=False)
+
+def test_model_from_checkpoint_keeps_quick_gelu(cfg, tmp_path):
+    "QuickGELU is not in the weights: the checkpoint records it, and the rebuilt model encodes the same."
+    from glscl.clip import load_clip
+    m = GLSCL(cfg, encoder=load_clip('glscl-tiny', None, quick_gelu=True)).eval()
+    assert T.uses_quick_gelu(m) and not T.uses_quick_gelu(GLSCL(cfg))
+    p = T.save_checkpoint(tmp_path/'q.pt', m)
+    m2 = T.model_from_checkpoint(p)
+    assert T.uses_quick_gelu(m2)
+    ids = torch.randint(1, 49000, (3, 8)); ids[:, -1] = 49407
+    with torch.no_grad(): assert torch.equal(m.encode_text(ids, ids > 0)['eos'], m2.encode_text(ids, ids > 0)['eos'])
+
+def test_resume_refuses_another_run(cfg):
+    T.train(cfg.replace(max_steps=2, eval_every=1), progress=False, final_extra=False)
+    with pytest.raises(ValueError, match=r"no optimizer state .*last\.pt"): T.train(cfg, resume=cfg.out_dir/'best.pt', progress=False)
+    with pytest.raises(ValueError, match=r"other settings: lr=0\.001 \(now 0\.0001\)"):
+        T.train(cfg.replace(lr=1e-4), resume=cfg.out_dir/'last.pt', progress=False)
+    with pytest.raises(ValueError, match='batch_size=1'): T.train(cfg.replace(batch_size=1), progress=False)
+
+def test_log_with_a_cut_last_line(tmp_path):
+    p = tmp_path/'log.jsonl'
+    p.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert T.read_log(p) == [{'step': 1}, {'step': 2}]
+    T.RunLog(p, resume_step=1)
+    assert T.read_log(p) == [{'step': 1}]
+    p.write_text('{"step": 1}\nxx\n{"step": 3}\n')
+    with pytest.raises(ValueError, match='line 2'): T.read_log(p)
+
+def test_cache_key_changes_with_the_code_version(cfg, monkeypatch):
+    import glscl
+    m = GLSCL(cfg)
+    k1, _ = T.encoding_key(m, cfg, 'test')
+    monkeypatch.setattr(glscl, '__version__', glscl.__version__ + '.post1')
+    assert T.encoding_key(m, cfg, 'test')[0] != k1
