@@ -7,8 +7,8 @@ Docs: https://glscl.github.io/glscl/clip_encoding.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'TINY_CLIP', 'TINY_RECIPE', 'register_tiny_clip', 'data_dir', 'resolve_pretrained', 'ClipEncoder', 'load_clip',
-           'TemporalTransformer', 'clip_contrastive_targets', 'pretrain_tiny_clip', 'tiny_clip_checkpoint',
-           'frame_caption_recall']
+           'TemporalTransformer', 'clip_contrastive_targets', 'pretrain_tiny_clip', 'atomic_save',
+           'tiny_clip_checkpoint', 'frame_caption_recall']
 
 # %% ../nbs/02_clip_encoding.ipynb #8e1c0f41
 import json, logging, os, socket, tempfile, time
@@ -247,13 +247,22 @@ def pretrain_tiny_clip(steps: int = 300, batch_size: int = 128, lr: float = 1e-3
 # %% ../nbs/02_clip_encoding.ipynb #c258f1b2
 TINY_RECIPE = dict(steps=300, batch_size=128, lr=1e-3, seed=0, n_frames=8192)
 
-def _atomic_save(obj, path: Path):
-    "torch.save to a temporary file next to `path`, then rename: never a half-written checkpoint."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent); os.close(fd)
-    try: torch.save(obj, tmp); os.replace(tmp, path)
+def atomic_save(obj, path) -> Path:
+    "torch.save `obj` to `path` via a temporary file, fsync and rename: `path` is always a whole file, never half-written."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try: os.fsync(dfd)
+            finally: os.close(dfd)
+        except OSError: pass                                        # some file systems cannot fsync a folder
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+    return path
 
 def tiny_clip_checkpoint(path=None, rebuild: bool = False) -> Path:
     "The cached toy-pretrained `glscl-tiny` checkpoint, built on first use (a few minutes on 2 CPU cores)."
@@ -264,7 +273,7 @@ def tiny_clip_checkpoint(path=None, rebuild: bool = False) -> Path:
         log.warning(f"{path} was built with another recipe; rebuilding it")
     t0 = time.time()
     sd = pretrain_tiny_clip(**TINY_RECIPE)
-    _atomic_save({**sd, 'glscl_recipe': {**TINY_RECIPE, 'config': TINY_CLIP}}, path)
+    atomic_save({**sd, 'glscl_recipe': {**TINY_RECIPE, 'config': TINY_CLIP}}, path)
     log.info(f"pretrained glscl-tiny in {time.time() - t0:.0f} s -> {path}")
     return path
 

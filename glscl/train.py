@@ -8,9 +8,9 @@ Docs: https://glscl.github.io/glscl/training.html.md"""
 # %% auto #0
 __all__ = ['log', 'OPTIMIZERS', 'RESUME_FREE_KEYS', 'ENCODING_KEYS', 'TEXT_KEEP', 'VIDEO_KEEP', 'LOG_STEP_KEYS',
            'no_weight_decay', 'param_groups', 'make_optimizer', 'warmup_cosine', 'make_scheduler', 'EpochBatches',
-           'atomic_save', 'rng_state', 'set_rng_state', 'seed_everything', 'uses_quick_gelu', 'save_checkpoint',
-           'read_checkpoint', 'check_state_dict', 'load_checkpoint', 'check_resume', 'model_from_checkpoint',
-           'model_fingerprint', 'split_items', 'data_fingerprint', 'encoding_key', 'encode_split', 'cached_encodings',
+           'rng_state', 'set_rng_state', 'seed_everything', 'uses_quick_gelu', 'save_checkpoint', 'read_checkpoint',
+           'check_state_dict', 'load_checkpoint', 'check_resume', 'model_from_checkpoint', 'model_fingerprint',
+           'split_items', 'data_fingerprint', 'encoding_key', 'encode_texts', 'encode_split', 'cached_encodings',
            'block_similarity', 'evaluate', 'NonFiniteLoss', 'train_step', 'train_loader', 'RunLog', 'read_log',
            'frame_features', 'with_features', 'count_unreadable', 'train', 'plot_run']
 
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .config import Config, load_config
 from .data import VideoTextDataset, VideoDataset, collate_videos, read_msrvtt, tokenize, MSRVTT_FILES
 from .model import GLSCL
+from .clip import atomic_save
 from .metrics import metrics_rows, format_metrics
 
 log = logging.getLogger(__name__)
@@ -93,24 +94,7 @@ class EpochBatches(torch.utils.data.Sampler):
         b = self.batch_size // self.world_size
         for batch in self.batches()[self.start:]: yield batch[self.rank * b:(self.rank + 1) * b]
 
-# %% ../nbs/09_training.ipynb #ab4ac325
-def atomic_save(obj, path) -> Path:
-    "torch.save `obj` to `path` via a temporary file, fsync and rename: `path` is always a whole file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try: os.fsync(dfd)
-            finally: os.close(dfd)
-        except OSError: pass                                        # some file systems cannot fsync a folder
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-    return path
-
+# %% ../nbs/09_training.ipynb #95ae8fe6
 def rng_state() -> dict:
     "Every random generator's state."
     s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
@@ -175,9 +159,9 @@ def check_state_dict(model, sd: dict, path, ckpt_cfg: dict = None):
     raise ValueError(f"checkpoint {path} does not fit this model: " + '; '.join(p for p in parts if p) + diff +
                      ". Build the model from the checkpoint's own config (glscl.train.model_from_checkpoint) or resume with the same preset.")
 
-def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng: bool = False) -> dict:
-    "Load a checkpoint into `model` (and the optimizer, scheduler, scaler and RNGs if given); returns it."
-    ckpt = read_checkpoint(path)
+def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng: bool = False, ckpt: dict = None) -> dict:
+    "Load a checkpoint into `model` (and the optimizer, scheduler, scaler and RNGs if given); returns it. `ckpt`: already read."
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
     check_state_dict(model, ckpt['model'], path, ckpt.get('config'))
     model.load_state_dict(ckpt['model'])
     if opt is not None and ckpt['optimizer'] is not None: opt.load_state_dict(ckpt['optimizer'])
@@ -250,27 +234,36 @@ def encoding_key(model: GLSCL, cfg: Config, split: str) -> tuple:
                  quick_gelu=uses_quick_gelu(model), device=_device(model).type)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24], parts
 
-# %% ../nbs/09_training.ipynb #c2c91545
+# %% ../nbs/09_training.ipynb #ffabfa9e
 TEXT_KEEP, VIDEO_KEEP = ('eos', 'query'), ('frames', 'mask', 'query')
 
 def _device(model): return next(model.parameters()).device
+
+@torch.no_grad()
+def encode_texts(model: GLSCL, captions: list, cfg: Config, desc: str = 'encoding texts', progress: bool = True) -> dict:
+    "What `similarity` reads of each caption (eos, query), in batches of `eval_batch_size`, on the CPU (eval mode, no grad)."
+    was, dev, bs = model.training, _device(model), cfg.eval_batch_size
+    model.eval()
+    try:
+        parts = []
+        for i in tqdm(range(0, len(captions), bs), desc=desc, disable=not progress, leave=False):
+            t = model.encode_text(*(x.to(dev) for x in tokenize(captions[i:i + bs], cfg.max_words)))
+            parts.append({k: t[k].cpu() for k in TEXT_KEEP if k in t})
+    finally: model.train(was)
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 @torch.no_grad()
 def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True) -> dict:
     "Encode every caption and every video of `split` once: dict(text, video, caption_video), tensors on the CPU."
     captions, video_ids, caption_video = split_items(cfg, split)
     was, dev, bs = model.training, _device(model), cfg.eval_batch_size
+    text = encode_texts(model, captions, cfg, f'encoding {split} texts', progress)
     model.eval()
     try:
-        text = []
-        for i in tqdm(range(0, len(captions), bs), desc=f'encoding {split} texts', disable=not progress, leave=False):
-            ids, mask = tokenize(captions[i:i + bs], cfg.max_words)
-            t = model.encode_text(ids.to(dev), mask.to(dev))
-            text.append({k: t[k].cpu() for k in TEXT_KEEP if k in t})
         ds = VideoDataset(video_ids, cfg.video_dir, cfg.max_frames, cfg.fps, cfg.image_size)
         dl = torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate_videos, num_workers=cfg.num_workers,
                                          generator=torch.Generator().manual_seed(0))
-        video, seen = [], 0
+        video = []
         for b in tqdm(dl, desc=f'encoding {split} videos', disable=not progress, leave=False):
             if b is None or b['n_skipped']:
                 raise ValueError(f"{split}: {bs if b is None else b['n_skipped']} video(s) of the evaluation set cannot be read (see the log above "
@@ -282,13 +275,13 @@ def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True) -
         out = {}
         for k in parts[0]:
             xs = [p[k] for p in parts]
-            if k not in ('frames', 'mask'): out[k] = torch.cat(xs); continue
+            if k != 'frames' and k != 'mask': out[k] = torch.cat(xs); continue
             n = max(x.shape[1] for x in xs)                             # batches are padded to their own longest video
             out[k] = xs[0].new_zeros((sum(len(x) for x in xs), n, *xs[0].shape[2:]))
             i = 0
             for x in xs: out[k][i:i + len(x), :x.shape[1]] = x; i += len(x)
         return out
-    return dict(text=cat(text), video=cat(video), caption_video=torch.tensor(caption_video))
+    return dict(text=text, video=cat(video), caption_video=torch.tensor(caption_video))
 
 # %% ../nbs/09_training.ipynb #1b751def
 def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, progress: bool = True) -> tuple:
@@ -332,14 +325,7 @@ def evaluate(model: GLSCL, cfg: Config = None, split: str = None, cache_dir=None
     if extra and qb_bank:
         caps = split_items(cfg, cfg.train_split)[0]
         caps = [caps[i] for i in torch.randperm(len(caps), generator=torch.Generator().manual_seed(0))[:qb_bank].tolist()]
-        was = model.training; model.eval()
-        try:
-            with torch.no_grad():
-                dev = _device(model)
-                qt = [model.encode_text(*[x.to(dev) for x in tokenize(caps[i:i + cfg.eval_batch_size], cfg.max_words)])
-                      for i in range(0, len(caps), cfg.eval_batch_size)]
-        finally: model.train(was)
-        bank = block_similarity(model, {k: torch.cat([q[k].cpu() for q in qt]) for k in TEXT_KEEP if k in qt[0]}, enc['video'])
+        bank = block_similarity(model, encode_texts(model, caps, cfg, 'encoding the querybank', progress), enc['video'])
     rows = metrics_rows(sim, enc['caption_video'], bank_sim=bank, dsl=extra)
     return dict(metrics=rows, sim=sim, caption_video=enc['caption_video'], cached=hit, split=split,
                 seconds=round(time.perf_counter() - t0, 2))
@@ -471,9 +457,7 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
         if (cfg.max_steps, cfg.epochs) != (ckpt['config']['max_steps'], ckpt['config']['epochs']):
             log.warning("resuming with another length (max_steps %s, epochs %s): the schedule is stretched from here on",
                         cfg.max_steps, cfg.epochs)
-        ckpt = load_checkpoint(resume, model, opt, sched)
-        state = ckpt['state']
-        set_rng_state(ckpt['rng'])
+        state = load_checkpoint(resume, model, opt, sched, restore_rng=True, ckpt=ckpt)['state']
     runlog = RunLog(out/'log.jsonl', state['step'] if resume else None)
     feats = frame_features(model, ds, cfg, progress) if cfg.freeze_visual else None
     def run_eval(final=False):
