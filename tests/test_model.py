@@ -96,9 +96,77 @@ def test_official_compat(cfg, model):
     b = make_batch()
     with torch.no_grad():
         assert not torch.allclose(compat(b)['loss'], model(b)['loss'])
-        full = make_batch(); full['mask'][:] = True; full['frame_mask'][:] = True
+        # with every token and frame slot real, the released forward is ours (up to its LayerNorm eps)
+        full = make_batch(N=cfg.max_frames); full['mask'][:] = True; full['frame_mask'][:] = True
         full['ids'][:, -1] = 49407
-        assert torch.allclose(compat(full)['loss'], model(full)['loss'], atol=1e-5)
+        assert torch.allclose(compat(full)['loss'], model(full)['loss'], atol=1e-4)
+
+def test_official_compat_pads(cfg, model):
+    "The released padding: text pads hidden as keys; frame pads = CLIP(zero image) through the temporal transformer."
+    compat = GLSCL(cfg.replace(official_compat=True), encoder=model.clip).eval()
+    compat.load_state_dict(model.state_dict())
+    b = make_batch()
+    with torch.no_grad():
+        t0, t1 = model.encode_text(b['ids'], b['mask']), compat.encode_text(b['ids'], b['mask'])
+        m = b['mask']
+        assert torch.allclose(t0['tokens'][m], t1['tokens'][m], atol=1e-5)      # real tokens unchanged
+        assert not torch.allclose(t0['tokens'][~m], t1['tokens'][~m], atol=1e-3)  # pads attend to real tokens only
+        # slow reference of the released text mask: causal + padded keys, built per head by hand
+        clip = model.clip.model; L = b['ids'].shape[1]; H = clip.transformer.resblocks[0].attn.num_heads
+        am = torch.full((L, L), float('-inf')).triu(1)
+        ref = []
+        for i in range(len(b['ids'])):
+            a = am.clone(); a[:, ~m[i]] = float('-inf')
+            x = clip.token_embedding(b['ids'][i:i + 1]) + clip.positional_embedding[:L]
+            x = clip.ln_final(clip.transformer(x, attn_mask=a)) @ clip.text_projection
+            ref.append(x[0])
+        assert torch.allclose(torch.stack(ref), t1['tokens'], atol=1e-5)
+        v0, v1 = model.encode_video(b['frames'], b['frame_mask']), compat.encode_video(b['frames'], b['frame_mask'])
+        assert v1['frames'].shape[1] == cfg.max_frames and v1['mask'].shape[1] == cfg.max_frames
+        pad = ~v1['mask']
+        assert (v0['frames'][~b['frame_mask']] == 0).all() and (v1['frames'][pad].abs().sum(-1) > 0).all()
+        # reference: CLIP features of zero images in every padded slot, the temporal transformer with pads kept
+        f = model.clip.encode_frames(b['frames']); B, N = b['frame_mask'].shape
+        zero = model.clip.model.encode_image(torch.zeros(1, 3, 64, 64))[0]
+        full = torch.cat([f, zero.expand(B, cfg.max_frames - N, -1)], 1)
+        fm = torch.cat([b['frame_mask'], torch.zeros(B, cfg.max_frames - N, dtype=torch.bool)], 1)
+        full = torch.where(fm[..., None], full, zero)
+        assert torch.allclose(v1['frames'], compat.temporal(full, fm, zero_pads=False), atol=1e-5)
+        # features given beforehand (frozen image tower) take the same path
+        frozen = GLSCL(cfg.replace(official_compat=True, freeze_visual=True), encoder=model.clip).eval()
+        frozen.load_state_dict(model.state_dict())
+        vf = frozen.encode_video(b['frames'], b['frame_mask'], features=f * b['frame_mask'][..., None])
+        assert torch.allclose(vf['frames'], v1['frames'], atol=1e-5)
+        for p in model.clip.model.visual.parameters(): p.requires_grad_(True)
+
+def test_released_fp16_precision(cfg, model):
+    "released-fp16: exactly CLIP's Linear/Conv/attention/projection weights in fp16; the heads, norms, embeddings fp32."
+    half = GLSCL(cfg.replace(precision='released-fp16'))
+    half.load_state_dict(model.state_dict())
+    want16 = set()
+    for name, mod in half.clip.model.named_modules():
+        kind = type(mod).__name__
+        for pn, p in mod.named_parameters(recurse=False):
+            full = f"clip.model.{name}.{pn}" if name else f"clip.model.{pn}"
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) or (isinstance(mod, torch.nn.MultiheadAttention) and pn.startswith('in_proj')):
+                want16.add(full)
+            if pn in ('text_projection', 'proj'): want16.add(full)
+    got16 = {n for n, p in half.named_parameters() if p.dtype == torch.float16}
+    assert got16 == want16 and len(got16) > 10
+    assert all(p.dtype == torch.float32 for n, p in half.named_parameters() if not n.startswith('clip.'))
+    assert half.logit_scale.dtype == torch.float32 and half.clip.model.ln_final.weight.dtype == torch.float32
+    b = make_batch()
+    with torch.no_grad():
+        h, f = half.eval()(b), model(b)
+    assert torch.isfinite(h['loss']) and abs(h['loss'].item() - f['loss'].item()) < 0.05
+    # a half CLIP feeds a float32 temporal transformer (no `mixed dtype` error) and trains: fp16 grads on fp16 weights
+    half.train()(b)['loss'].backward()
+    assert half.clip.model.visual.conv1.weight.grad.dtype == torch.float16
+
+def test_freeze_conv1(cfg):
+    m = GLSCL(cfg.replace(freeze_conv1=True))
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert frozen == {'clip.model.visual.conv1.weight'}
 
 def test_unshared_and_text_idl(cfg, model):
     u = GLSCL(cfg.replace(share_queries=False, share_decoder=False), encoder=model.clip)
