@@ -42,13 +42,23 @@ def parse_sets(pairs) -> dict:
     return out
 
 def _train(a):
-    from glscl.train import train
+    "Train on a preset; under `torchrun` every process runs this, rank 0 prepares the toy world and prints."
+    import torch.distributed as dist
+    from glscl.train import train, init_distributed, world
     from glscl.metrics import format_metrics
     cfg = load_config(a.preset, **parse_sets(a.set))
-    if cfg.dataset == 'toy':
-        from glscl.toyworld import ensure_toy_world
-        ensure_toy_world(cfg)
-    s = train(cfg, resume=a.resume, progress=not a.quiet)
+    init_distributed(a.device)
+    rank, W = world()
+    try:
+        if cfg.dataset == 'toy' and rank == 0:
+            from glscl.toyworld import ensure_toy_world
+            ensure_toy_world(cfg)
+        if W > 1: dist.barrier()
+        s = train(cfg, resume=a.resume, progress=not a.quiet, device=a.device)
+    finally:
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    if rank: return
+    if W > 1: print(f"trained on {W} processes")
     print(format_metrics(s['final']['metrics'], title=f"{cfg.name}: final checkpoint, step {s['final']['step']} ({s['final']['checkpoint']})"))
     b = s['best']
     print(f"best checkpoint: step {b['step']}, t2v R@1 {b['t2v_R1']:.1f}, v2t R@1 {b['v2t_R1']:.1f} ({b['checkpoint']}; {b['note']})")
@@ -83,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser('train', help='train GLSCL on a preset (checkpoints, log and figures in its out_dir)')
     s.add_argument('--preset', default='toy'); s.add_argument('--set', action='append', metavar='KEY=VALUE', help='change a preset key (repeatable)')
     s.add_argument('--resume', metavar='PATH', help="continue a run exactly from its last.pt"); s.add_argument('--quiet', action='store_true')
+    s.add_argument('--device', default=None, help='cuda, cpu, ... (default: CUDA when there is one; under torchrun each process takes its LOCAL_RANK GPU)')
     s.set_defaults(fn=_train)
     s = sub.add_parser('eval', help="retrieval metrics of a checkpoint on a split (encodings cached next to it)")
     s.add_argument('--checkpoint', required=True, metavar='PATH'); s.add_argument('--split', default=None, help="default: the preset's test split")

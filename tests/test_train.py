@@ -46,6 +46,55 @@ def test_param_groups(cfg):
     for n in decay: assert where[n]['weight_decay'] == cfg.weight_decay, n
     with pytest.raises(ValueError, match='optimizer'): T.make_optimizer(m, cfg.replace(optimizer='sgd9'))
 
+def test_released_groups(cfg):
+    "The released rule: names with `clip.` at lr * coef_lr; weight decay on every name without `bias`."
+    c = cfg.replace(weight_decay_rule='released', freeze_visual=False, freeze_conv1=True)
+    m = GLSCL(c)
+    where = {n: g for g in T.param_groups(m, c) for p in g['params'] for n, q in m.named_parameters() if q is p}
+    assert 'clip.model.visual.conv1.weight' not in where                                   # frozen: in no group
+    for n, p in m.named_parameters():
+        if not p.requires_grad: continue
+        assert where[n]['weight_decay'] == (0.0 if 'bias' in n else c.weight_decay), n
+        assert where[n]['lr'] == pytest.approx(c.lr * (c.coef_lr if 'clip.' in n else 1)), n
+    for n in ('clip.model.ln_final.weight', 'lim.queries', 'clip.model.logit_scale', 'temporal.pos'):
+        assert where[n]['weight_decay'] == c.weight_decay                                  # decayed, as released
+
+def bertadam_reference(w, grads, lr, b1, b2, eps, wd):
+    "The released update, one scalar at a time: no bias correction, decay inside the step."
+    w, m, v = list(w), [0.0] * len(w), [0.0] * len(w)
+    for g in grads:
+        for i in range(len(w)):
+            m[i] = b1 * m[i] + (1 - b1) * g[i]
+            v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
+            w[i] = w[i] - lr * (m[i] / (math.sqrt(v[i]) + eps) + wd * w[i])
+    return w
+
+def test_bertadam_against_formula():
+    torch.manual_seed(0)
+    w0, grads = torch.randn(6, dtype=torch.float64), [torch.randn(6, dtype=torch.float64) for _ in range(5)]
+    p = torch.nn.Parameter(w0.clone())
+    opt = T.BertAdam([p], lr=0.03, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+    for g in grads: p.grad = g.clone(); opt.step()
+    ref = bertadam_reference(w0.tolist(), [g.tolist() for g in grads], 0.03, 0.9, 0.98, 1e-6, 0.2)
+    assert torch.allclose(p.detach(), torch.tensor(ref, dtype=torch.float64), atol=1e-12)
+    # it differs from bias-corrected AdamW (whose first step is a full lr)
+    q = torch.nn.Parameter(w0.clone()); a = torch.optim.AdamW([q], lr=0.03, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+    q.grad = grads[0].clone(); a.step()
+    assert not torch.allclose(q.detach(), torch.tensor(bertadam_reference(w0.tolist(), [grads[0].tolist()], 0.03, 0.9, 0.98, 1e-6, 0.2), dtype=torch.float64))
+    # fp16 weights keep fp16 moments (the released half CLIP: no master copy)
+    h = torch.nn.Parameter(torch.ones(3, dtype=torch.float16)); h.grad = torch.full((3,), 0.5, dtype=torch.float16)
+    o = T.BertAdam([h], lr=1e-3); o.step()
+    assert o.state[h]['exp_avg'].dtype == torch.float16 and h.dtype == torch.float16
+    with pytest.raises(ValueError, match='betas'): T.BertAdam([h], betas=(0.9, 1.0))
+    cfg = load_config('toy', optimizer='bertadam', clip_pretrained='none')
+    assert isinstance(T.make_optimizer(GLSCL(cfg), cfg), T.BertAdam)
+
+def test_released_schedule_first_step_zero():
+    "The released schedule with t_total = epochs x steps per epoch: the first update has lr 0, warmup then cosine."
+    total = 5 * 7
+    f = [T.warmup_cosine(s, total, 0.1) for s in range(total)]
+    assert f[0] == 0 and f[3] == pytest.approx(3 / 3.5) and f[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 35)))
+
 def test_warmup_cosine_reference():
     total, w = 50, 0.1
     for s in range(total):
@@ -66,7 +115,14 @@ def test_epoch_batches():
     assert full != list(T.EpochBatches(23, 5, seed=7, epoch=2))
     assert list(T.EpochBatches(23, 5, 7, 1, start=2)) == full[2:] and len(T.EpochBatches(23, 5, 7, 1, start=2)) == 2
     parts = [list(T.EpochBatches(24, 6, 7, 1, rank=r, world_size=3)) for r in range(3)]
-    assert [sum((p[i] for p in parts), []) for i in range(4)] == list(T.EpochBatches(24, 6, 7, 1))
+    glob = [sum((p[i] for p in parts), []) for i in range(4)]
+    assert [sorted(b) for b in glob] == [sorted(b) for b in T.EpochBatches(24, 6, 7, 1)]   # same global batches, any W
+    assert glob == T.EpochBatches(24, 6, 7, 1, world_size=3).batches()
+    # PyTorch's DistributedSampler (the released sampler) deals the same permutation
+    ds = torch.utils.data.DistributedSampler(range(24), num_replicas=3, rank=1, shuffle=True, seed=7, drop_last=True); ds.set_epoch(1)
+    assert sum(parts[1], []) == list(ds)
+    perm = torch.randperm(23, generator=torch.Generator().manual_seed(8)).tolist()   # one process: seed + epoch
+    assert full == [perm[i * 5:(i + 1) * 5] for i in range(4)]
     with pytest.raises(ValueError, match='world_size'): T.EpochBatches(24, 5, world_size=2)
     with pytest.raises(ValueError, match='batch'): T.EpochBatches(3, 5)
 
@@ -248,3 +304,107 @@ def test_cache_key_changes_with_the_code_version(cfg, monkeypatch):
     k1, _ = T.encoding_key(m, cfg, 'test')
     monkeypatch.setattr(glscl, '__version__', glscl.__version__ + '.post1')
     assert T.encoding_key(m, cfg, 'test')[0] != k1
+
+# --- precision ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('precision', ['amp-bf16', 'released-fp16'])
+def test_precision_train_step_on_cpu(cfg, precision):
+    "bf16 autocast and the released half CLIP both train on the CPU: finite loss close to fp32's, weights move, dtypes kept."
+    c = cfg.replace(precision=precision, freeze_visual=False, lim_dropout=0.0, max_frames=3, optimizer='bertadam' if precision == 'released-fp16' else 'adamw')
+    torch.manual_seed(0); ref = GLSCL(c.replace(precision='fp32'))
+    torch.manual_seed(0); m = GLSCL(c)
+    m.load_state_dict(ref.state_dict())
+    ds = T.VideoTextDataset.from_config(c, 'train')
+    batch = T.collate_videos([ds[i * 10] for i in range(4)])          # 4 videos x 3 frames: CPU bf16 / fp16 kernels are slow
+    with torch.no_grad(), T.autocast(c, 'cpu'): lo = m(batch)['loss'].item()
+    with torch.no_grad(): lr_ = ref(batch)['loss'].item()
+    assert abs(lo - lr_) < 0.05 * abs(lr_), (lo, lr_)
+    dtypes = {n: p.dtype for n, p in m.named_parameters()}
+    opt = T.make_optimizer(m, c); sched = T.make_scheduler(opt, c.replace(warmup=0.0), 10)   # no warmup: step 0 moves
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    rec = T.train_step(m, batch, opt, sched, c.replace(warmup=0.0), 0)
+    assert math.isfinite(rec['loss']) and math.isfinite(rec['grad_norm'])
+    assert {n: p.dtype for n, p in m.named_parameters()} == dtypes
+    assert not torch.equal(before['lim.queries'], m.lim.queries.detach())
+    if precision == 'released-fp16':
+        assert dtypes['clip.model.transformer.resblocks.0.mlp.c_fc.weight'] == torch.float16
+        st = opt.state[m.clip.model.transformer.resblocks[0].mlp.c_fc.weight]
+        assert st['exp_avg'].dtype == torch.float16
+    else: assert set(dtypes.values()) == {torch.float32}
+
+def test_amp_fp16_uses_a_scaler(cfg):
+    c = cfg.replace(precision='amp-fp16')
+    s = T.make_scaler(c, 'cpu')
+    assert isinstance(s, torch.amp.GradScaler) and T.make_scaler(cfg, 'cpu') is None
+
+# --- DDP: 2 CPU processes (gloo) against one process on the same global batch -------------------------------------------
+
+def _ddp_cfg():
+    "A random tiny CLIP; the image tower frozen (its backward is most of a CPU step), the text tower, TT and LIM trained."
+    return load_config('toy', clip_pretrained='none', lim_dropout=0.0, max_frames=4)
+
+def _ddp_batch(B=8, N=4, L=12, S=64):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 49000, (B, L), generator=g); mask = torch.zeros(B, L, dtype=torch.bool)
+    fm = torch.zeros(B, N, dtype=torch.bool)
+    for i in range(B):
+        n = 3 + (5 * i) % (L - 3); ids[i, 0] = 49406; ids[i, n - 1] = 49407; ids[i, n:] = 0; mask[i, :n] = True
+        fm[i, :1 + (3 * i) % N] = True
+    return dict(ids=ids, mask=mask, frames=torch.randn(B, N, 3, S, S, generator=g) * fm[..., None, None, None], frame_mask=fm)
+
+def _grads(cfg, gather=None, rows=slice(None), wrap=None):
+    torch.manual_seed(0)
+    m = GLSCL(cfg)
+    b = {k: v[rows] for k, v in _ddp_batch().items()}
+    f = wrap(m) if wrap else m
+    out = f(b, gather=gather)
+    out['loss'].backward()
+    return out['loss'].item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+def _ddp_worker(rank, world_size, rdv, out_dir):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{rdv}', rank=rank, world_size=world_size)
+    try:
+        for mode in ('exact', 'released'):
+            cfg = _ddp_cfg().replace(ddp_gather=mode)
+            b = 8 // world_size
+            wrap = lambda m: torch.nn.parallel.DistributedDataParallel(m)
+            loss, grads = _grads(cfg, T.make_gather(cfg), slice(rank * b, (rank + 1) * b), wrap)
+            torch.save(dict(loss=loss, grads=grads), f'{out_dir}/{mode}{rank}.pt')
+    finally: dist.destroy_process_group()
+
+@pytest.fixture(scope='module')
+def ddp_runs(tmp_path_factory):
+    "Both gather modes, each rank's loss and gradients, from one spawn of 2 gloo processes."
+    import torch.multiprocessing as mp
+    d = tmp_path_factory.mktemp('ddp')
+    mp.spawn(_ddp_worker, args=(2, str(d/'rdv'), str(d)), nprocs=2, join=True)
+    return {m: [torch.load(d/f'{m}{r}.pt') for r in range(2)] for m in ('exact', 'released')}
+
+@pytest.fixture(scope='module')
+def one_process():
+    return _grads(_ddp_cfg())
+
+def test_ddp_exact_gather_matches_one_process(ddp_runs, one_process):
+    "2 processes x 4 pairs, gradient-carrying gather + DDP: the same loss on both ranks and the same gradients as 1 x 8."
+    ranks = ddp_runs['exact']
+    loss, grads = one_process
+    for r in ranks: assert r['loss'] == pytest.approx(loss, rel=1e-5, abs=1e-6)
+    g2 = ranks[0]['grads']
+    assert set(g2) == set(grads) and len(grads) > 50
+    for n in grads:
+        assert torch.allclose(g2[n], grads[n], rtol=1e-3, atol=1e-6), (n, (g2[n] - grads[n]).abs().max())
+        assert torch.equal(g2[n], ranks[1]['grads'][n]), n                         # DDP leaves every rank the same
+
+def test_ddp_released_gather_scales_encoders_by_one_over_w(ddp_runs, one_process):
+    "The released gather returns only the local slice: encoder gradients are 1/W, LIM and the logit scale keep theirs."
+    ranks = ddp_runs['released']
+    loss, grads = one_process
+    assert ranks[0]['loss'] == pytest.approx(loss, rel=1e-5)
+    g2 = ranks[0]['grads']
+    full = [n for n in grads if n.startswith('lim.') or n == 'clip.model.logit_scale']
+    assert len(full) > 10
+    for n in grads:
+        want = grads[n] if n in full else grads[n] / 2
+        assert torch.allclose(g2[n], want, rtol=1e-3, atol=1e-6), (n, (g2[n] - want).abs().max())
