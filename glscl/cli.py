@@ -103,9 +103,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 def main(argv=None):
-    "Entry point of the `glscl` console script."
+    "Entry point of the `glscl` console script (also `python -m glscl.cli`, which `torchrun -m glscl.cli` uses)."
     a = parser().parse_args(argv)
     try: a.fn(a)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"glscl {a.command}: {msg}", file=sys.stderr); sys.exit(2)
+
+if __name__ == '__main__': main()

@@ -6,11 +6,11 @@ Docs: https://glscl.github.io/glscl/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #05e20f89
 from __future__ import annotations
-import csv, json, logging, math, os, uuid
+import csv, json, logging, math, os, random, uuid
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import av
 import numpy as np
@@ -18,15 +18,17 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
 from tqdm.auto import tqdm
 
 _log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 # %% auto #0
-__all__ = ['PathLike', 'MSRVTT_FILES', 'VIDEO_EXTS', 'OPENAI_MEAN', 'OPENAI_STD', 'SOT_TOKEN', 'EOT_TOKEN', 'read_msrvtt',
-           'frame_indices', 'VideoError', 'write_video', 'sample_frames', 'compress_video', 'compress_videos',
-           'clip_preprocess', 'tokenize', 'load_video', 'VideoTextDataset', 'VideoDataset', 'collate_videos']
+__all__ = ['PathLike', 'MSRVTT_FILES', 'FRAME_RULES', 'VIDEO_EXTS', 'OPENAI_MEAN', 'OPENAI_STD', 'RELEASED_AUGMENT', 'SOT_TOKEN',
+           'EOT_TOKEN', 'read_msrvtt', 'frame_indices', 'VideoError', 'write_video', 'sample_frames', 'compress_video',
+           'compress_videos', 'clip_preprocess', 'augment_seed', 'augment_clip', 'tokenize', 'load_video',
+           'VideoTextDataset', 'VideoDataset', 'collate_videos']
 
 # %% ../nbs/00_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
@@ -92,14 +94,25 @@ def read_msrvtt(anno_dir: PathLike, split: str) -> list:
     return pairs
 
 # %% ../nbs/00_data.ipynb #f97513e9
-def frame_indices(n_frames: int, video_fps: float, max_frames: int = 12, fps: float = 1.0) -> np.ndarray:
-    "Indices of the frames to keep: one every 1/`fps` seconds, thinned evenly to at most `max_frames`."
+FRAME_RULES = ("glscl", "released")
+
+def frame_indices(n_frames: int, video_fps: float, max_frames: int = 12, fps: float = 1.0,
+                  rule: str = "glscl") -> np.ndarray:
+    """Indices of the frames to keep: one every 1/`fps` seconds, thinned evenly to at most `max_frames`.
+    `rule` 'glscl': frames floor(k video_fps / fps), thinned at rounded positions; 'released': the released
+    code's rule, every round(video_fps / fps)-th frame, thinned at truncated positions."""
+    if rule not in FRAME_RULES: raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
     if int(n_frames) != n_frames or n_frames < 1: raise ValueError(f"n_frames must be an int >= 1, got {n_frames}")
     if int(max_frames) != max_frames or max_frames < 1:
         raise ValueError(f"max_frames must be an int >= 1, got {max_frames}")
     for name, v in (("video_fps", video_fps), ("fps", fps)):
         if not (math.isfinite(v) and v > 0): raise ValueError(f"{name} must be a positive number, got {v}")
     n_frames = int(n_frames)
+    if rule == "released":
+        stride = max(1, int(round(float(video_fps) / float(fps))))
+        idx = np.arange(0, n_frames, stride, dtype=np.int64)
+        if len(idx) > max_frames: idx = idx[np.linspace(0, len(idx) - 1, int(max_frames)).astype(np.int64)]
+        return idx
     k = np.arange(int(math.ceil(n_frames * fps / video_fps)) + 1)
     idx = np.unique(np.floor(k * video_fps / fps).astype(np.int64))   # unique: fps above the video's repeats frames
     idx = idx[idx < n_frames]
@@ -162,8 +175,9 @@ def _decord():
     except ImportError as e: raise ImportError("sample_frames needs decord: pip install decord") from e
     return decord
 
-def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0) -> tuple:
-    "Decode only the frames `frame_indices` picks: (frames uint8 [n,H,W,3], mask bool [max_frames])."
+def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: str = "glscl") -> tuple:
+    "Decode only the frames `frame_indices` picks (with `rule`): (frames uint8 [n,H,W,3], mask bool [max_frames])."
+    if rule not in FRAME_RULES: raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"video file {path} does not exist")
     if path.stat().st_size == 0: raise _video_error(path, "the file is empty")
@@ -174,7 +188,7 @@ def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0) -> tup
     except Exception as e: raise _video_error(path, f"decord cannot open it ({str(e).strip()[:200]})") from e
     if n < 1: raise _video_error(path, "it has no frames")
     if not (math.isfinite(video_fps) and video_fps > 0): raise _video_error(path, f"its frame rate is {video_fps}")
-    idx = frame_indices(n, video_fps, max_frames, fps)
+    idx = frame_indices(n, video_fps, max_frames, fps, rule)
     try: frames = vr.get_batch(idx.tolist()).asnumpy()
     except Exception as e: raise _video_error(path, f"decoding frames {idx.tolist()} failed ({str(e).strip()[:200]})") from e
     if frames.ndim != 4 or frames.shape[0] != len(idx) or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -258,6 +272,45 @@ def clip_preprocess(frames, image_size: int = 224) -> torch.Tensor:
     mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
 
+# %% ../nbs/00_data.ipynb #938ea52c
+RELEASED_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
+
+@lru_cache(maxsize=16)
+def _rand_augment(spec: str, image_size: int):
+    "timm's RandAugment for config string `spec` (e.g. 'rand-m7-n4-mstd0.5-inc1'), grey fill, bicubic; cached."
+    from timm.data.auto_augment import rand_augment_transform
+    hparams = dict(translate_const=int(image_size * 0.45), img_mean=(128, 128, 128), interpolation=Image.BICUBIC)
+    try: return rand_augment_transform(spec, hparams)
+    except Exception as e:
+        raise ValueError(f"bad RandAugment spec {spec!r} ({e!r}); expected timm's format, e.g. {RELEASED_AUGMENT!r}") from e
+
+def augment_seed(seed: int, epoch: int, index: int) -> int:
+    "The augmentation seed of item `index` in `epoch` of a run seeded `seed` (the same in any worker or rank)."
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
+
+def augment_clip(frames: np.ndarray, spec: str, seed: int, image_size: int = 224) -> np.ndarray:
+    """RandAugment `spec` on uint8 `frames` [n,H,W,3] -> uint8 [n,H,W,3], with the same ops, magnitudes and signs
+    on every frame: timm's global RNGs are set to `random.seed(seed)`, `np.random.seed(seed)` before each frame,
+    and the caller's RNG states are restored afterwards."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3: raise ValueError(f"frames must be [n,H,W,3], got shape {frames.shape}")
+    if frames.dtype != np.uint8: raise ValueError(f"frames must be uint8 (0..255), got {frames.dtype}")
+    if isinstance(seed, (bool, np.bool_)) or int(seed) != seed or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}; see augment_seed")
+    tf = _rand_augment(str(spec), int(image_size))
+    py_state, np_state = random.Random(int(seed)).getstate(), np.random.RandomState(int(seed)).get_state()
+    saved_py, saved_np = random.getstate(), np.random.get_state()
+    out = np.empty_like(frames)
+    try:
+        for k, f in enumerate(frames):
+            random.setstate(py_state); np.random.set_state(np_state)
+            img = np.asarray(tf(Image.fromarray(f)).convert("RGB"))
+            if img.shape != f.shape: raise RuntimeError(f"RandAugment changed a frame's shape {f.shape} -> {img.shape}")
+            out[k] = img
+    finally:
+        random.setstate(saved_py); np.random.set_state(saved_np)
+    return out
+
 # %% ../nbs/00_data.ipynb #801f8f7f
 SOT_TOKEN, EOT_TOKEN = 49406, 49407
 
@@ -280,30 +333,51 @@ def tokenize(texts, max_words: int = 32) -> tuple:
     return ids, mask
 
 # %% ../nbs/00_data.ipynb #30ad84c0
-def load_video(path: PathLike, max_frames: int = 12, fps: float = 1.0, image_size: int = 224) -> tuple:
+def load_video(path: PathLike, max_frames: int = 12, fps: float = 1.0, image_size: int = 224,
+               rule: str = "glscl") -> tuple:
     "`sample_frames` then `clip_preprocess`: (frames float [n,3,S,S], mask bool [max_frames])."
-    frames, mask = sample_frames(path, max_frames, fps)
+    frames, mask = sample_frames(path, max_frames, fps, rule)
     return clip_preprocess(frames, image_size), torch.from_numpy(mask)
 
+def _check_sampling(frame_sampling: str):
+    if frame_sampling not in FRAME_RULES:
+        raise ValueError(f"unknown frame_sampling {frame_sampling!r}; allowed values are {FRAME_RULES}")
+
 class _VideoItems:
-    "Shared video loading with logged, counted skips; set `memo = {}` to keep decoded videos in memory (small data sets)."
+    """Shared video loading with logged, counted skips. Set `memo = {}` to keep decoded videos in memory (small data
+    sets): it holds the raw uint8 frames and mask of each video file and sampling, so augmentation and
+    preprocessing happen after it, and one memo can be shared by datasets of any image size."""
     memo = None
-    def _load(self, vid: str):
-        if self.memo is not None and vid in self.memo: return self.memo[vid]
+    def _load_raw(self, vid: str):
+        "(frames uint8 [n,H,W,3], mask bool [max_frames]) of video `vid`, or None (logged, counted) if unreadable."
         path = self.video_dir / f"{vid}{self.ext}"
-        try:
-            video = load_video(path, self.max_frames, self.fps, self.image_size)
-            if self.memo is not None: self.memo[vid] = video
-            return video
+        key = (str(path), int(self.max_frames), float(self.fps), self.frame_sampling)
+        if self.memo is not None and key in self.memo: return self.memo[key]
+        try: video = sample_frames(path, self.max_frames, self.fps, self.frame_sampling)
         except (VideoError, FileNotFoundError) as e:
             self.n_skipped += 1
             _log.warning("skipping video %s: %s", path, e)
             return None
+        if self.memo is not None: self.memo[key] = video
+        return video
+
+    def _load(self, vid: str, aug_seed: Optional[int] = None):
+        "CLIP input of video `vid`: (frames float [n,3,S,S], mask bool [max_frames]); augmented if `aug_seed` is set."
+        video = self._load_raw(vid)
+        if video is None: return None
+        frames, mask = video
+        if aug_seed is not None: frames = augment_clip(frames, self.augment, aug_seed, self.image_size)
+        return clip_preprocess(frames, self.image_size), torch.tensor(mask)
 
 class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
     "(caption, video) pairs -> dict(ids, mask, frames, frame_mask, index, video_index); None for an unreadable video."
     def __init__(self, pairs: Sequence, video_dir: PathLike, max_words: int = 32, max_frames: int = 12,
-                 fps: float = 1.0, image_size: int = 224, ext: str = ".mp4"):
+                 fps: float = 1.0, image_size: int = 224, ext: str = ".mp4", frame_sampling: str = "glscl",
+                 augment: Optional[str] = None, seed: int = 0):
+        _check_sampling(frame_sampling)
+        if augment: _rand_augment(str(augment), int(image_size))        # a bad spec fails here, not in a worker
+        if int(seed) != seed or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        self.frame_sampling, self.augment, self.seed, self.epoch = frame_sampling, (str(augment) if augment else None), int(seed), 0
         self.pairs = [(str(v), c) for v, c in pairs]
         for i, (v, c) in enumerate(self.pairs):
             if not isinstance(c, str) or not c.strip(): raise ValueError(f"pair {i} (video {v}) has an empty caption: {c!r}")
@@ -317,15 +391,27 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, cfg, split: str):
-        "The dataset of MSR-VTT-layout `split` under `cfg.anno_dir`, videos in `cfg.video_dir`."
+        """The dataset of MSR-VTT-layout `split` under `cfg.anno_dir`, videos in `cfg.video_dir`, with the config's
+        frame sampling, augmentation and seed (absent fields: 'glscl', none, 0)."""
         return cls(read_msrvtt(cfg.anno_dir, split), cfg.video_dir, max_words=cfg.max_words,
-                   max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size)
+                   max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
+                   frame_sampling=getattr(cfg, "frame_sampling", "glscl"), augment=getattr(cfg, "augment", None),
+                   seed=getattr(cfg, "seed", 0))
+
+    def set_epoch(self, epoch: int):
+        "Use the augmentation draws of `epoch` (call before each epoch, like DistributedSampler.set_epoch)."
+        if int(epoch) != epoch or epoch < 0: raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def aug_seed(self, i: int) -> Optional[int]:
+        "The augmentation seed of item `i` this epoch, or None without augmentation."
+        return augment_seed(self.seed, self.epoch, i) if self.augment else None
 
     def __len__(self): return len(self.pairs)
 
     def __getitem__(self, i: int):
         vid, cap = self.pairs[i]
-        video = self._load(vid)
+        video = self._load(vid, self.aug_seed(i))
         if video is None: return None
         ids, mask = tokenize(cap, self.max_words)
         return dict(ids=ids[0], mask=mask[0], frames=video[0], frame_mask=video[1], index=i, video_index=self.video_index[i])
@@ -333,7 +419,9 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
 class VideoDataset(_VideoItems, torch.utils.data.Dataset):
     "Unique videos -> dict(frames, frame_mask, video_index); None for an unreadable video."
     def __init__(self, video_ids: Sequence, video_dir: PathLike, max_frames: int = 12, fps: float = 1.0,
-                 image_size: int = 224, ext: str = ".mp4"):
+                 image_size: int = 224, ext: str = ".mp4", frame_sampling: str = "glscl"):
+        _check_sampling(frame_sampling)
+        self.frame_sampling, self.augment = frame_sampling, None          # evaluation videos are never augmented
         self.video_ids = [str(v) for v in video_ids]
         if len(set(self.video_ids)) != len(self.video_ids):
             dup = sorted({v for v in self.video_ids if self.video_ids.count(v) > 1})
@@ -342,6 +430,12 @@ class VideoDataset(_VideoItems, torch.utils.data.Dataset):
         if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
         self.max_frames, self.fps, self.image_size, self.ext = max_frames, fps, image_size, ext
         self.n_skipped = 0
+
+    @classmethod
+    def from_config(cls, cfg, video_ids: Sequence):
+        "The videos `video_ids` in `cfg.video_dir`, sampled and sized as the config says (never augmented)."
+        return cls(video_ids, cfg.video_dir, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
+                   frame_sampling=getattr(cfg, "frame_sampling", "glscl"))
 
     def __len__(self): return len(self.video_ids)
 

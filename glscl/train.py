@@ -333,7 +333,7 @@ def on_shards(fn, n: int) -> list:
     return [r for r, _ in got if r is not None]
 
 # %% ../nbs/09_training.ipynb #53e4698c
-ENCODING_KEYS = ('dataset', 'clip_model', 'precision', 'max_words', 'max_frames', 'fps', 'image_size', 'head', 'tt_layers',
+ENCODING_KEYS = ('dataset', 'clip_model', 'precision', 'frame_sampling', 'max_words', 'max_frames', 'fps', 'image_size', 'head', 'tt_layers',
                  'tt_init', 'n_queries', 'lim_layers', 'lim_heads', 'lim_ff_dim', 'share_queries', 'share_decoder',
                  'official_compat', 'sim_lambda', 'icl_weight', 'idl_alpha')
 
@@ -612,6 +612,9 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     main = rank == 0
     if cfg.batch_size < 2: raise ValueError(f"batch_size={cfg.batch_size}: the contrastive loss needs at least 2 pairs a batch")
     if cfg.batch_size % W: raise ValueError(f"batch_size={cfg.batch_size} is the global batch: it must be a multiple of the {W} processes")
+    if cfg.freeze_visual and cfg.augment:
+        raise ValueError(f"augment={cfg.augment!r} with freeze_visual = true would do nothing (frame features are computed once, "
+                         "unaugmented): set augment = none, or freeze_visual = false")
     out = Path(cfg.out_dir)
     if main: out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)                                          # the same initial weights on every rank

@@ -1,5 +1,5 @@
 "Tests of glscl.data: MSR-VTT readers, frame sampling, video writing/compression, CLIP preprocessing, tokens, datasets."
-import csv, json, logging, math, sys
+import csv, json, logging, math, random, sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,9 +10,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import glscl.data as D
-from glscl.data import (MSRVTT_FILES, VideoDataset, VideoError, VideoTextDataset, clip_preprocess, collate_videos,
-                        compress_video, compress_videos, frame_indices, load_video, read_msrvtt, sample_frames,
-                        tokenize, write_video)
+from glscl.data import (FRAME_RULES, MSRVTT_FILES, RELEASED_AUGMENT, VideoDataset, VideoError, VideoTextDataset,
+                        augment_clip, augment_seed, clip_preprocess, collate_videos, compress_video, compress_videos,
+                        frame_indices, load_video, read_msrvtt, sample_frames, tokenize, write_video)
 
 
 # ---------------------------------------------------------------- annotations in the exact MSR-VTT formats
@@ -141,8 +141,58 @@ def test_frame_indices_examples():
 
 
 @pytest.mark.parametrize("args", [(0, 30.0), (10, 0.0), (10, float("nan")), (10, 30.0, 0), (10, 30.0, 12, -1.0)])
-def test_frame_indices_bad_args(args):
-    with pytest.raises(ValueError): frame_indices(*args)
+@pytest.mark.parametrize("rule", FRAME_RULES)
+def test_frame_indices_bad_args(args, rule):
+    with pytest.raises(ValueError): frame_indices(*args, rule=rule)
+
+
+def ref_released(n_frames, video_fps, max_frames, fps):
+    "The released rule, spelled out: every stride-th frame, thinned at linspace positions cast to int (truncated)."
+    stride = max(1, int(round(video_fps / fps)))
+    pos, i = [], 0
+    while i < n_frames: pos.append(i); i += stride
+    if len(pos) > max_frames:
+        if max_frames == 1: return [pos[0]]
+        step = (len(pos) - 1) / (max_frames - 1)                 # numpy's linspace: j * step, the end exact
+        pos = [pos[int(j * step)] for j in range(max_frames - 1)] + [pos[-1]]
+    return pos
+
+
+@pytest.mark.parametrize("video_fps", [0.3, 0.5, 1.0, 3.0, 4.0, 23.976, 25.0, 29.97, 30.0, 59.94, 60.0])
+def test_frame_indices_released_reference(video_fps):
+    for n in [1, 2, 3, 7, 29, 30, 31, 90, 299, 300, 301, 1000, 5000]:
+        for max_frames in [1, 2, 5, 12, 23, 64]:
+            for fps in [0.5, 1.0, 2.0, 3.0, 10.0]:
+                got = frame_indices(n, video_fps, max_frames, fps, rule="released")
+                assert got.tolist() == ref_released(n, video_fps, max_frames, fps), (n, video_fps, max_frames, fps)
+                assert 1 <= len(got) <= max_frames and np.all(np.diff(got) > 0) and got[-1] < n and got[0] == 0
+                assert np.issubdtype(got.dtype, np.integer)
+
+
+def test_frame_indices_released_examples():
+    r = lambda *a, **k: frame_indices(*a, rule="released", **k).tolist()
+    assert r(300, 29.97) == [0, 30, 60, 90, 120, 150, 180, 210, 240, 270]                  # 10 frames ...
+    assert frame_indices(300, 29.97).tolist() == [0, 29, 59, 89, 119, 149, 179, 209, 239, 269, 299]   # ... not 11
+    # 20 s at 30 fps: 20 positions 0, 30, ..., 570 thinned at linspace(0, 19, 12) = 0, 1.73, 3.45, ... truncated
+    assert r(600, 30.0) == [0, 30, 90, 150, 180, 240, 300, 360, 390, 450, 510, 570]
+    assert frame_indices(600, 30.0).tolist() == [0, 60, 90, 150, 210, 270, 300, 360, 420, 480, 510, 570]  # rounded
+    assert r(5, 0.4) == [0, 1, 2, 3, 4]                          # video slower than 1 fps: stride max(1, round(0.4)) = 1
+    assert r(10, 0.6) == list(range(10))                          # round(0.6) = 1
+    assert r(40, 4.0) == list(range(0, 40, 4)) == frame_indices(40, 4.0).tolist()   # whole stride, no thinning: equal
+    assert r(40, 4.0, max_frames=6) == [0, 4, 12, 20, 28, 36]    # linspace(0, 9, 6) = 0, 1.8, 3.6, 5.4, 7.2, 9
+    assert r(100, 25.0, fps=2.0) == list(range(0, 100, 12))       # round(12.5) = 12 (Python rounds half to even)
+    assert r(100, 27.0, fps=2.0) == list(range(0, 100, 14))       # round(13.5) = 14
+    assert r(1, 30.0) == [0] and r(1000, 30.0, max_frames=1) == [0]
+    # numpy's float linspace: position 11 of linspace(0, 30, 23) is 14.999..., truncated to 14 (exactly: 15)
+    assert r(31, 1.0, max_frames=23)[11] == 14
+    # at max_frames = 12 (divisor 11, a prime) the float positions equal the exact ones for every length
+    for n in range(13, 3000):
+        assert r(n, 1.0) == [j * (n - 1) // 11 for j in range(12)], n
+
+
+def test_frame_indices_unknown_rule():
+    with pytest.raises(ValueError) as e: frame_indices(300, 29.97, rule="clip4clip")
+    assert "clip4clip" in str(e.value) and "glscl" in str(e.value) and "released" in str(e.value)
 
 
 # ---------------------------------------------------------------- real mp4 files
@@ -224,6 +274,36 @@ def test_sample_frames_missing_empty_truncated_garbage(tmp_path, count_mp4):
     assert "compress_videos" in str(e.value) and isinstance(e.value, ValueError)
     (tmp_path / "junk.mp4").write_bytes(b"this is not a video" * 100)
     with pytest.raises(VideoError, match="junk.mp4"): sample_frames(tmp_path / "junk.mp4")
+
+
+def test_sample_frames_released(tmp_path, count_mp4):
+    import decord
+    p = write_video(tmp_path / "ntsc.mp4", counting_frames(51), fps=29.97)   # 1.7 s at 29.97 fps
+    frames, mask = sample_frames(p, rule="released")
+    assert decoded_index(frames) == frame_indices(51, 29.97, rule="released").tolist() == [0, 30]
+    assert decoded_index(sample_frames(p)[0]) == [0, 29]                      # our rule: floor(29.97)
+    assert mask.tolist() == [True] * 2 + [False] * 10
+    assert decoded_index(sample_frames(count_mp4, max_frames=6, rule="released")[0]) == [0, 4, 12, 20, 28, 36]
+    with pytest.raises(ValueError, match="released"): sample_frames(p, rule="nope")
+
+
+def toy_video(tmp_path_factory):
+    "A video of the toy world: data/toy's, or a small world drawn into a temporary folder."
+    p = Path(__file__).resolve().parents[1] / "data" / "toy" / "videos" / "video0.mp4"
+    if p.is_file(): return p
+    from glscl.toyworld import make_toy_msrvtt
+    return make_toy_msrvtt(tmp_path_factory.mktemp("toy"), n_videos=4, seed=0) / "videos" / "video0.mp4"
+
+
+@pytest.mark.parametrize("max_frames,fps", [(12, 1.0), (5, 1.0), (8, 3.0)])
+def test_sample_frames_released_toy(tmp_path_factory, max_frames, fps):
+    import decord
+    p = toy_video(tmp_path_factory)
+    vr = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=1)
+    every = vr.get_batch(list(range(len(vr)))).asnumpy()                     # decode every frame
+    idx = frame_indices(len(vr), float(vr.get_avg_fps()), max_frames, fps, rule="released")
+    frames, mask = sample_frames(p, max_frames, fps, rule="released")
+    assert np.array_equal(frames, every[idx]) and mask.sum() == len(idx) and len(mask) == max_frames
 
 
 def test_write_video_errors(tmp_path):
@@ -438,3 +518,203 @@ def test_collate_synthetic():
     assert b["index"].tolist() == [0, 2, 3] and b["video_index"].tolist() == [10, 12, 13] and b["index"].dtype == torch.long
     assert torch.equal(b["ids"][:, 0], torch.tensor([0, 2, 3]))
     assert collate_videos([None, None]) is None
+
+
+# ---------------------------------------------------------------- RandAugment on whole clips
+def moving_clip(n=5, h=48, w=64):
+    "A textured picture sliding right one pixel a frame: different frames, one scene."
+    base = smooth_image(h, w + n)
+    return np.stack([base[:, k:k + w] for k in range(n)])
+
+
+def rng_states(): return random.getstate(), np.random.get_state()
+
+
+def same_states(a, b):
+    return a[0] == b[0] and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a[1], b[1]))
+
+
+def reference_augment(frames, spec, seed, image_size):
+    "timm's transform on each frame alone, after seeding both global RNGs with `seed`."
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+    tf = rand_augment_transform(spec, dict(translate_const=int(image_size * 0.45), img_mean=(128, 128, 128),
+                                           interpolation=Image.BICUBIC))
+    out = []
+    for f in frames:
+        random.seed(seed); np.random.seed(seed)
+        out.append(np.asarray(tf(Image.fromarray(f))))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345, 2**32 - 1])
+def test_augment_clip_equals_per_frame_reference(seed):
+    clip = moving_clip()
+    before = rng_states()
+    out = augment_clip(clip, RELEASED_AUGMENT, seed, image_size=64)
+    assert same_states(rng_states(), before)                                  # global RNGs untouched
+    assert out.dtype == np.uint8 and out.shape == clip.shape
+    saved = rng_states()
+    try: ref = reference_augment(clip, RELEASED_AUGMENT, seed, 64)
+    finally: random.setstate(saved[0]); np.random.set_state(saved[1])
+    assert np.array_equal(out, ref)
+
+
+def test_augment_clip_same_ops_every_frame():
+    frame = smooth_image(48, 64)
+    clip = np.repeat(frame[None], 6, axis=0)
+    changed = 0
+    for seed in range(20):
+        out = augment_clip(clip, RELEASED_AUGMENT, seed, image_size=64)
+        assert all(np.array_equal(o, out[0]) for o in out), seed            # identical frames stay identical
+        changed += not np.array_equal(out[0], frame)
+    assert changed >= 15                                                     # ~15/16 of draws apply some op
+
+
+def test_augment_clip_deterministic_and_seed_dependent():
+    clip = moving_clip()
+    a = augment_clip(clip, RELEASED_AUGMENT, 3, image_size=64)
+    assert np.array_equal(a, augment_clip(clip.copy(), RELEASED_AUGMENT, 3, image_size=64))
+    random.seed(99); np.random.seed(99)                                      # the caller's state does not matter
+    assert np.array_equal(a, augment_clip(clip, RELEASED_AUGMENT, 3, image_size=64))
+    assert any(not np.array_equal(a, augment_clip(clip, RELEASED_AUGMENT, s, image_size=64)) for s in range(4, 8))
+    assert np.array_equal(clip, moving_clip())                               # input not modified
+
+
+def test_augment_clip_restores_state_on_error(monkeypatch):
+    before = rng_states()
+    def boom(spec, size):
+        def tf(img):
+            random.random(); np.random.rand()
+            raise RuntimeError("op failed")
+        return tf
+    monkeypatch.setattr(D, "_rand_augment", boom)
+    with pytest.raises(RuntimeError, match="op failed"): augment_clip(moving_clip(), RELEASED_AUGMENT, 0, 64)
+    assert same_states(rng_states(), before)
+
+
+def test_augment_clip_errors():
+    clip = moving_clip()
+    with pytest.raises(ValueError, match="uint8"): augment_clip(clip.astype(np.float32), RELEASED_AUGMENT, 0, 64)
+    with pytest.raises(ValueError, match="n,H,W,3"): augment_clip(clip[0], RELEASED_AUGMENT, 0, 64)
+    for bad in (-1, 2**32, 1.5):
+        with pytest.raises(ValueError, match="seed"): augment_clip(clip, RELEASED_AUGMENT, bad, 64)
+    with pytest.raises(ValueError, match="RandAugment spec"): augment_clip(clip, "randaug-wrong", 0, 64)
+
+
+def test_augment_seed():
+    s = augment_seed(0, 1, 2)
+    assert s == int(np.random.SeedSequence([0, 1, 2]).generate_state(1)[0]) and isinstance(s, int) and 0 <= s < 2**32
+    assert len({augment_seed(0, e, i) for e in range(3) for i in range(50)}) == 150
+
+
+# ---------------------------------------------------------------- datasets with frame sampling and augmentation
+@pytest.fixture
+def textured_world(tmp_path):
+    "Two textured videos (augmentation visibly changes them) at 29.97 fps, so the sampling rules differ."
+    vids = tmp_path / "tv"
+    write_video(vids / "v0.mp4", np.stack([smooth_image(48, 64)] * 4 + [255 - smooth_image(48, 64)] * 30 + [smooth_image(48, 64)] * 40), fps=29.97)
+    write_video(vids / "v1.mp4", moving_clip(70, 48, 64), fps=29.97)
+    return vids
+
+
+def test_dataset_no_augment_by_default(textured_world):
+    pairs = [("v0", "a clip"), ("v1", "another clip")]
+    ds = VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32)
+    assert ds.augment is None
+    for i, (v, _) in enumerate(pairs):
+        raw, mask = sample_frames(textured_world / f"{v}.mp4", 4)
+        a, b = ds[i], ds[i]
+        assert torch.equal(a["frames"], clip_preprocess(raw, 32)) and torch.equal(a["frames"], b["frames"])
+        ds.set_epoch(i + 1)                                                   # no effect without augment
+        assert torch.equal(ds[i]["frames"], a["frames"]) and a["frame_mask"].tolist() == mask.tolist()
+    vds = VideoDataset(["v0", "v1"], textured_world, max_frames=4, image_size=32)
+    assert vds.augment is None and torch.equal(vds[0]["frames"], ds[0]["frames"])
+
+
+def test_dataset_augment_per_seed_epoch_index(textured_world):
+    pairs = [("v0", "a clip"), ("v1", "another clip"), ("v0", "a clip again")]
+    mk = lambda seed=0: VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32, augment=RELEASED_AUGMENT, seed=seed)
+    ds = mk()
+    raw = {v: sample_frames(textured_world / f"{v}.mp4", 4)[0] for v in ("v0", "v1")}
+    plain = {v: clip_preprocess(f, 32) for v, f in raw.items()}
+    seen = {}
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i, (v, _) in enumerate(pairs):
+            want = clip_preprocess(augment_clip(raw[v], RELEASED_AUGMENT, augment_seed(0, epoch, i), 32), 32)
+            got = ds[i]["frames"]
+            assert torch.equal(got, want), (epoch, i)
+            seen[epoch, i] = got
+    assert any(not torch.equal(seen[e, i], plain[pairs[i][0]]) for e in range(3) for i in range(3))   # augmented
+    assert any(not torch.equal(seen[0, i], seen[e, i]) for e in (1, 2) for i in range(3))             # per epoch
+    assert not torch.equal(seen[0, 0], seen[0, 2])                     # per index: the same video, another draw
+    other = mk(); other.memo = {}; other.set_epoch(2)                     # a fresh copy (another worker or rank)
+    assert all(torch.equal(other[i]["frames"], seen[2, i]) for i in (2, 0, 1))
+    assert all(torch.equal(other[i]["frames"], seen[2, i]) for i in (1, 2, 0))         # order and memo do not matter
+    seeded = mk(seed=1)
+    assert any(not torch.equal(seeded[i]["frames"], seen[0, i]) for i in range(3))
+    with pytest.raises(ValueError, match="epoch"): ds.set_epoch(-1)
+
+
+def test_dataset_augment_in_dataloader_workers(textured_world):
+    pairs = [("v0", "a"), ("v1", "b"), ("v0", "c"), ("v1", "d")]
+    ds = VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32, augment=RELEASED_AUGMENT, seed=5)
+    ds.set_epoch(3)
+    ref = collate_videos([ds[i] for i in range(4)])
+    dl = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_videos, num_workers=2)
+    got = next(iter(dl))
+    assert torch.equal(got["frames"], ref["frames"])
+
+
+def test_memo_holds_raw_frames(textured_world):
+    pairs = [("v0", "a clip"), ("v1", "another"), ("v0", "again"), ("gone", "never downloaded")]
+    ds = VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32, augment=RELEASED_AUGMENT)
+    ds.memo = {}
+    items = [ds[i] for i in range(4)]
+    assert items[3] is None and ds.n_skipped == 1 and len(ds.memo) == 2      # unreadable videos are not memoised
+    for key, (frames, mask) in ds.memo.items():
+        v = Path(key[0]).stem
+        raw, m = sample_frames(textured_world / f"{v}.mp4", 4)
+        assert frames.dtype == np.uint8 and np.array_equal(frames, raw) and np.array_equal(mask, m)
+    memo_copy = {k: v[0].copy() for k, v in ds.memo.items()}
+    ds.set_epoch(1); [ds[i] for i in range(3)]
+    assert all(np.array_equal(ds.memo[k][0], f) for k, f in memo_copy.items())   # augmentation never writes into it
+    big = VideoDataset(["v0"], textured_world, max_frames=4, image_size=48)   # one memo serves any image size
+    big.memo = ds.memo
+    assert big[0]["frames"].shape[-1] == 48 and len(ds.memo) == 2
+    rel = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32, frame_sampling="released")
+    rel.memo = ds.memo
+    rel[0]
+    assert len(ds.memo) == 3                                                 # another sampling, another entry
+
+
+def test_dataset_frame_sampling(textured_world):
+    for rule in FRAME_RULES:
+        ds = VideoTextDataset([("v1", "x")], textured_world, max_frames=12, image_size=32, frame_sampling=rule)
+        vds = VideoDataset(["v1"], textured_world, max_frames=12, image_size=32, frame_sampling=rule)
+        raw, mask = sample_frames(textured_world / "v1.mp4", 12, 1.0, rule)
+        assert torch.equal(ds[0]["frames"], clip_preprocess(raw, 32)) and torch.equal(vds[0]["frames"], ds[0]["frames"])
+    a = sample_frames(textured_world / "v1.mp4", rule="glscl")[0]
+    b = sample_frames(textured_world / "v1.mp4", rule="released")[0]
+    assert len(a) == 3 and len(b) == 3 and not np.array_equal(a, b)           # frames 0, 29, 59 vs 0, 30, 60
+    with pytest.raises(ValueError, match="released"): VideoTextDataset([("v1", "x")], textured_world, frame_sampling="x")
+    with pytest.raises(ValueError, match="released"): VideoDataset(["v1"], textured_world, frame_sampling="x")
+    with pytest.raises(ValueError, match="RandAugment spec"): VideoTextDataset([("v1", "x")], textured_world, augment="nope")
+
+
+def test_from_config_sampling_and_augment(world, textured_world):
+    from glscl.config import load_config
+    anno, vids = world
+    cfg = load_config("toy").replace(anno_dir=str(anno), video_dir=str(vids), max_frames=4, image_size=32,
+                                     frame_sampling="released", augment=RELEASED_AUGMENT, seed=11)
+    ds = VideoTextDataset.from_config(cfg, "train7k")
+    assert (ds.frame_sampling, ds.augment, ds.seed, ds.max_frames, ds.image_size) == ("released", RELEASED_AUGMENT, 11, 4, 32)
+    assert ds[0]["frames"].shape == (4, 3, 32, 32)
+    vds = VideoDataset.from_config(cfg, ["video2", "video0"])
+    assert (vds.frame_sampling, vds.augment, vds.max_frames, vds.fps, vds.image_size) == ("released", None, 4, 1.0, 32)
+    assert vds.video_ids == ["video2", "video0"] and vds.video_dir == vids
+    raw, _ = sample_frames(vids / "video2.mp4", 4, 1.0, "released")
+    assert torch.equal(vds[0]["frames"], clip_preprocess(raw, 32))
+    plain = VideoTextDataset.from_config(cfg.replace(augment=None, frame_sampling="glscl"), "train7k")
+    assert plain.augment is None and plain.frame_sampling == "glscl" and plain.seed == 11
