@@ -16,8 +16,24 @@ def test_paper_recipe_values():
     assert (c.max_words, c.max_frames, c.fps, c.image_size) == (32, 12, 1.0, 224)
     assert (c.gim_temp, c.n_queries, c.lim_layers, c.lim_ff_dim, c.lim_heads, c.lim_dropout) == (3.0, 8, 3, 2048, 8, 0.1)
     assert (c.sim_lambda, c.idl_alpha, c.icl_beta, c.icl_target, c.seed) == (0.5, 1e-4, 0.02, 0.75, 42)
-    assert c.share_queries is True and c.share_decoder is True and c.official_compat is False
+    assert c.share_queries is True and c.share_decoder is True
     assert (c.clip_model, c.clip_pretrained, c.icl_norm) == ('ViT-B-32', 'openai', 'k')
+    # the released code's own ways (RELEASED_RECIPE.md), all on in the paper's preset
+    assert (c.precision, c.optimizer, c.weight_decay_rule, c.frame_sampling, c.ddp_gather) == \
+           ('released-fp16', 'bertadam', 'released', 'released', 'released')
+    assert c.official_compat and c.freeze_conv1 and not c.freeze_visual and c.augment == 'rand-m7-n4-mstd0.5-inc1'
+    assert c.eval_every == 150
+
+def test_corrected_preset_differs_only_in_the_loose_spots():
+    rel, fix = load_config('msrvtt-vitb32').to_dict(), load_config('msrvtt-vitb32-amp').to_dict()
+    diff = {k for k in rel if rel[k] != fix[k]} - {'name', 'description', 'out_dir'}
+    assert diff == {'precision', 'optimizer', 'weight_decay_rule', 'official_compat', 'ddp_gather', 'frame_sampling'}
+    assert (fix['precision'], fix['optimizer'], fix['official_compat'], fix['ddp_gather']) == ('amp-bf16', 'adamw', False, 'exact')
+
+def test_choices_are_checked():
+    with pytest.raises(ValueError, match="'fp16' is now 'released-fp16'"): load_config('toy', precision='fp16')
+    for k in ('precision', 'optimizer', 'weight_decay_rule', 'frame_sampling', 'ddp_gather', 'head'):
+        with pytest.raises(ValueError, match=f"setting '{k}'.*use one of"): load_config('toy', **{k: 'nope'})
 
 def test_base_chain_and_types():
     toy, paper = load_config('toy'), load_config('msrvtt-vitb32')

@@ -6,7 +6,7 @@ from glscl.losses import intra_diversity_loss
 
 @pytest.fixture(scope='module')
 def cfg():
-    return load_config('toy', clip_pretrained='none', lim_dropout=0.0, freeze_visual=False)
+    return load_config('toy', clip_pretrained='none', lim_dropout=0.0, freeze_visual=False, freeze_conv1=False)
 
 @pytest.fixture(scope='module')
 def model(cfg):
