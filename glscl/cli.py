@@ -110,4 +110,4 @@ def main(argv=None):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"glscl {a.command}: {msg}", file=sys.stderr); sys.exit(2)
 
-if __name__ == '__main__': main()
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # `python -m glscl.cli` (torchrun -m), not this notebook

@@ -7,7 +7,7 @@ Docs: https://glscl.github.io/glscl/clip_encoding.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'TINY_CLIP', 'PRECISIONS', 'TINY_RECIPE', 'register_tiny_clip', 'data_dir', 'resolve_pretrained', 'ClipEncoder',
-           'load_clip', 'check_precision', 'LayerNormFp32', 'cast_released_fp16', 'TemporalTransformer',
+           'check_precision', 'LayerNormFp32', 'cast_released_fp16', 'load_clip', 'TemporalTransformer',
            'clip_contrastive_targets', 'pretrain_tiny_clip', 'atomic_save', 'tiny_clip_checkpoint',
            'frame_caption_recall']
 
@@ -154,35 +154,6 @@ class ClipEncoder(nn.Module):
         out[keep] = feats
         return out.view(B, N, -1)
 
-# %% ../nbs/02_clip_encoding.ipynb #b9f1ce5d
-def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', precision: str = 'fp32', quick_gelu: bool = False) -> ClipEncoder:
-    """A `ClipEncoder` of open_clip `model_name` with weights `pretrained`: a tag, a checkpoint path, 'toy' (glscl-tiny) or None.
-    `quick_gelu` forces OpenAI's QuickGELU activation (set on its own for OpenAI weights; pass it when the weights come later)."""
-    register_tiny_clip()
-    if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-32, ViT-B-16, glscl-tiny")
-    path, quick = None, bool(quick_gelu)
-    if isinstance(pretrained, str) and pretrained.lower() == 'none': pretrained = None
-    if pretrained is None: pass
-    elif model_name == 'glscl-tiny' and pretrained == 'toy': path = tiny_clip_checkpoint()
-    elif Path(str(pretrained)).expanduser().is_file(): path = Path(pretrained).expanduser()
-    elif any(c in str(pretrained) for c in '/\\') or str(pretrained).endswith(('.pt', '.pth', '.bin', '.safetensors')):
-        raise FileNotFoundError(f"checkpoint file {pretrained} not found; pass an existing file or a tag such as 'openai'")
-    else:
-        path = Path(resolve_pretrained(model_name, pretrained))
-        quick = bool(open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu'))
-    sd = None
-    if path is not None:
-        sd, jit = _read_checkpoint(path)
-        quick = quick or jit             # OpenAI's JIT archives were trained with QuickGELU
-    root = logging.getLogger()
-    level = root.level; root.setLevel(max(level, logging.ERROR))   # open_clip warns "initialized randomly" before we load
-    try: model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick, device='cpu')
-    finally: root.setLevel(level)
-    if sd is not None: _load_weights(model, sd, path, model_name)
-    enc = ClipEncoder(model.to(device), model_name).eval()
-    return cast_released_fp16(enc) if check_precision(precision) == 'released-fp16' else enc
-
 # %% ../nbs/02_clip_encoding.ipynb #ce3b4e5e
 PRECISIONS = ('fp32', 'amp-bf16', 'amp-fp16', 'released-fp16')
 
@@ -216,6 +187,35 @@ def cast_released_fp16(encoder: ClipEncoder) -> ClipEncoder:
         for name in ('text_projection', 'proj'):
             if isinstance(getattr(owner, name, None), nn.Parameter): half(owner, name)
     return encoder
+
+# %% ../nbs/02_clip_encoding.ipynb #b9f1ce5d
+def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', precision: str = 'fp32', quick_gelu: bool = False) -> ClipEncoder:
+    """A `ClipEncoder` of open_clip `model_name` with weights `pretrained`: a tag, a checkpoint path, 'toy' (glscl-tiny) or None.
+    `quick_gelu` forces OpenAI's QuickGELU activation (set on its own for OpenAI weights; pass it when the weights come later)."""
+    register_tiny_clip()
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-32, ViT-B-16, glscl-tiny")
+    path, quick = None, bool(quick_gelu)
+    if isinstance(pretrained, str) and pretrained.lower() == 'none': pretrained = None
+    if pretrained is None: pass
+    elif model_name == 'glscl-tiny' and pretrained == 'toy': path = tiny_clip_checkpoint()
+    elif Path(str(pretrained)).expanduser().is_file(): path = Path(pretrained).expanduser()
+    elif any(c in str(pretrained) for c in '/\\') or str(pretrained).endswith(('.pt', '.pth', '.bin', '.safetensors')):
+        raise FileNotFoundError(f"checkpoint file {pretrained} not found; pass an existing file or a tag such as 'openai'")
+    else:
+        path = Path(resolve_pretrained(model_name, pretrained))
+        quick = bool(open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu'))
+    sd = None
+    if path is not None:
+        sd, jit = _read_checkpoint(path)
+        quick = quick or jit             # OpenAI's JIT archives were trained with QuickGELU
+    root = logging.getLogger()
+    level = root.level; root.setLevel(max(level, logging.ERROR))   # open_clip warns "initialized randomly" before we load
+    try: model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick, device='cpu')
+    finally: root.setLevel(level)
+    if sd is not None: _load_weights(model, sd, path, model_name)
+    enc = ClipEncoder(model.to(device), model_name).eval()
+    return cast_released_fp16(enc) if check_precision(precision) == 'released-fp16' else enc
 
 # %% ../nbs/02_clip_encoding.ipynb #48044b8d
 class TemporalTransformer(nn.Module):

@@ -332,10 +332,28 @@ def test_precision_train_step_on_cpu(cfg, precision):
         assert st['exp_avg'].dtype == torch.float16
     else: assert set(dtypes.values()) == {torch.float32}
 
-def test_amp_fp16_uses_a_scaler(cfg):
-    c = cfg.replace(precision='amp-fp16')
+def test_amp_fp16_step_with_a_scaler(cfg):
+    "amp-fp16: the loss is scaled for the backward, gradients unscaled before the clip, the step taken; an overflow skips it."
+    c = cfg.replace(precision='amp-fp16', lim_dropout=0.0, max_frames=3, warmup=0.0)
     s = T.make_scaler(c, 'cpu')
     assert isinstance(s, torch.amp.GradScaler) and T.make_scaler(cfg, 'cpu') is None
+    torch.manual_seed(0); m = GLSCL(c)
+    ds = T.VideoTextDataset.from_config(c, 'train')
+    batch = T.with_features(T.collate_videos([ds[i * 10] for i in range(4)]), T.frame_features(m, ds, c, progress=False), ds)
+    opt = T.make_optimizer(m, c); sched = T.make_scheduler(opt, c, 10)
+    q0 = m.lim.queries.detach().clone()
+    for step in range(30):              # the first scale (65536) overflows fp16: those steps are skipped, the scale halves
+        scale = s.get_scale()
+        rec = T.train_step(m, batch, opt, sched, c, step, scaler=s)
+        if 'skipped' not in rec: break
+        assert s.get_scale() == scale / 2 and torch.equal(q0, m.lim.queries.detach())
+    assert 'skipped' not in rec and math.isfinite(rec['grad_norm']) and rec['grad_norm'] < 1e3   # unscaled before the clip
+    assert not torch.equal(q0, m.lim.queries.detach())
+    # an inf gradient: the scaler skips the update and halves its scale, no NonFiniteLoss
+    scale = s.get_scale(); q1 = m.lim.queries.detach().clone()
+    m.lim.queries.register_hook(lambda g: g * float('inf'))
+    rec = T.train_step(m, batch, opt, sched, c, step + 1, scaler=s)
+    assert rec.get('skipped') and s.get_scale() < scale and torch.equal(q1, m.lim.queries.detach())
 
 # --- DDP: 2 CPU processes (gloo) against one process on the same global batch -------------------------------------------
 
