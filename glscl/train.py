@@ -630,7 +630,7 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     if resume:
         ckpt = read_checkpoint(resume)
         check_resume(ckpt, cfg, resume)
-        if (cfg.max_steps, cfg.epochs) != (ckpt['config']['max_steps'], ckpt['config']['epochs']):
+        if main and (cfg.max_steps, cfg.epochs) != (ckpt['config']['max_steps'], ckpt['config']['epochs']):
             log.warning("resuming with another length (max_steps %s, epochs %s): the schedule is stretched from here on",
                         cfg.max_steps, cfg.epochs)
         state = load_checkpoint(resume, model, opt, sched, scaler, restore_rng=True, ckpt=ckpt)['state']
