@@ -5,6 +5,7 @@ Modules:
 - `glscl.cli`: `glscl` on the command line: every subcommand reads a preset of `settings.ini` through `load_config`, so the shell, the notebooks and the tests agree on every hyperparameter.
 - `glscl.clip`: open_clip as the backbone: every token of a caption and every sampled frame of a video as CLIP features, the temporal transformer that lets frames see each other, and the tiny CLIP that stands in for OpenAI's on a CPU.
 - `glscl.config`: One place for every hyperparameter: the sections of `settings.ini`, loaded as a typed `Config`; and the runner that executes the whole course with papermill.
+- `glscl.framecache`: Every sampled frame of every video decoded once, resized and cropped, and stored in a few large files, so that training reads bytes instead of decoding video.
 - `glscl.gim`: A parameter-free, text-conditioned pooling of a video's frames, and the coarse similarity Sim1 for every text-video pair at the cost of one matrix product.
 - `glscl.lim`: $K$ learnable queries read a caption's tokens and a video's frames through one shared transformer decoder; the fine similarity Sim2 compares the two sets of query outputs slot by slot.
 - `glscl.losses`: The symmetric InfoNCE loss on the training logits, and the inter-consistency loss that asks a query to mean the same thing in a video and in its caption.

@@ -64,6 +64,18 @@ def _train(a):
     print(f"best checkpoint: step {b['step']}, t2v R@1 {b['t2v_R1']:.1f}, v2t R@1 {b['v2t_R1']:.1f} ({b['checkpoint']}; {b['note']})")
     print(f"run folder: {s['out_dir']} (log.jsonl, summary.json, training.png)")
 
+def _cache_frames(a):
+    "Decode every video of a preset's splits once into its frame cache."
+    from glscl.framecache import build_frame_cache
+    cfg = load_config(a.preset, **parse_sets(a.set))
+    if cfg.dataset == 'toy':
+        from glscl.toyworld import ensure_toy_world
+        ensure_toy_world(cfg)
+    if not cfg.frame_cache and not a.out: raise ValueError(f"preset {a.preset!r} has no frame_cache folder: pass --out DIR or --set frame_cache=DIR")
+    r = build_frame_cache(cfg, a.splits, a.out, progress=not a.quiet)
+    print(f"frame cache {r['folder']}: {r['videos']} videos, {r['bytes'] / 2**20:.1f} MiB ({r['bytes_per_video'] / 1024:.0f} KiB a video)"
+          + (f"; {len(r['unreadable'])} unreadable: {', '.join(r['unreadable'][:10])}" if r['unreadable'] else ''))
+
 EVAL_SETTABLE = ('anno_dir', 'video_dir', 'test_split', 'train_split', 'eval_batch_size', 'num_workers',
                  'sim_lambda', 'gim_temp', 'official_compat', 'max_frames', 'fps', 'max_words')
 
@@ -95,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--resume', metavar='PATH', help="continue a run exactly from its last.pt"); s.add_argument('--quiet', action='store_true')
     s.add_argument('--device', default=None, help='cuda, cpu, ... (default: CUDA when there is one; under torchrun each process takes its LOCAL_RANK GPU)')
     s.set_defaults(fn=_train)
+    s = sub.add_parser('cache-frames', help="decode each video of a preset's splits once into its frame cache (resumable)")
+    s.add_argument('--preset', default='toy'); s.add_argument('--set', action='append', metavar='KEY=VALUE')
+    s.add_argument('--splits', nargs='*', default=None, help="default: the preset's train and test splits")
+    s.add_argument('--out', default=None, help="cache folder (default: the preset's frame_cache)"); s.add_argument('--quiet', action='store_true')
+    s.set_defaults(fn=_cache_frames)
     s = sub.add_parser('eval', help="retrieval metrics of a checkpoint on a split (encodings cached next to it)")
     s.add_argument('--checkpoint', required=True, metavar='PATH'); s.add_argument('--split', default=None, help="default: the preset's test split")
     s.add_argument('--set', action='append', metavar='KEY=VALUE', help=f"change a key of the stored config: {', '.join(EVAL_SETTABLE)}")

@@ -58,6 +58,8 @@ class Config:
     # freezing CLIP's patch embedding, and the DDP gather ('exact' gradients or the 'released' 1/W scaling)
     frame_sampling: str = 'glscl'; augment: Optional[str] = None; weight_decay_rule: str = 'glscl'
     freeze_conv1: bool = False; ddp_gather: str = 'exact'
+    # a folder of decoded frames (`glscl cache-frames`): read instead of the videos when it holds a finished cache
+    frame_cache: Optional[Path] = None
 
     def __post_init__(self):
         for k, allowed in CHOICES.items():
@@ -90,8 +92,9 @@ _TRUE, _FALSE = {'1', 'true', 'yes', 'on'}, {'0', 'false', 'no', 'off'}
 
 def _convert(typ, value, key, root: Path):
     "Convert one ini value (or an already typed value) to `typ`."
-    if typ == Optional[str]:
+    if typ in (Optional[str], Optional[Path]):
         if value is None or str(value).strip().lower() in ('', 'none'): return None
+        if typ == Optional[Path]: return _convert(Path, value, key, root)
         return str(value)
     if typ is bool:
         if isinstance(value, bool): return value

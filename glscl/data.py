@@ -27,8 +27,8 @@ PathLike = Union[str, os.PathLike]
 # %% auto #0
 __all__ = ['PathLike', 'MSRVTT_FILES', 'FRAME_RULES', 'VIDEO_EXTS', 'OPENAI_MEAN', 'OPENAI_STD', 'RELEASED_AUGMENT', 'SOT_TOKEN',
            'EOT_TOKEN', 'read_msrvtt', 'frame_indices', 'VideoError', 'write_video', 'sample_frames', 'compress_video',
-           'compress_videos', 'clip_preprocess', 'augment_seed', 'augment_clip', 'tokenize', 'load_video',
-           'VideoTextDataset', 'VideoDataset', 'collate_videos']
+           'compress_videos', 'resize_crop', 'clip_preprocess', 'augment_seed', 'augment_clip', 'tokenize',
+           'load_video', 'VideoTextDataset', 'VideoDataset', 'collate_videos']
 
 # %% ../nbs/00_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
@@ -255,8 +255,8 @@ def compress_videos(src_dir: PathLike, dst_dir: PathLike, fps: float = 3, short_
 # %% ../nbs/00_data.ipynb #41cc3048
 OPENAI_MEAN, OPENAI_STD = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
 
-def clip_preprocess(frames, image_size: int = 224) -> torch.Tensor:
-    "uint8 frames [n,H,W,3] -> CLIP input float32 [n,3,S,S]: bicubic short-side resize, centre crop, normalise."
+def resize_crop(frames, image_size: int = 224) -> torch.Tensor:
+    "uint8 frames [n,H,W,3] -> float32 [n,3,S,S] of whole numbers in 0..255: bicubic short-side resize, centre crop."
     x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else torch.as_tensor(frames)
     if x.ndim != 4 or x.shape[-1] != 3: raise ValueError(f"frames must be [n,H,W,3], got shape {tuple(x.shape)}")
     if x.dtype != torch.uint8: raise ValueError(f"frames must be uint8 (0..255), got {x.dtype}")
@@ -268,7 +268,11 @@ def clip_preprocess(frames, image_size: int = 224) -> torch.Tensor:
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 255).round_()
     top, left = int(round((nh - S) / 2)), int(round((nw - S) / 2))
-    x = x[..., top:top + S, left:left + S] / 255
+    return x[..., top:top + S, left:left + S]
+
+def clip_preprocess(frames, image_size: int = 224) -> torch.Tensor:
+    "uint8 frames [n,H,W,3] -> CLIP input float32 [n,3,S,S]: bicubic short-side resize, centre crop (`resize_crop`), normalise."
+    x = resize_crop(frames, image_size) / 255
     mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
 
@@ -347,13 +351,15 @@ class _VideoItems:
     """Shared video loading with logged, counted skips. Set `memo = {}` to keep decoded videos in memory (small data
     sets): it holds the raw uint8 frames and mask of each video file and sampling, so augmentation and
     preprocessing happen after it, and one memo can be shared by datasets of any image size."""
-    memo = None
+    memo = frame_cache = None
     def _load_raw(self, vid: str):
-        "(frames uint8 [n,H,W,3], mask bool [max_frames]) of video `vid`, or None (logged, counted) if unreadable."
+        """(frames uint8 [n,H,W,3], mask bool [max_frames]) of video `vid`, or None (logged, counted) if unreadable.
+        With a `frame_cache` (glscl.framecache.FrameCache) the frames come from it, already resized and cropped."""
         path = self.video_dir / f"{vid}{self.ext}"
-        key = (str(path), int(self.max_frames), float(self.fps), self.frame_sampling)
+        fc = self.frame_cache if self.frame_cache is not None and self.frame_cache.has(vid, path) else None
+        key = (str(path), int(self.max_frames), float(self.fps), self.frame_sampling, 'cache' if fc is not None else 'video')
         if self.memo is not None and key in self.memo: return self.memo[key]
-        try: video = sample_frames(path, self.max_frames, self.fps, self.frame_sampling)
+        try: video = fc.read(vid) if fc is not None else sample_frames(path, self.max_frames, self.fps, self.frame_sampling)
         except (VideoError, FileNotFoundError) as e:
             self.n_skipped += 1
             _log.warning("skipping video %s: %s", path, e)
@@ -368,6 +374,12 @@ class _VideoItems:
         frames, mask = video
         if aug_seed is not None: frames = augment_clip(frames, self.augment, aug_seed, self.image_size)
         return clip_preprocess(frames, self.image_size), torch.tensor(mask)
+
+def _open_cache(cfg):
+    "The preset's frame cache (`cfg.frame_cache`) if it has one, else None (glscl.framecache)."
+    if not getattr(cfg, 'frame_cache', None): return None
+    from glscl.framecache import open_frame_cache
+    return open_frame_cache(cfg)
 
 class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
     "(caption, video) pairs -> dict(ids, mask, frames, frame_mask, index, video_index); None for an unreadable video."
@@ -392,11 +404,13 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
     @classmethod
     def from_config(cls, cfg, split: str):
         """The dataset of MSR-VTT-layout `split` under `cfg.anno_dir`, videos in `cfg.video_dir`, with the config's
-        frame sampling, augmentation and seed (absent fields: 'glscl', none, 0)."""
-        return cls(read_msrvtt(cfg.anno_dir, split), cfg.video_dir, max_words=cfg.max_words,
-                   max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
-                   frame_sampling=getattr(cfg, "frame_sampling", "glscl"), augment=getattr(cfg, "augment", None),
-                   seed=getattr(cfg, "seed", 0))
+        frame sampling, augmentation and seed (absent fields: 'glscl', none, 0); frames from the preset's frame cache when it has one."""
+        ds = cls(read_msrvtt(cfg.anno_dir, split), cfg.video_dir, max_words=cfg.max_words,
+                 max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
+                 frame_sampling=getattr(cfg, "frame_sampling", "glscl"), augment=getattr(cfg, "augment", None),
+                 seed=getattr(cfg, "seed", 0))
+        ds.frame_cache = _open_cache(cfg)
+        return ds
 
     def set_epoch(self, epoch: int):
         "Use the augmentation draws of `epoch` (call before each epoch, like DistributedSampler.set_epoch)."
@@ -433,9 +447,11 @@ class VideoDataset(_VideoItems, torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, cfg, video_ids: Sequence):
-        "The videos `video_ids` in `cfg.video_dir`, sampled and sized as the config says (never augmented)."
-        return cls(video_ids, cfg.video_dir, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
-                   frame_sampling=getattr(cfg, "frame_sampling", "glscl"))
+        "The videos `video_ids` in `cfg.video_dir`, sampled and sized as the config says (never augmented; the frame cache when there is one)."
+        ds = cls(video_ids, cfg.video_dir, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
+                 frame_sampling=getattr(cfg, "frame_sampling", "glscl"))
+        ds.frame_cache = _open_cache(cfg)
+        return ds
 
     def __len__(self): return len(self.video_ids)
 

@@ -216,7 +216,7 @@ def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng:
     if restore_rng: set_rng_state(ckpt['rng'])
     return ckpt
 
-RESUME_FREE_KEYS = ('name', 'description', 'out_dir', 'anno_dir', 'video_dir', 'num_workers', 'eval_batch_size',
+RESUME_FREE_KEYS = ('name', 'description', 'out_dir', 'anno_dir', 'video_dir', 'frame_cache', 'num_workers', 'eval_batch_size',
                     'eval_every', 'max_skip_frac', 'epochs', 'max_steps')
 
 def check_resume(ckpt: dict, cfg: Config, path):
