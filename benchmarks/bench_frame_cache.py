@@ -47,11 +47,12 @@ def msrvtt_like(root: Path, n: int, seconds: int = 15, fps: int = 30, size=(240,
     return root
 
 
-def clips_per_second(cfg, vids, workers: int, batch: int, passes: int) -> float:
-    "Median over `passes` of clips/s through a DataLoader of VideoDataset (frame cache used when cfg has one)."
+def clips_per_second(cfg, vids, workers: int, batch: int, passes: int, uint8: bool = True) -> float:
+    """Median over `passes` of clips/s through a DataLoader of VideoDataset (frame cache used when cfg has one).
+    `uint8`: pixels handed over as uint8, as training does (the model normalises them); else float CLIP input."""
     rates = []
     for _ in range(passes):
-        ds = VideoDataset.from_config(cfg, vids)
+        ds = VideoDataset.from_config(cfg, vids); ds.uint8 = uint8
         dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_videos)
         t0 = time.perf_counter(); n = 0
         for b in dl: n += len(b['frames'])
@@ -79,11 +80,13 @@ def run(name, cfg, workers, batch, passes):
     build_s = time.perf_counter() - t0
     video = clips_per_second(cfg.replace(frame_cache=None), vids, workers, batch, passes)
     cached = clips_per_second(cfg, vids, workers, batch, passes)
+    video_f = clips_per_second(cfg.replace(frame_cache=None), vids, workers, batch, passes, uint8=False)
+    cached_f = clips_per_second(cfg, vids, workers, batch, passes, uint8=False)
     j = jpeg_trade(FrameCache(cfg.frame_cache), vids[:min(len(vids), 24)])
     print(f"\n{name}: {len(vids)} videos, {cfg.max_frames} frames at {cfg.fps} fps, {cfg.image_size} px, "
           f"DataLoader with {workers} workers, batch {batch}, median of {passes} passes")
-    print(f"  from the videos      {video:8.1f} clips/s")
-    print(f"  from the frame cache {cached:8.1f} clips/s   -> {cached / video:.1f}x")
+    print(f"  uint8 pixels (what training loads)   from the videos {video:7.1f} clips/s, from the frame cache {cached:7.1f} clips/s -> {cached / video:.1f}x")
+    print(f"  float CLIP input (4x the bytes)      from the videos {video_f:7.1f} clips/s, from the frame cache {cached_f:7.1f} clips/s -> {cached_f / video_f:.1f}x")
     print(f"  cache: {r['bytes_per_video'] / 1024:.0f} KiB a video (uint8), built in {build_s:.1f} s "
           f"({len(vids) / build_s:.1f} videos/s)")
     print(f"  as JPEG q90: {j['jpeg_kib']:.0f} KiB a video ({j['ratio']:.1f}x smaller), decoded at {j['jpeg_fps']:.0f} frames/s "

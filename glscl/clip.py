@@ -145,6 +145,9 @@ class ClipEncoder(nn.Module):
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
         "Frame features [B,N,D] of frames [B,N,3,H,W]; with a mask [B,N], only valid frames are encoded (others are 0)."
         if frames.ndim != 5: raise ValueError(f"frames must be [B,N,3,H,W], got {tuple(frames.shape)}")
+        if frames.dtype == torch.uint8:                                  # pixels from a uint8 loader: normalise here
+            from glscl.data import normalize_frames
+            frames = normalize_frames(frames) * (1 if mask is None else mask[..., None, None, None].to(frames.device))
         B, N = frames.shape[:2]
         flat = frames.flatten(0, 1).to(self.model.visual.conv1.weight.dtype)     # half pixels into a half CLIP
         if mask is None: return self.model.encode_image(flat).view(B, N, -1)

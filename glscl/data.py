@@ -27,8 +27,8 @@ PathLike = Union[str, os.PathLike]
 # %% auto #0
 __all__ = ['PathLike', 'MSRVTT_FILES', 'FRAME_RULES', 'VIDEO_EXTS', 'OPENAI_MEAN', 'OPENAI_STD', 'RELEASED_AUGMENT', 'SOT_TOKEN',
            'EOT_TOKEN', 'read_msrvtt', 'frame_indices', 'VideoError', 'write_video', 'sample_frames', 'compress_video',
-           'compress_videos', 'resize_crop', 'clip_preprocess', 'augment_seed', 'augment_clip', 'tokenize',
-           'load_video', 'VideoTextDataset', 'VideoDataset', 'collate_videos']
+           'compress_videos', 'resize_crop', 'normalize_frames', 'clip_preprocess', 'augment_seed', 'augment_clip',
+           'tokenize', 'load_video', 'VideoTextDataset', 'VideoDataset', 'collate_videos']
 
 # %% ../nbs/00_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
@@ -270,11 +270,15 @@ def resize_crop(frames, image_size: int = 224) -> torch.Tensor:
     top, left = int(round((nh - S) / 2)), int(round((nw - S) / 2))
     return x[..., top:top + S, left:left + S]
 
+def normalize_frames(x: torch.Tensor) -> torch.Tensor:
+    "Pixels [..., 3, S, S] in 0..255 (uint8 or float) -> CLIP input: / 255, then OpenAI's mean and std, on `x`'s device."
+    x = x.float() / 255
+    mean = torch.tensor(OPENAI_MEAN, device=x.device).view(3, 1, 1); std = torch.tensor(OPENAI_STD, device=x.device).view(3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
 def clip_preprocess(frames, image_size: int = 224) -> torch.Tensor:
     "uint8 frames [n,H,W,3] -> CLIP input float32 [n,3,S,S]: bicubic short-side resize, centre crop (`resize_crop`), normalise."
-    x = resize_crop(frames, image_size) / 255
-    mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return normalize_frames(resize_crop(frames, image_size))
 
 # %% ../nbs/00_data.ipynb #938ea52c
 RELEASED_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
@@ -367,13 +371,16 @@ class _VideoItems:
         if self.memo is not None: self.memo[key] = video
         return video
 
+    uint8 = False
     def _load(self, vid: str, aug_seed: Optional[int] = None):
-        "CLIP input of video `vid`: (frames float [n,3,S,S], mask bool [max_frames]); augmented if `aug_seed` is set."
+        """CLIP input of video `vid`: (frames float [n,3,S,S], mask bool [max_frames]); augmented if `aug_seed` is set.
+        With `uint8 = True` the frames stay uint8 pixels (4x less to move from DataLoader workers; the model normalises them)."""
         video = self._load_raw(vid)
         if video is None: return None
         frames, mask = video
         if aug_seed is not None: frames = augment_clip(frames, self.augment, aug_seed, self.image_size)
-        return clip_preprocess(frames, self.image_size), torch.tensor(mask)
+        x = resize_crop(frames, self.image_size)
+        return (x.to(torch.uint8) if self.uint8 else normalize_frames(x)), torch.tensor(mask)
 
 def _open_cache(cfg):
     "The preset's frame cache (`cfg.frame_cache`) if it has one, else None (glscl.framecache)."

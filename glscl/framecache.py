@@ -7,7 +7,7 @@ Docs: https://glscl.github.io/glscl/frame_cache.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'CACHE_FORMAT', 'cache_settings', 'FrameCache', 'check_settings', 'open_frame_cache', 'split_videos',
-           'build_frame_cache']
+           'build_frame_cache', 'ensure_frame_cache']
 
 # %% ../nbs/12_frame_cache.ipynb #469b5065
 import json, logging, os, tempfile
@@ -93,13 +93,17 @@ def check_settings(have: dict, want: dict, folder):
                      f"(`glscl cache-frames --preset NAME` into another folder) or set frame_cache = none")
 
 def open_frame_cache(cfg):
-    "The preset's finished frame cache, or None (logged) when `cfg.frame_cache` has none yet; other settings are refused."
+    """The preset's finished frame cache, or None when `cfg.frame_cache` holds none for these videos and settings: a
+    cache made with other sampling settings, of another video folder or unfinished is refused (logged) and the videos are read."""
     folder = Path(cfg.frame_cache)
     if not (folder/'meta.json').is_file(): return None
     meta = json.loads((folder/'meta.json').read_text())
-    check_settings(meta.get('settings'), cache_settings(cfg), folder)
     if Path(meta.get('video_dir', '')).resolve() != Path(cfg.video_dir).resolve():
         log.info("frame cache %s holds the frames of %s, not of %s: reading the videos", folder, meta.get('video_dir'), cfg.video_dir)
+        return None
+    try: check_settings(meta.get('settings'), cache_settings(cfg), folder)
+    except ValueError as e:
+        log.warning("%s -- reading the videos instead", e)
         return None
     if not meta.get('complete'):
         log.warning("frame cache %s is unfinished: reading the videos (run `glscl cache-frames --preset %s` to finish it)", folder, cfg.name)
@@ -138,6 +142,9 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
     meta_p, index_p = folder/'meta.json', folder/'index.jsonl'
     meta = json.loads(meta_p.read_text()) if meta_p.exists() else dict(format=CACHE_FORMAT, settings=settings, unreadable=[], unreadable_files={})
     check_settings(meta['settings'], settings, folder)
+    if meta.get('video_dir') and Path(meta['video_dir']).resolve() != Path(cfg.video_dir).resolve():
+        raise ValueError(f"the frame cache in {folder} holds the frames of {meta['video_dir']}, not of {cfg.video_dir}: "
+                         "build this one into another folder (--out DIR)")
     done = _read_index(index_p)
     # cut what a kill left behind: bytes after the last indexed video of the last shard, and a partial index line
     index_p.write_text(''.join(json.dumps(r) + '\n' for r in done))
@@ -178,3 +185,12 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
     if meta['unreadable']: log.warning("frame cache: %d unreadable video(s): %s", len(meta['unreadable']), meta['unreadable'][:20])
     return dict(folder=str(folder), videos=cached, unreadable=list(meta['unreadable']), bytes=size,
                 bytes_per_video=size / max(1, cached))
+
+# %% ../nbs/12_frame_cache.ipynb #b6ae8b4d
+def ensure_frame_cache(cfg) -> bool:
+    "Build or finish `cfg.frame_cache` for `cfg.video_dir`, unless the folder holds another folder's cache (left alone); whether it is usable."
+    folder = Path(cfg.frame_cache)
+    meta = folder/'meta.json'
+    if meta.is_file() and Path(json.loads(meta.read_text()).get('video_dir', '')).resolve() != Path(cfg.video_dir).resolve(): return False
+    if open_frame_cache(cfg) is None: build_frame_cache(cfg, progress=False)
+    return True

@@ -90,6 +90,9 @@ def encode_video(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, fe
     used instead of encoding `frames`. With `official_compat` every video has `max_frames` slots and padded slots hold
     CLIP's features of a zero image, carried through the temporal transformer (the released code)."""
     vis = self.clip.model.visual
+    if frames.dtype == torch.uint8:                                      # uint8 pixels: CLIP's input, padded slots zero
+        from glscl.data import normalize_frames
+        frames = normalize_frames(frames) * frame_mask[..., None, None, None]
     if features is not None and any(p.requires_grad for p in vis.parameters()):
         raise ValueError("precomputed frame features need a frozen image tower (freeze_visual = true)")
     oc = self.cfg.official_compat

@@ -203,9 +203,14 @@ def toy_events(root) -> dict:
     return {k: [Event(**e) for e in v] for k, v in d['videos'].items()}
 
 def ensure_toy_world(cfg) -> Path:
-    "Make the toy world of preset `cfg` (a `Config` with dataset 'toy') unless it is already there; return its folder."
+    """Make the toy world of preset `cfg` (a `Config` with dataset 'toy') unless it is already there, and its frame cache
+    when the preset names one (`frame_cache`; a few seconds); return its folder."""
     if cfg.dataset != 'toy': raise ValueError(f"preset {cfg.name!r} reads {cfg.dataset}, not the toy world")
-    return make_toy_msrvtt(cfg.anno_dir, cfg.toy_videos, cfg.toy_seed)
+    root = make_toy_msrvtt(cfg.anno_dir, cfg.toy_videos, cfg.toy_seed)
+    if getattr(cfg, 'frame_cache', None) and Path(cfg.video_dir).resolve() == (Path(root)/'videos').resolve():
+        from glscl.framecache import ensure_frame_cache
+        ensure_frame_cache(cfg)
+    return root
 
 # %% ../nbs/01_toy_world.ipynb #7267c9fe
 def toy_browser(root, max_frames: int = 12):

@@ -409,7 +409,9 @@ def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encod
     was, dev, bs = model.training, _device(model), cfg.eval_batch_size
     model.eval()
     try:
-        dl = torch.utils.data.DataLoader(VideoDataset.from_config(cfg, video_ids), batch_size=bs, collate_fn=collate_videos,
+        vds = VideoDataset.from_config(cfg, video_ids)
+        vds.uint8 = True                                                 # uint8 pixels to the model: 4x less to move
+        dl = torch.utils.data.DataLoader(vds, batch_size=bs, collate_fn=collate_videos,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         parts = []
         for b in tqdm(dl, desc=desc, disable=not progress, leave=False):
@@ -548,7 +550,7 @@ def frame_features(model: GLSCL, ds: VideoTextDataset, cfg: Config, progress: bo
     dev = _device(model)
     def share(ix):
         vds = VideoDataset.from_config(cfg, [ds.video_ids[i] for i in ix])
-        vds.memo = ds.memo                                               # share decoded videos with the training set
+        vds.memo, vds.uint8 = ds.memo, True                              # share decoded videos with the training set
         dl = torch.utils.data.DataLoader(vds, batch_size=cfg.eval_batch_size, collate_fn=collate_videos,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         out = {}
@@ -621,6 +623,7 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     model = (model or GLSCL(cfg)).to(device)
     seed_everything(cfg.seed + rank)                                   # dropout differs across ranks (rank 0: the seed)
     ds = VideoTextDataset.from_config(cfg, cfg.train_split)
+    ds.uint8 = True                                                    # pixels stay uint8 until the model (less to move)
     if isinstance(memo_videos, dict): ds.memo = memo_videos                       # shared between runs
     elif memo_videos or (memo_videos is None and cfg.num_workers == 0 and len(ds.video_ids) <= 2000): ds.memo = {}
     steps_per_epoch = len(ds) // cfg.batch_size
