@@ -621,7 +621,7 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     if main: out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)                                          # the same initial weights on every rank
     model = (model or GLSCL(cfg)).to(device)
-    seed_everything(cfg.seed + rank)                                   # dropout differs across ranks (rank 0: the seed)
+    if W > 1: seed_everything(cfg.seed + rank)                         # dropout differs across ranks (one process: untouched)
     ds = VideoTextDataset.from_config(cfg, cfg.train_split)
     ds.uint8 = True                                                    # pixels stay uint8 until the model (less to move)
     if isinstance(memo_videos, dict): ds.memo = memo_videos                       # shared between runs
