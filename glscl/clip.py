@@ -8,7 +8,7 @@ Docs: https://glscl.github.io/glscl/clip_encoding.html.md"""
 # %% auto #0
 __all__ = ['log', 'TINY_CLIP', 'PRECISIONS', 'TINY_RECIPE', 'register_tiny_clip', 'data_dir', 'resolve_pretrained', 'ClipEncoder',
            'check_precision', 'LayerNormFp32', 'cast_released_fp16', 'load_clip', 'TemporalTransformer',
-           'clip_contrastive_targets', 'pretrain_tiny_clip', 'atomic_save', 'tiny_clip_checkpoint',
+           'clip_contrastive_targets', 'pretrain_tiny_clip', 'atomic_save', 'atomic_write', 'tiny_clip_checkpoint',
            'frame_caption_recall']
 
 # %% ../nbs/02_clip_encoding.ipynb #8e1c0f41
@@ -294,11 +294,15 @@ TINY_RECIPE = dict(steps=300, batch_size=128, lr=1e-3, seed=0, n_frames=8192)
 
 def atomic_save(obj, path) -> Path:
     "torch.save `obj` to `path` via a temporary file, fsync and rename: `path` is always a whole file, never half-written."
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+def atomic_write(path, write) -> Path:
+    "Call `write(f)` on a binary temporary file next to `path`, fsync it and rename it over `path` (never half-written)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
+            write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
         try:
             dfd = os.open(path.parent, os.O_RDONLY)

@@ -10,12 +10,13 @@ __all__ = ['log', 'CACHE_FORMAT', 'cache_settings', 'FrameCache', 'check_setting
            'build_frame_cache', 'ensure_frame_cache']
 
 # %% ../nbs/12_frame_cache.ipynb #469b5065
-import json, logging, os, tempfile
+import json, logging, os
 from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .data import sample_frames, resize_crop, read_msrvtt, VideoError
+from .clip import atomic_write
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 'glscl-frame-cache-1'
@@ -26,13 +27,8 @@ def cache_settings(cfg) -> dict:
     return dict(max_frames=int(cfg.max_frames), fps=float(cfg.fps), frame_sampling=cfg.frame_sampling, image_size=int(cfg.image_size))
 
 def _write_json(path: Path, obj):
-    "Write JSON atomically (temporary file, fsync, rename)."
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w') as f: json.dump(obj, f, indent=1); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
+    "Write JSON atomically (`glscl.clip.atomic_write`: temporary file, fsync, rename)."
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 def _read_index(path: Path) -> list:
     "The records of index.jsonl; a last line cut off by a kill is dropped."

@@ -694,7 +694,7 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     bad = sorted({v for part in all_gather_objects(state['bad_videos']) for v in part})
     summary = dict(preset=cfg.name, steps=state['step'], epochs=state['epoch'], seconds=round(time.perf_counter() - t0, 1),
                    processes=W, final=dict(step=state['step'], checkpoint=str(out/'last.pt'), metrics=final['metrics']),
-                   best=dict(state['best'], checkpoint=str(out/'best.pt'),
+                   best=dict(state['best'], checkpoint=str(out/'best.pt'), evaluations=state['evals'],
                              note=f"best test t2v R@1 of {state['evals']} evaluations on the test split (selected on test: optimistic)"),
                    skipped_videos=bad, out_dir=str(out))
     if main:
