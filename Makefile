@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m ipykernel install --user --name python3 --display-name "Python 3 (glscl)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name glscl --display-name "Python 3 (glscl)" >/dev/null   # inside .venv: nothing outside the repository
 	touch $(STAMP)
 
 # Run every notebook in order with papermill on $(PRESET); executed notebooks and figures go to runs/.

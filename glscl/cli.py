@@ -9,9 +9,9 @@ Docs: https://glscl.github.io/glscl/cli.html.md"""
 __all__ = ['EVAL_SETTABLE', 'parse_sets', 'parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #89b47308
-import argparse, sys
+import argparse, os, sys
 from pathlib import Path
-from .config import load_config, list_presets, run_course
+from .config import load_config, list_presets, pick_device, run_course
 
 # %% ../nbs/13_cli.ipynb #1a4a3df4
 def _presets(a):
@@ -23,7 +23,10 @@ def _presets(a):
 def _toy(a):
     from glscl.toyworld import make_toy_msrvtt, ensure_toy_world
     cfg = load_config(a.preset)
-    root = make_toy_msrvtt(a.out, cfg.toy_videos, cfg.toy_seed) if a.out else ensure_toy_world(cfg)
+    if a.out: root = make_toy_msrvtt(a.out, cfg.toy_videos, cfg.toy_seed, overwrite=a.overwrite)
+    else:
+        if a.overwrite: make_toy_msrvtt(cfg.anno_dir, cfg.toy_videos, cfg.toy_seed, overwrite=True)
+        root = ensure_toy_world(cfg)
     print(f"toy world ready in {root}")
 
 def _tiny_clip(a):
@@ -80,10 +83,9 @@ EVAL_SETTABLE = ('anno_dir', 'video_dir', 'test_split', 'train_split', 'eval_bat
                  'sim_lambda', 'gim_temp', 'official_compat', 'max_frames', 'fps', 'max_words')
 
 def _eval(a):
-    import torch
     from glscl.train import model_from_checkpoint, evaluate
     from glscl.metrics import format_metrics
-    model = model_from_checkpoint(a.checkpoint, device='cuda' if torch.cuda.is_available() else 'cpu')
+    model = model_from_checkpoint(a.checkpoint, device=pick_device('auto'))
     sets = parse_sets(a.set)
     fixed = sorted(set(sets) - set(EVAL_SETTABLE))
     if fixed: raise ValueError(f"--set {', '.join(fixed)}: the checkpoint fixes these; eval can change only {', '.join(EVAL_SETTABLE)}")
@@ -96,8 +98,10 @@ def parser() -> argparse.ArgumentParser:
     "The `glscl` argument parser."
     p = argparse.ArgumentParser(prog='glscl', description='GLSCL text-video retrieval: presets, toy world, tiny CLIP, course, train, eval')
     sub = p.add_subparsers(dest='command', required=True)
+    from glscl.search import add_search_command; add_search_command(sub)       # `glscl search --index DIR "query"`
     s = sub.add_parser('presets', help='list the presets of settings.ini, or show one'); s.add_argument('name', nargs='?'); s.set_defaults(fn=_presets)
-    s = sub.add_parser('toy', help="draw a preset's toy world (cached)"); s.add_argument('--preset', default='toy'); s.add_argument('--out', help='another folder'); s.set_defaults(fn=_toy)
+    s = sub.add_parser('toy', help="draw a preset's toy world (cached)"); s.add_argument('--preset', default='toy'); s.add_argument('--out', help='another folder')
+    s.add_argument('--overwrite', action='store_true', help='replace a toy world made with other parameters (never a folder holding anything else)'); s.set_defaults(fn=_toy)
     s = sub.add_parser('tiny-clip', help='pretrain and cache the tiny CLIP on toy frames'); s.add_argument('--rebuild', action='store_true'); s.set_defaults(fn=_tiny_clip)
     s = sub.add_parser('course', help='run the course notebooks with papermill')
     s.add_argument('--preset', default='toy'); s.add_argument('--out', default='runs/course'); s.add_argument('--only', nargs='*')
@@ -105,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser('train', help='train GLSCL on a preset (checkpoints, log and figures in its out_dir)')
     s.add_argument('--preset', default='toy'); s.add_argument('--set', action='append', metavar='KEY=VALUE', help='change a preset key (repeatable)')
     s.add_argument('--resume', metavar='PATH', help="continue a run exactly from its last.pt"); s.add_argument('--quiet', action='store_true')
-    s.add_argument('--device', default=None, help='cuda, cpu, ... (default: CUDA when there is one; under torchrun each process takes its LOCAL_RANK GPU)')
+    s.add_argument('--device', default='auto', help="auto (CUDA, else Apple's MPS if it runs every op, else CPU), cuda, cuda:N, mps or cpu; under torchrun each process takes its LOCAL_RANK GPU")
     s.set_defaults(fn=_train)
     s = sub.add_parser('cache-frames', help="decode each video of a preset's splits once into its frame cache (resumable)")
     s.add_argument('--preset', default='toy'); s.add_argument('--set', action='append', metavar='KEY=VALUE')
@@ -122,9 +126,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None):
     "Entry point of the `glscl` console script (also `python -m glscl.cli`, which `torchrun -m glscl.cli` uses)."
     a = parser().parse_args(argv)
-    try: a.fn(a)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    fn = getattr(a, 'fn', None) or a.func                                # glscl.search registers `func` (and returns an exit code)
+    try: rc = fn(a)
+    except KeyboardInterrupt:
+        print(f"glscl {a.command}: interrupted", file=sys.stderr); sys.exit(130)
+    except Exception as e:                                               # one clear line, never a traceback
+        if os.environ.get('GLSCL_DEBUG'): raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"glscl {a.command}: {msg}", file=sys.stderr); sys.exit(2)
+        known = isinstance(e, (OSError, ValueError, KeyError, RuntimeError, ImportError))
+        print(f"glscl {a.command}: {'' if known else type(e).__name__ + ': '}{msg}"
+              + ('' if known else ' (an unexpected error: run again with GLSCL_DEBUG=1 for the traceback, and report it)'), file=sys.stderr)
+        sys.exit(2)
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc: sys.exit(rc)
 
 if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # `python -m glscl.cli` (torchrun -m), not this notebook

@@ -100,6 +100,9 @@ def _load_weights(model, sd: dict, path: Path, model_name: str):
                                                  f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})" if unexpected else '',
                                                  f"shape mismatch: {bad[:3]}" if bad else ''] if s)
                          + ". Pass the model name the checkpoint was trained with.")
+    nonfinite = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite: raise ValueError(f"checkpoint {path} holds NaN or inf in {len(nonfinite)} tensor(s), e.g. {nonfinite[:4]}: "
+                                   "it is damaged or diverged; download or export it again")
     model.load_state_dict(sd)
 
 # %% ../nbs/02_clip_encoding.ipynb #8b8079b6
@@ -317,9 +320,15 @@ def tiny_clip_checkpoint(path=None, rebuild: bool = False) -> Path:
     "The cached toy-pretrained `glscl-tiny` checkpoint, built on first use (a few minutes on 2 CPU cores)."
     path = Path(path) if path else data_dir()/'glscl-tiny-toy.pt'
     if path.exists() and not rebuild:
-        meta = torch.load(path, map_location='cpu', weights_only=True).get('glscl_recipe')
-        if meta == {**TINY_RECIPE, 'config': TINY_CLIP}: return path
-        log.warning(f"{path} was built with another recipe; rebuilding it")
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+            meta = ckpt.get('glscl_recipe') if isinstance(ckpt, dict) else None
+            finite = all(torch.isfinite(v).all() for v in ckpt.values() if torch.is_tensor(v) and v.is_floating_point())
+        except Exception as e:                                          # truncated or overwritten: it is only a cache
+            meta, finite = None, True
+            log.warning(f"the cached tiny CLIP {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); rebuilding it")
+        if meta == {**TINY_RECIPE, 'config': TINY_CLIP} and finite: return path
+        if meta is not None: log.warning(f"{path} was built with another recipe or holds non-finite weights; rebuilding it")
     t0 = time.time()
     sd = pretrain_tiny_clip(**TINY_RECIPE)
     atomic_save({**sd, 'glscl_recipe': {**TINY_RECIPE, 'config': TINY_CLIP}}, path)

@@ -6,11 +6,11 @@ Docs: https://glscl.github.io/glscl/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #05e20f89
 from __future__ import annotations
-import csv, json, logging, math, os, random, uuid
+import csv, json, logging, math, os, random, unicodedata, uuid
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import av
 import numpy as np
@@ -25,10 +25,12 @@ _log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 # %% auto #0
-__all__ = ['PathLike', 'MSRVTT_FILES', 'FRAME_RULES', 'VIDEO_EXTS', 'OPENAI_MEAN', 'OPENAI_STD', 'RELEASED_AUGMENT', 'SOT_TOKEN',
-           'EOT_TOKEN', 'read_msrvtt', 'frame_indices', 'VideoError', 'write_video', 'sample_frames', 'compress_video',
-           'compress_videos', 'resize_crop', 'normalize_frames', 'clip_preprocess', 'augment_seed', 'augment_clip',
-           'tokenize', 'load_video', 'VideoTextDataset', 'VideoDataset', 'collate_videos']
+__all__ = ['PathLike', 'MSRVTT_FILES', 'FRAME_RULES', 'VIDEO_BACKENDS', 'VIDEO_BACKEND_ENV', 'VIDEO_EXTS', 'OPENAI_MEAN',
+           'OPENAI_STD', 'RELEASED_AUGMENT', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'read_msrvtt', 'frame_indices',
+           'VideoError', 'write_video', 'video_backend', 'sample_frames', 'compress_video', 'compress_videos',
+           'resize_crop', 'normalize_frames', 'clip_preprocess', 'augment_seed', 'augment_clip', 'tokenize',
+           'load_video', 'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset', 'collate_videos',
+           'count_skips']
 
 # %% ../nbs/00_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
@@ -45,16 +47,49 @@ def _anno_file(anno_dir: Path, key: str) -> Path:
     if not p.is_file(): raise FileNotFoundError(f"missing MSR-VTT annotation file {p}: {_anno_hint(anno_dir)}")
     return p
 
-def _read_csv(path: Path, expected: list) -> list:
-    "Rows of csv `path` as dicts, after checking that its header holds the `expected` columns."
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in expected if c not in header]
-        if missing: raise ValueError(f"{path}: expected columns {expected}, found {header} (missing {missing})")
-        return [(i, dict(zip(header, row))) for i, row in enumerate(reader, start=2) if any(c.strip() for c in row)]
+def _read_csv(path: Path, expected: list, free_text: str = None) -> list:
+    """Rows of csv `path` as (line, dict), after checking that its header holds the `expected` columns. A row with more
+    fields than the header is an unquoted comma in the last column when that column is `free_text` (the fields are
+    joined back, nothing is lost), else an error naming the line; so is a row with fewer fields."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, strict=True)
+            header = [h.strip() for h in next(reader, [])]
+            missing = [c for c in expected if c not in header]
+            if missing: raise ValueError(f"{path}: expected columns {expected}, found {header} (missing {missing})")
+            rows, n = [], len(header)
+            for row in reader:
+                line = reader.line_num
+                if not any(c.strip() for c in row): continue
+                if len(row) > n and free_text is not None and header[-1] == free_text: row = row[:n - 1] + [",".join(row[n - 1:])]
+                if len(row) != n:
+                    raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {n} ({', '.join(header)}): "
+                                     f"{row!r}; quote fields that contain commas")
+                rows.append((line, dict(zip(header, row))))
+            return rows
+    except csv.Error as e: raise ValueError(f"{path}: not a valid csv file ({e}); re-download it or fix that line") from None
+    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text ({e}); re-download it") from None
 
 # %% ../nbs/00_data.ipynb #0e37d92c
+def _read_json(path: Path, key: str, anno_dir) -> list:
+    "The list `key` of MSR-VTT's data json, or an error saying how to get a good one."
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))[key]
+        if not isinstance(items, list) or not all(isinstance(s, dict) for s in items): raise TypeError(f"{key!r} is not a list of records")
+        return items
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not an MSR-VTT data file with a {key!r} list ({e!r}); "
+                         f"re-download it: {_anno_hint(anno_dir)}") from e
+
+def check_caption(caption, where: str) -> str:
+    """`caption` if CLIP's tokenizer keeps something of it, else a ValueError naming `where`: not a string, empty, or empty
+    after the tokenizer's cleaning (HTML entities such as `&nbsp;`, control and zero-width characters, odd spaces)."""
+    if not isinstance(caption, str): raise ValueError(f"{where}: the caption is not a string: {caption!r}")
+    cleaned = "".join(ch for ch in _tokenizer().clean_fn(caption) if unicodedata.category(ch) not in ("Cf", "Cc"))
+    if not cleaned.strip():
+        raise ValueError(f"{where}: the caption {caption!r} is empty after cleaning (CLIP's tokenizer would see no word); fix or drop it")
+    return caption
+
 def read_msrvtt(anno_dir: PathLike, split: str) -> list:
     "(video_id, caption) pairs of MSR-VTT `split` ('train', 'train7k' or 'test') in file order."
     splits = ("train", "train7k", "test")
@@ -64,11 +99,17 @@ def read_msrvtt(anno_dir: PathLike, split: str) -> list:
         raise FileNotFoundError(f"MSR-VTT annotation folder {anno_dir} does not exist: {_anno_hint(anno_dir)}")
     if split == "test":
         path, pairs = _anno_file(anno_dir, "test"), []
-        for line, row in _read_csv(path, _TEST_COLS):
+        for line, row in _read_csv(path, _TEST_COLS, free_text="sentence"):
             vid, cap = (row.get("video_id") or "").strip(), row.get("sentence") or ""
-            if not vid or not cap.strip():
-                raise ValueError(f"{path}, row {line} (key {row.get('key')!r}): empty video_id or sentence")
+            if not vid: raise ValueError(f"{path}, line {line} (key {row.get('key')!r}): empty video_id")
+            check_caption(cap, f"{path}, line {line} (key {row.get('key')!r})")
             pairs.append((vid, cap))
+        data_path = anno_dir / MSRVTT_FILES["data"]
+        if data_path.is_file():                                        # the full data set's json lists every video
+            known = {str(v.get("video_id", "")).strip() for v in _read_json(data_path, "videos", anno_dir)}
+            stray = sorted({v for v, _ in pairs} - known)
+            if stray: raise ValueError(f"{path}: {len(stray)} test video id(s) are not in {data_path}: {stray[:5]}"
+                                       f"{' ...' if len(stray) > 5 else ''}; the two files come from different releases: re-download both")
         return pairs
     ids_path, data_path = _anno_file(anno_dir, split), _anno_file(anno_dir, "data")
     ids = set()
@@ -76,17 +117,13 @@ def read_msrvtt(anno_dir: PathLike, split: str) -> list:
         vid = (row.get("video_id") or "").strip()
         if not vid: raise ValueError(f"{ids_path}, row {line}: empty video_id")
         ids.add(vid)
-    try: sentences = json.loads(data_path.read_text(encoding="utf-8"))["sentences"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{data_path} is not an MSR-VTT data file with a 'sentences' list ({e!r}); "
-                         f"re-download it: {_anno_hint(anno_dir)}") from e
+    sentences = _read_json(data_path, "sentences", anno_dir)
     pairs = []
     for s in sentences:
         vid = str(s.get("video_id", "")).strip()
         if vid not in ids: continue
         cap = s.get("caption")
-        if not isinstance(cap, str) or not cap.strip():
-            raise ValueError(f"{data_path}: empty caption for sen_id {s.get('sen_id')!r} (video {vid})")
+        check_caption(cap, f"{data_path}, sen_id {s.get('sen_id')!r} (video {vid})")
         pairs.append((vid, cap))
     lonely = sorted(ids - {v for v, _ in pairs})
     if lonely: raise ValueError(f"{ids_path}: {len(lonely)} video id(s) have no caption in {data_path}: "
@@ -170,32 +207,140 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float, crf: int = 23) -
     return _write_h264(path, frames, fps, crf)
 
 # %% ../nbs/00_data.ipynb #d84b25c1
+VIDEO_BACKENDS = ("decord", "pyav")
+VIDEO_BACKEND_ENV = "GLSCL_VIDEO_BACKEND"
+
 def _decord():
     try: import decord
-    except ImportError as e: raise ImportError("sample_frames needs decord: pip install decord") from e
+    except ImportError as e:
+        raise ImportError("the decord video backend needs decord (wheels exist for Linux and Windows on x86_64 only): "
+                          f"pip install decord, or use PyAV: {VIDEO_BACKEND_ENV}=pyav") from e
     return decord
 
-def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: str = "glscl") -> tuple:
-    "Decode only the frames `frame_indices` picks (with `rule`): (frames uint8 [n,H,W,3], mask bool [max_frames])."
-    if rule not in FRAME_RULES: raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"video file {path} does not exist")
-    if path.stat().st_size == 0: raise _video_error(path, "the file is empty")
+def video_backend(backend: Optional[str] = None) -> str:
+    """The frame reader `sample_frames` uses: `backend`, else the environment variable GLSCL_VIDEO_BACKEND, else 'auto',
+    which is decord where it is installed and PyAV elsewhere (macOS, ARM Linux)."""
+    src = "backend"
+    if backend is None: backend, src = os.environ.get(VIDEO_BACKEND_ENV) or "auto", VIDEO_BACKEND_ENV
+    name = str(backend).strip().lower()
+    if name == "auto":
+        try: _decord(); return "decord"
+        except ImportError: return "pyav"
+    if name not in VIDEO_BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r} (from {src}); allowed values are {('auto',) + VIDEO_BACKENDS}")
+    if name == "decord": _decord()                       # a clear ImportError now, not inside a DataLoader worker
+    return name
+
+def _header_frames(container) -> int:
+    "The frame count an mp4/mov header declares (its sample table), else 0 (other containers' counts are estimates)."
+    if "mp4" not in container.format.name or not container.streams.video: return 0
+    return int(container.streams.video[0].frames or 0)
+
+def _declared_frames(path: Path) -> int:
+    "`_header_frames` of the file at `path`; 0 when PyAV cannot open it (the reader then reports the error)."
+    try:
+        with av.open(str(path)) as c: return _header_frames(c)
+    except Exception: return 0
+
+def _check_complete(path: Path, n: int):
+    "A VideoError when the file holds fewer frames than its header declares (a download cut short)."
+    declared = _declared_frames(path)
+    if declared > n: raise _video_error(path, f"it is truncated: the container declares {declared} frames but holds only {n}")
+
+def _read_decord(path: Path, max_frames: int, fps: float, rule: str) -> np.ndarray:
+    "decord: index the file, then `get_batch` seeks to each chosen frame and decodes only those."
     decord = _decord()
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         n, video_fps = len(vr), float(vr.get_avg_fps())
-    except Exception as e: raise _video_error(path, f"decord cannot open it ({str(e).strip()[:200]})") from e
+    except Exception as e: raise _video_error(path, f"decord cannot open it ({str(e).strip()[-200:]})") from e
     if n < 1: raise _video_error(path, "it has no frames")
     if not (math.isfinite(video_fps) and video_fps > 0): raise _video_error(path, f"its frame rate is {video_fps}")
+    _check_complete(path, n)
     idx = frame_indices(n, video_fps, max_frames, fps, rule)
-    try: frames = vr.get_batch(idx.tolist()).asnumpy()
-    except Exception as e: raise _video_error(path, f"decoding frames {idx.tolist()} failed ({str(e).strip()[:200]})") from e
-    if frames.ndim != 4 or frames.shape[0] != len(idx) or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise _video_error(path, f"decord returned {frames.dtype} {frames.shape}, expected uint8 [{len(idx)},H,W,3]")
+    try: return vr.get_batch(idx.tolist()).asnumpy()
+    except Exception as e:
+        raise _video_error(path, f"decoding frames {idx.tolist()} of {n} failed ({str(e).strip()[-200:]})") from e
+
+def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: str = "glscl",
+                  backend: Optional[str] = None) -> tuple:
+    """Decode only the frames `frame_indices` picks (with `rule`): (frames uint8 [n,H,W,3], mask bool [max_frames]).
+    `backend`: 'decord', 'pyav' or 'auto' (default: $GLSCL_VIDEO_BACKEND, else 'auto'); both give the same frames."""
+    if rule not in FRAME_RULES: raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
+    backend, path = video_backend(backend), Path(path)
+    if path.is_dir(): raise _video_error(path, "it is a directory, not a video file")
+    if not path.is_file(): raise FileNotFoundError(f"video file {path} does not exist")
+    if path.stat().st_size == 0: raise _video_error(path, "the file is empty")
+    frames = (_read_decord if backend == "decord" else _read_pyav)(path, max_frames, fps, rule)
     mask = np.zeros(int(max_frames), np.bool_)
-    mask[:len(idx)] = True
+    n = int(min(mask.size, len(frames)))
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not 1 <= len(frames) <= mask.size:
+        raise _video_error(path, f"{backend} returned {frames.dtype} {frames.shape}, expected uint8 [n,H,W,3] with 1 <= n <= {mask.size}")
+    mask[:n] = True
     return frames, mask
+
+# %% ../nbs/00_data.ipynb #990198f9
+def _pyav_index(container, stream) -> tuple:
+    """Demux (no decoding) every packet of `stream`, as decord does when it opens a file: the presentation
+    timestamps in display order (frame i of the video is the i-th) and those of the keyframes, both sorted."""
+    pts, keys = [], []
+    for pkt in container.demux(stream):
+        if pkt.size == 0: continue                                   # the demuxer's end-of-stream marker
+        t = pkt.pts if pkt.pts is not None else pkt.dts
+        if t is None: raise RuntimeError(f"packet {len(pts)} has no timestamp")
+        pts.append(int(t))
+        if pkt.is_keyframe: keys.append(int(t))
+    return sorted(pts), sorted(keys)
+
+def _pyav_decode(container, stream, targets: Sequence, keys: Sequence, stats: Optional[dict] = None) -> dict:
+    """Frames at the sorted presentation timestamps `targets`, as {pts: uint8 [H,W,3]}: for each target, seek to the
+    keyframe at or before it unless decoding on from the current position is shorter, then decode forward.
+    `stats['decoded']` counts decoded frames. One VideoReformatter converts every frame to RGB (one swscale context
+    reused: several times faster than a new one per frame, and the same pixels)."""
+    from av.video.reformatter import VideoReformatter
+    out, frames, last, retried, rgb = {}, None, None, False, VideoReformatter()
+    for t in targets:
+        j = max(0, np.searchsorted(keys, t, side="right") - 1)        # the last keyframe at or before t
+        if frames is None or last is None or last >= t or keys[j] > last:
+            container.seek(keys[j], stream=stream, backward=True)      # lands on a keyframe at or before it
+            frames, last, retried = container.decode(stream), None, False
+        while t not in out:
+            f = next(frames, None)
+            if f is None: raise RuntimeError(f"decoding stopped before the frame at pts {t} (last decoded pts {last})")
+            if stats is not None: stats["decoded"] = stats.get("decoded", 0) + 1
+            if f.pts is None: raise RuntimeError(f"a decoded frame has no timestamp (after pts {last})")
+            if last is None and f.pts > t and not retried:            # the seek landed past the target: from the start
+                container.seek(keys[0], stream=stream, backward=True)
+                frames, retried = container.decode(stream), True
+                continue
+            last = f.pts
+            if f.pts == t: out[t] = rgb.reformat(f, format="rgb24").to_ndarray()
+            elif f.pts > t: raise RuntimeError(f"the frame at pts {t} was never decoded (the decoder went on to pts {f.pts})")
+    return out
+
+def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Optional[dict] = None) -> np.ndarray:
+    "PyAV: index the packets, pick `frame_indices`, seek and decode only up to each chosen frame (decord's numbering)."
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video: raise _video_error(path, "it has no video stream")
+            s = c.streams.video[0]
+            s.codec_context.thread_count = 1                             # like decord's num_threads=1
+            video_fps = float(s.average_rate) if s.average_rate else float("nan")
+            declared = _header_frames(c)
+            try: pts, keys = _pyav_index(c, s)
+            except Exception as e: raise _video_error(path, f"PyAV cannot read its packets ({str(e).strip()[:200]})") from e
+            n = len(pts)
+            if n < 1 or not keys: raise _video_error(path, "it has no frames" if n < 1 else "it has no keyframe")
+            if not (math.isfinite(video_fps) and video_fps > 0): raise _video_error(path, f"its frame rate is {video_fps}")
+            if declared > n: raise _video_error(path, f"it is truncated: the container declares {declared} frames but holds only {n}")
+            idx = frame_indices(n, video_fps, max_frames, fps, rule)
+            want = [pts[i] for i in idx]
+            try: got = _pyav_decode(c, s, sorted(set(want)), keys, stats)
+            except Exception as e:
+                raise _video_error(path, f"decoding frames {idx.tolist()} of {n} failed ({str(e).strip()[:200]})") from e
+    except VideoError: raise
+    except Exception as e: raise _video_error(path, f"PyAV cannot open it ({str(e).strip()[:200]})") from e
+    return np.stack([got[t] for t in want])
 
 # %% ../nbs/00_data.ipynb #9f99826c
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -332,9 +477,7 @@ def tokenize(texts, max_words: int = 32) -> tuple:
     if isinstance(texts, str): texts = [texts]
     texts = list(texts)
     if not texts: raise ValueError("tokenize got no texts")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise ValueError(f"caption {i} is empty or not a string: {t!r}; fix or drop it in the annotations")
+    for i, t in enumerate(texts): check_caption(t, f"caption {i}")
     ids = _tokenizer()(texts, context_length=int(max_words)).long()
     eot = (ids == EOT_TOKEN).int().argmax(dim=1)
     mask = torch.arange(ids.shape[1])[None] <= eot[:, None]
@@ -351,6 +494,51 @@ def _check_sampling(frame_sampling: str):
     if frame_sampling not in FRAME_RULES:
         raise ValueError(f"unknown frame_sampling {frame_sampling!r}; allowed values are {FRAME_RULES}")
 
+def same_stem(vid: str) -> tuple:
+    "The file stems of a video id: the id itself (MSR-VTT, MSVD, LSMDC, DiDeMo)."
+    return (vid,)
+
+class VideoLookup:
+    """The file of a video id under `video_dir`: `<stem><ext>` for the id's stems (`stems(vid)`, default the id itself)
+    and the usual extensions (`VIDEO_EXTS`), or a file named exactly like the id; else the same anywhere below
+    `video_dir` (an index built once). A missing video is a FileNotFoundError saying what was looked for."""
+    def __init__(self, video_dir: PathLike, stems: Callable = None):
+        self.video_dir, self.stems, self._index = Path(video_dir), stems or same_stem, None
+        if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
+
+    def _build_index(self) -> dict:
+        index = {}
+        for root, _, files in os.walk(self.video_dir):
+            for f in files:
+                p = Path(root)/f
+                if p.suffix.lower() not in VIDEO_EXTS: continue
+                for key in {p.stem, p.name}:
+                    if key in index and index[key] != p:
+                        raise ValueError(f"two videos under {self.video_dir} answer to {key!r}: {index[key]} and {p}; remove one")
+                    index[key] = p
+        return index
+
+    def __call__(self, vid: str) -> Path:
+        stems = [str(s) for s in self.stems(str(vid))]
+        for s in stems:
+            for ext in VIDEO_EXTS:
+                if (self.video_dir/f"{s}{ext}").is_file(): return self.video_dir/f"{s}{ext}"
+            if Path(s).suffix.lower() in VIDEO_EXTS and (self.video_dir/s).is_file(): return self.video_dir/s
+        if self._index is None: self._index = self._build_index()
+        for s in stems:
+            if s in self._index: return self._index[s]
+        raise FileNotFoundError(f"video {vid!r} not found: looked for {' or '.join(stems)} with extension "
+                                f"{'/'.join(VIDEO_EXTS)} in {self.video_dir} and its subfolders")
+
+class _FixedNaming:
+    "`video_dir/<id><ext>`: one fixed extension (picklable, for DataLoader workers started by spawn)."
+    def __init__(self, video_dir: Path, ext: str): self.video_dir, self.ext = Path(video_dir), ext
+    def __call__(self, vid: str) -> Path: return self.video_dir/f"{vid}{self.ext}"
+
+def _default_paths(video_dir: Path, ext: Optional[str]) -> Callable:
+    "`video_dir/<id><ext>` when `ext` is given (the old, fixed naming), else a `VideoLookup`."
+    return VideoLookup(video_dir) if ext is None else _FixedNaming(video_dir, ext)
+
 class _VideoItems:
     """Shared video loading with logged, counted skips. Set `memo = {}` to keep decoded videos in memory (small data
     sets): it holds the raw uint8 frames and mask of each video file and sampling, so augmentation and
@@ -359,7 +547,11 @@ class _VideoItems:
     def _load_raw(self, vid: str):
         """(frames uint8 [n,H,W,3], mask bool [max_frames]) of video `vid`, or None (logged, counted) if unreadable.
         With a `frame_cache` (glscl.framecache.FrameCache) the frames come from it, already resized and cropped."""
-        path = self.video_dir / f"{vid}{self.ext}"
+        try: path = self.video_path(vid)
+        except FileNotFoundError as e:
+            self.n_skipped += 1
+            _log.warning("skipping video %s: %s", vid, e)
+            return None
         fc = self.frame_cache if self.frame_cache is not None and self.frame_cache.has(vid, path) else None
         key = (str(path), int(self.max_frames), float(self.fps), self.frame_sampling, 'cache' if fc is not None else 'video')
         if self.memo is not None and key in self.memo: return self.memo[key]
@@ -391,18 +583,18 @@ def _open_cache(cfg):
 class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
     "(caption, video) pairs -> dict(ids, mask, frames, frame_mask, index, video_index); None for an unreadable video."
     def __init__(self, pairs: Sequence, video_dir: PathLike, max_words: int = 32, max_frames: int = 12,
-                 fps: float = 1.0, image_size: int = 224, ext: str = ".mp4", frame_sampling: str = "glscl",
-                 augment: Optional[str] = None, seed: int = 0):
+                 fps: float = 1.0, image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl",
+                 augment: Optional[str] = None, seed: int = 0, video_path: Callable = None):
         _check_sampling(frame_sampling)
         if augment: _rand_augment(str(augment), int(image_size))        # a bad spec fails here, not in a worker
         if int(seed) != seed or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.frame_sampling, self.augment, self.seed, self.epoch = frame_sampling, (str(augment) if augment else None), int(seed), 0
         self.pairs = [(str(v), c) for v, c in pairs]
-        for i, (v, c) in enumerate(self.pairs):
-            if not isinstance(c, str) or not c.strip(): raise ValueError(f"pair {i} (video {v}) has an empty caption: {c!r}")
+        for i, (v, c) in enumerate(self.pairs): check_caption(c, f"pair {i} (video {v})")
         self.video_dir = Path(video_dir)
         if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
         self.max_words, self.max_frames, self.fps, self.image_size, self.ext = max_words, max_frames, fps, image_size, ext
+        self.video_path = video_path or _default_paths(self.video_dir, ext)
         pos = {}
         self.video_index = [pos.setdefault(v, len(pos)) for v, _ in self.pairs]
         self.video_ids = list(pos)
@@ -410,12 +602,14 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, cfg, split: str):
-        """The dataset of MSR-VTT-layout `split` under `cfg.anno_dir`, videos in `cfg.video_dir`, with the config's
-        frame sampling, augmentation and seed (absent fields: 'glscl', none, 0); frames from the preset's frame cache when it has one."""
-        ds = cls(read_msrvtt(cfg.anno_dir, split), cfg.video_dir, max_words=cfg.max_words,
+        """The dataset of `split` of the preset's data set (`cfg.dataset`, glscl.datasets) under `cfg.anno_dir`, videos in
+        `cfg.video_dir` (found by the data set's naming), with the config's frame sampling, augmentation and seed
+        (absent fields: 'glscl', none, 0); frames from the preset's frame cache when it has one."""
+        from glscl.datasets import read_pairs, video_lookup
+        ds = cls(read_pairs(cfg, split), cfg.video_dir, max_words=cfg.max_words,
                  max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
                  frame_sampling=getattr(cfg, "frame_sampling", "glscl"), augment=getattr(cfg, "augment", None),
-                 seed=getattr(cfg, "seed", 0))
+                 seed=getattr(cfg, "seed", 0), video_path=video_lookup(cfg))
         ds.frame_cache = _open_cache(cfg)
         return ds
 
@@ -440,7 +634,7 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
 class VideoDataset(_VideoItems, torch.utils.data.Dataset):
     "Unique videos -> dict(frames, frame_mask, video_index); None for an unreadable video."
     def __init__(self, video_ids: Sequence, video_dir: PathLike, max_frames: int = 12, fps: float = 1.0,
-                 image_size: int = 224, ext: str = ".mp4", frame_sampling: str = "glscl"):
+                 image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl", video_path: Callable = None):
         _check_sampling(frame_sampling)
         self.frame_sampling, self.augment = frame_sampling, None          # evaluation videos are never augmented
         self.video_ids = [str(v) for v in video_ids]
@@ -450,13 +644,15 @@ class VideoDataset(_VideoItems, torch.utils.data.Dataset):
         self.video_dir = Path(video_dir)
         if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
         self.max_frames, self.fps, self.image_size, self.ext = max_frames, fps, image_size, ext
+        self.video_path = video_path or _default_paths(self.video_dir, ext)
         self.n_skipped = 0
 
     @classmethod
     def from_config(cls, cfg, video_ids: Sequence):
         "The videos `video_ids` in `cfg.video_dir`, sampled and sized as the config says (never augmented; the frame cache when there is one)."
+        from glscl.datasets import video_lookup
         ds = cls(video_ids, cfg.video_dir, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
-                 frame_sampling=getattr(cfg, "frame_sampling", "glscl"))
+                 frame_sampling=getattr(cfg, "frame_sampling", "glscl"), video_path=video_lookup(cfg))
         ds.frame_cache = _open_cache(cfg)
         return ds
 
@@ -467,10 +663,11 @@ class VideoDataset(_VideoItems, torch.utils.data.Dataset):
         return None if video is None else dict(frames=video[0], frame_mask=video[1], video_index=j)
 
 # %% ../nbs/00_data.ipynb #eaf22f47
-def collate_videos(items: Sequence):
-    "Batch dataset items: drop Nones (counted in `n_skipped`), stack tokens, zero-pad frames to the longest video."
+def collate_videos(items: Sequence) -> dict:
+    """Batch dataset items: drop Nones (unreadable videos, counted in `n_skipped`), stack tokens, zero-pad frames to the
+    longest video. `size` is the number of items kept; a batch whose videos all failed is `{'size': 0, 'n_skipped': n}`."""
     good = [it for it in items if it is not None]
-    if not good: return None
+    if not good: return dict(size=0, n_skipped=len(items))
     N = max(it["frames"].shape[0] for it in good)
     shapes = {tuple(it["frames"].shape[1:]) for it in good}
     if len(shapes) != 1: raise ValueError(f"videos in a batch have different frame shapes {sorted(shapes)}")
@@ -487,5 +684,12 @@ def collate_videos(items: Sequence):
         out["mask"] = torch.stack([it["mask"] for it in good])
     for k in ("index", "video_index"):
         if k in good[0]: out[k] = torch.tensor([it[k] for it in good], dtype=torch.long)
-    out["n_skipped"] = len(items) - len(good)
+    out["n_skipped"], out["size"] = len(items) - len(good), len(good)
     return out
+
+def count_skips(ds, batch: dict, loader=None) -> int:
+    """Add the batch's unreadable videos to `ds.n_skipped` when a DataLoader's workers loaded them (their copies of the
+    dataset counted them, not this one); return how many the batch lost. Call it on every batch of a loader over `ds`."""
+    n = int(batch["n_skipped"])
+    if loader is not None and getattr(loader, "num_workers", 0) > 0: ds.n_skipped += n
+    return n

@@ -109,11 +109,14 @@ def open_frame_cache(cfg):
 # %% ../nbs/12_frame_cache.ipynb #17c245c6
 class _Decode(torch.utils.data.Dataset):
     "Video ids -> (id, uint8 frames [n,S,S,3] or None, error message)."
-    def __init__(self, vids, cfg): self.vids, self.cfg = vids, cfg
+    def __init__(self, vids, cfg):
+        from glscl.datasets import video_lookup
+        self.vids, self.cfg, self.look = vids, cfg, video_lookup(cfg)
     def __len__(self): return len(self.vids)
     def __getitem__(self, i):
         c, vid = self.cfg, self.vids[i]
-        path = Path(c.video_dir)/f'{vid}.mp4'
+        try: path = self.look(vid)
+        except FileNotFoundError as e: return vid, None, str(e), dict(size=-1, mtime_ns=-1)
         st = os.stat(path) if path.exists() else None
         stamp = dict(size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1)
         try:
@@ -123,9 +126,10 @@ class _Decode(torch.utils.data.Dataset):
 
 def split_videos(cfg, splits) -> list:
     "The distinct video ids of `splits`, in file order."
+    from glscl.datasets import read_pairs
     seen = {}
     for s in splits:
-        for v, _ in read_msrvtt(cfg.anno_dir, s): seen.setdefault(v, None)
+        for v, _ in read_pairs(cfg, s): seen.setdefault(v, None)
     return list(seen)
 
 def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30, progress: bool = True, stop_after: int = None) -> dict:

@@ -18,6 +18,11 @@ def contrastive_loss(sim: Tensor, logit_scale, max_scale: float = 100.0) -> Tens
     "Symmetric InfoNCE on square logits `sim [B, B]` (matched pairs on the diagonal), scale exp(logit_scale) clamped at `max_scale`."
     if not isinstance(sim, Tensor) or sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
         raise ValueError(f"sim must be a square [B, B] matrix with matched pairs on the diagonal, got {getattr(sim, 'shape', type(sim))}")
+    if len(sim) == 0: raise ValueError("contrastive_loss got an empty batch (sim is [0, 0])")
+    if len(sim) == 1:
+        import warnings
+        warnings.warn("contrastive_loss on a batch of one pair is exactly 0 (there is no negative to push away) and teaches nothing; "
+                      "use batches of at least 2 pairs", RuntimeWarning, stacklevel=2)
     scale = torch.as_tensor(logit_scale, dtype=sim.dtype, device=sim.device).exp().clamp(max=max_scale)
     labels = torch.arange(len(sim), device=sim.device)
     return 0.5 * (F.cross_entropy(scale * sim, labels) + F.cross_entropy(scale * sim.T, labels))

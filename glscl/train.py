@@ -9,12 +9,12 @@ Docs: https://glscl.github.io/glscl/training.html.md"""
 __all__ = ['log', 'OPTIMIZERS', 'RESUME_FREE_KEYS', 'AMP_DTYPES', 'ENCODING_KEYS', 'TEXT_KEEP', 'VIDEO_KEEP', 'LOG_STEP_KEYS',
            'no_weight_decay', 'released_decay', 'param_groups', 'make_optimizer', 'BertAdam', 'warmup_cosine',
            'make_scheduler', 'EpochBatches', 'rng_state', 'set_rng_state', 'seed_everything', 'uses_quick_gelu',
-           'save_checkpoint', 'read_checkpoint', 'check_state_dict', 'load_checkpoint', 'check_resume',
-           'model_from_checkpoint', 'autocast', 'make_scaler', 'world', 'init_distributed', 'all_gather_objects',
-           'GatherRows', 'gather_batch', 'make_gather', 'on_shards', 'model_fingerprint', 'split_items',
-           'data_fingerprint', 'encoding_key', 'encode_texts', 'encode_videos', 'encode_split', 'cached_encodings',
-           'block_similarity', 'evaluate', 'NonFiniteLoss', 'train_step', 'train_loader', 'RunLog', 'read_log',
-           'frame_features', 'with_features', 'count_unreadable', 'train', 'plot_run']
+           'save_checkpoint', 'read_checkpoint', 'nonfinite_tensors', 'check_state_dict', 'load_checkpoint',
+           'check_resume', 'model_from_checkpoint', 'autocast', 'make_scaler', 'world', 'init_distributed',
+           'all_gather_objects', 'GatherRows', 'gather_batch', 'make_gather', 'on_shards', 'model_fingerprint',
+           'split_items', 'data_fingerprint', 'encoding_key', 'encode_texts', 'encode_videos', 'encode_split',
+           'cached_encodings', 'block_similarity', 'evaluate', 'NonFiniteLoss', 'train_step', 'train_loader', 'RunLog',
+           'read_log', 'frame_features', 'with_features', 'count_unreadable', 'train', 'plot_run']
 
 # %% ../nbs/09_training.ipynb #ea6d8c40
 import contextlib, hashlib, json, logging, math, os, random, tempfile, time
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .config import Config, load_config
-from .data import VideoTextDataset, VideoDataset, collate_videos, read_msrvtt, tokenize, MSRVTT_FILES
+from .config import Config, load_config, pick_device
+from .data import VideoTextDataset, VideoDataset, collate_videos, count_skips, read_msrvtt, tokenize, MSRVTT_FILES
 from .model import GLSCL
 from .clip import atomic_save
 from .metrics import metrics_rows, format_metrics
@@ -187,8 +187,18 @@ def read_checkpoint(path) -> dict:
                          "for CLIP weights use clip_pretrained instead")
     return ckpt
 
+def nonfinite_tensors(sd: dict) -> list:
+    "Names of the floating-point tensors of state dict `sd` that hold a NaN or an infinity, with how many."
+    return [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in sd.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
 def check_state_dict(model, sd: dict, path, ckpt_cfg: dict = None):
-    "Raise a ValueError naming the missing, unexpected and mis-shaped keys if `sd` does not fit `model`."
+    "Raise a ValueError naming the missing, unexpected and mis-shaped keys if `sd` does not fit `model`, or its non-finite tensors."
+    bad_values = nonfinite_tensors(sd)
+    if bad_values:
+        raise ValueError(f"checkpoint {path} holds non-finite weights (NaN or inf) in {len(bad_values)} tensor(s): "
+                         f"{', '.join(bad_values[:6])}{' ...' if len(bad_values) > 6 else ''}; it cannot be used: load an earlier "
+                         "checkpoint of the run (best.pt, or last.pt before the divergence) or train again with a lower lr")
     own = model.state_dict()
     missing = sorted(set(own) - set(sd)); unexpected = sorted(set(sd) - set(own))
     bad = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
@@ -259,7 +269,7 @@ def world() -> tuple:
 def init_distributed(device=None) -> torch.device:
     """Join the process group that `torchrun` describes (WORLD_SIZE, RANK, MASTER_ADDR, ...) when there is one, and
     return this process's device: GPU LOCAL_RANK with NCCL, else the CPU with gloo."""
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = pick_device(device)
     n = int(os.environ.get('WORLD_SIZE', '1'))
     if device.type == 'cuda' and device.index is None:
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) if n > 1 else torch.cuda.current_device())
@@ -347,21 +357,23 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 def split_items(cfg: Config, split: str) -> tuple:
-    "(captions, video ids, caption -> video index) of `split`, in file order."
-    pairs = read_msrvtt(cfg.anno_dir, split)
+    "(captions, video ids, caption -> video index) of `split` of the preset's data set, in file order."
+    from glscl.datasets import read_pairs
+    pairs = read_pairs(cfg, split)
     pos = {}
     caption_video = [pos.setdefault(v, len(pos)) for v, _ in pairs]
     return [c for _, c in pairs], list(pos), caption_video
 
 def data_fingerprint(cfg: Config, split: str) -> str:
     "sha256 of the annotation files and of each of the split's videos' (name, size, mtime)."
-    h = hashlib.sha256()
-    for key in ('data', split if split in MSRVTT_FILES else 'test'):
-        p = Path(cfg.anno_dir)/MSRVTT_FILES[key]
+    from glscl.datasets import annotation_files, video_lookup
+    h, look = hashlib.sha256(), video_lookup(cfg)
+    for p in annotation_files(cfg, split):
         if p.is_file(): h.update(p.name.encode()); h.update(p.read_bytes())
     for vid in split_items(cfg, split)[1]:
-        p = Path(cfg.video_dir)/f'{vid}.mp4'
-        st = p.stat() if p.exists() else None
+        try: p = look(vid)
+        except FileNotFoundError: p = None
+        st = p.stat() if p is not None and p.exists() else None
         h.update(f"{vid}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1};".encode())
     return h.hexdigest()
 
@@ -415,8 +427,8 @@ def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encod
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         parts = []
         for b in tqdm(dl, desc=desc, disable=not progress, leave=False):
-            if b is None or b['n_skipped']:
-                raise ValueError(f"{desc}: {bs if b is None else b['n_skipped']} video(s) of the evaluation set cannot be read (see the log above "
+            if b['n_skipped']:
+                raise ValueError(f"{desc}: {b['n_skipped']} video(s) of the evaluation set cannot be read (see the log above "
                                  f"for the files under {cfg.video_dir}); evaluation needs every video: re-download or re-encode them")
             with autocast(cfg, dev): v = model.encode_video(b['frames'].to(dev), b['frame_mask'].to(dev))
             parts.append({k: (v[k].float() if v[k].is_floating_point() else v[k]).cpu() for k in VIDEO_KEEP if k in v})
@@ -555,10 +567,13 @@ def frame_features(model: GLSCL, ds: VideoTextDataset, cfg: Config, progress: bo
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         out = {}
         for b in tqdm(dl, desc='frame features (frozen image tower)', disable=not progress or world()[0] > 0, leave=False):
-            if b is None: continue
+            count_skips(vds, b, dl)
+            if not b['size']: continue
             with autocast(cfg, dev): f = model.clip.encode_frames(b['frames'].to(dev), b['frame_mask'].to(dev))
             f = f.float().cpu()
             for j, vi in enumerate(b['video_index'].tolist()): out[vds.video_ids[vi]] = f[j][b['frame_mask'][j]].clone()
+        if vds.n_skipped: log.warning("frame features: %d of %d videos cannot be read (logged above); their pairs are skipped in training",
+                                      vds.n_skipped, len(vds))
         return out
     out = {}
     for part in on_shards(share, len(ds.video_ids)): out.update(part)
@@ -577,16 +592,25 @@ def with_features(batch: dict, feats: dict, ds: VideoTextDataset) -> dict:
     return dict(batch, frame_features=out)
 
 # %% ../nbs/09_training.ipynb #d935647e
-def count_unreadable(bad: list, expected: list, batch, ds: VideoTextDataset, cfg: Config):
-    "Add the videos of `expected` pair indices missing from `batch` to `bad` (logged); stop past `cfg.max_skip_frac` of the videos."
-    got = set() if batch is None else set(batch['index'].tolist())
-    for v in sorted({ds.pairs[i][0] for i in expected if i not in got} - set(bad)):
+def _video_file(ds, vid: str) -> str:
+    "The file of video `vid` for messages ('<id> (no file under <folder>)' when there is none)."
+    try: return str(ds.video_path(vid))
+    except FileNotFoundError: return f"{vid} (no file under {ds.video_dir})"
+
+def count_unreadable(bad: list, expected: list, batch, ds: VideoTextDataset, cfg: Config) -> list:
+    """Add the videos of `expected` pair indices missing from `batch` to `bad` (logged) and return the new ones; stop past
+    `cfg.max_skip_frac` of the videos. It compares what was asked with what came back, so it counts in the main process
+    whether the loading happened there or in DataLoader workers, and an all-bad batch counts all its videos."""
+    got = set(batch['index'].tolist()) if batch['size'] else set()
+    new = sorted({ds.pairs[i][0] for i in expected if i not in got} - set(bad))
+    for v in new:
         bad.append(v)
-        log.warning("unreadable video %s skipped (%d so far)", Path(cfg.video_dir)/f'{v}.mp4', len(bad))
+        log.warning("unreadable video %s skipped (%d so far)", _video_file(ds, v), len(bad))
     if len(bad) > cfg.max_skip_frac * len(ds.video_ids):
         raise RuntimeError(f"{len(bad)} of {len(ds.video_ids)} training videos cannot be read (more than max_skip_frac="
-                           f"{cfg.max_skip_frac}): " + ', '.join(str(Path(cfg.video_dir)/f'{v}.mp4') for v in bad[:20]) +
+                           f"{cfg.max_skip_frac}): " + ', '.join(_video_file(ds, v) for v in bad[:20]) +
                            ". Re-download or re-encode them, or raise max_skip_frac.")
+    return new
 
 # %% ../nbs/09_training.ipynb #2f3ecfc7
 def _flat(rows: dict) -> dict:
@@ -666,9 +690,10 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
         sampler, loader = train_loader(ds, cfg, state['epoch'], state['batch'], rank, W)
         planned = sampler.rank_batches()[state['batch']:]
         for k, batch in enumerate(loader):
-            count_unreadable(state['bad_videos'], planned[k], batch, ds, cfg)
+            for v in count_unreadable(state['bad_videos'], planned[k], batch, ds, cfg):
+                write(kind='skip', step=state['step'], epoch=state['epoch'], video=v, skipped=len(state['bad_videos']))
             state['batch'] += 1
-            usable = batch is not None and len(batch['ids']) >= (2 if W == 1 else 1)
+            usable = batch['size'] >= (2 if W == 1 else 1)
             if not _all_true(usable, device): continue                   # nothing (or no negative) left in this batch
             if feats is not None: batch = with_features(batch, feats, ds)
             rec = train_step(model, batch, opt, sched, cfg, state['step'], gather=gather, scaler=scaler, forward=ddp)

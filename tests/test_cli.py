@@ -45,7 +45,7 @@ def test_train_and_eval_end_to_end(tmp_path):
 @pytest.mark.parametrize('args, words', [
     (['train', '--preset', 'toy', '--set', 'no_such_key=1'], 'unknown setting'),
     (['train', '--preset', 'toy', '--set', 'lr'], 'key=value'),
-    (['train', '--preset', 'toy', '--set', 'epochs=two'], "'epochs'"),
+    (['train', '--preset', 'toy', '--set', 'epochs=two'], "setting epochs = 'two'"),
     (['eval', '--checkpoint', '/nonexistent/last.pt'], 'does not exist'),
 ])
 def test_train_eval_failures_are_one_line(args, words):

@@ -33,7 +33,7 @@ def test_corrected_preset_differs_only_in_the_loose_spots():
 def test_choices_are_checked():
     with pytest.raises(ValueError, match="'fp16' is now 'released-fp16'"): load_config('toy', precision='fp16')
     for k in ('precision', 'optimizer', 'weight_decay_rule', 'frame_sampling', 'ddp_gather', 'head'):
-        with pytest.raises(ValueError, match=f"setting '{k}'.*use one of"): load_config('toy', **{k: 'nope'})
+        with pytest.raises(ValueError, match=f"setting {k} = 'nope': use one of"): load_config('toy', **{k: 'nope'})
 
 def test_base_chain_and_types():
     toy, paper = load_config('toy'), load_config('msrvtt-vitb32')
@@ -52,7 +52,7 @@ def _write(tmp_path, text):
 def test_errors(tmp_path):
     with pytest.raises(KeyError, match='presets are'): load_config('nope')
     with pytest.raises(ValueError, match='not a boolean'): load_config('toy', share_queries='maybe')
-    with pytest.raises(ValueError, match='not a valid int'): load_config('toy', batch_size='lots')
+    with pytest.raises(ValueError, match='batch_size = .lots.: is not a number'): load_config('toy', batch_size='lots')
     with pytest.raises(ValueError, match='unknown setting'): load_config('toy', batchsize=3)
     p = _write(tmp_path, '[a]\nbase = b\n[b]\nbase = a\n')
     with pytest.raises(ValueError, match='cycle'): load_config('a', p)

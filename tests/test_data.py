@@ -25,6 +25,7 @@ def write_anno(d: Path, n_videos=5, caps_per_video=3):
             sents.append({"caption": f"cap {j} of video{i}", "video_id": f"video{i}", "sen_id": sen_id}); sen_id += 1
     videos = [{"category": i % 20, "url": f"https://youtube/{i}", "video_id": f"video{i}", "start time": 1.0,
                "end time": 11.0, "split": "train", "id": i} for i in range(n_videos)]
+    videos += [{"video_id": f"video{9770 + r}", "split": "test", "id": 9770 + r} for r in range(3)]   # the json lists test videos too
     (d / "MSRVTT_data.json").write_text(json.dumps({"info": {"year": 2016}, "videos": videos, "sentences": sents}))
     for name, ids in (("MSRVTT_train.9k.csv", [0, 1, 2, 3]), ("MSRVTT_train.7k.csv", [0, 1])):
         with open(d / name, "w", newline="") as f:
@@ -96,7 +97,7 @@ def test_empty_caption_json(anno):
 def test_empty_sentence_test_csv(anno):
     (anno / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr1,video1,ok\nret1,msr2,video2,\n")
     with pytest.raises(ValueError) as e: read_msrvtt(anno, "test")
-    assert "MSRVTT_JSFUSION_test.csv" in str(e.value) and "row 3" in str(e.value) and "ret1" in str(e.value)
+    assert "MSRVTT_JSFUSION_test.csv" in str(e.value) and "line 3" in str(e.value) and "ret1" in str(e.value)
 
 
 def test_train_id_without_caption(anno):
@@ -477,7 +478,7 @@ def test_dataset_missing_video_logged(world, caplog):
 
 def test_dataset_errors(world):
     anno, vids = world
-    with pytest.raises(ValueError, match="empty caption"): VideoTextDataset([("video0", " ")], vids)
+    with pytest.raises(ValueError, match="empty after cleaning"): VideoTextDataset([("video0", " ")], vids)
     with pytest.raises(FileNotFoundError): VideoTextDataset([("video0", "x")], vids / "nope")
     with pytest.raises(ValueError, match="unique"): VideoDataset(["video0", "video0"], vids)
 
@@ -497,7 +498,7 @@ def test_video_dataset(world, caplog):
     with caplog.at_level(logging.WARNING, logger="glscl.data"):
         batch = collate_videos([ds[j] for j in range(len(ds))])
     assert ds.n_skipped == 1 and "video3.mp4" in caplog.text
-    assert set(batch) == {"frames", "frame_mask", "video_index", "n_skipped"}
+    assert set(batch) == {"frames", "frame_mask", "video_index", "n_skipped", "size"}
     assert batch["video_index"].tolist() == [0, 2] and batch["frames"].shape == (2, 6, 3, 32, 32)
     assert batch["frame_mask"].tolist() == [[True] * 3 + [False] * 3, [True] * 6]
 
@@ -517,7 +518,7 @@ def test_collate_synthetic():
         assert b["frame_mask"][r].tolist() == [True] * n + [False] * (4 - n)
     assert b["index"].tolist() == [0, 2, 3] and b["video_index"].tolist() == [10, 12, 13] and b["index"].dtype == torch.long
     assert torch.equal(b["ids"][:, 0], torch.tensor([0, 2, 3]))
-    assert collate_videos([None, None]) is None
+    assert collate_videos([None, None]) == dict(size=0, n_skipped=2)          # an all-bad batch: counted, never None
 
 
 # ---------------------------------------------------------------- RandAugment on whole clips

@@ -169,3 +169,66 @@ def test_errors(batch):
         global_interaction(eos[:0], frames, mask)
     with pytest.raises(ValueError, match='chunk_size'):
         global_interaction(eos, frames, mask, chunk_size=0)
+
+
+# --- robustness: padded slots never matter, non-finite real features are errors naming the item (issue 14) ---
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_non_finite_padding_ignored(batch, bad):
+    eos, frames, mask = batch
+    ref = loop_sim1(eos, frames, mask, 3.0)
+    g = frames.clone()
+    g[1, 3, 0] = bad                                  # video 1 has one valid frame: slot 3 is padding
+    g[4, 5] = bad                                     # video 4 has four: slot 5 is padding
+    s = global_interaction(eos, g, mask)
+    assert torch.isfinite(s).all()
+    torch.testing.assert_close(s.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(global_interaction(eos, g, mask, chunk_size=2).double(), ref, atol=1e-5, rtol=1e-5)
+    w = frame_weights(eos, g, mask)
+    assert torch.isfinite(w).all() and (w[:, ~mask] == 0).all()
+    torch.testing.assert_close(w, frame_weights(eos, frames, mask))
+
+
+def test_non_finite_real_feature_is_an_error_naming_it(batch):
+    eos, frames, mask = batch
+    g = frames.clone(); g[3, 2, 7] = float('nan'); g[6, 0, 1] = float('inf')
+    for fn in (global_interaction, frame_weights):
+        with pytest.raises(ValueError, match=r'2 video feature\(s\) are not finite.*video indices \[3, 6\]'):
+            fn(eos, g, mask)
+    e = eos.clone(); e[2, 0] = float('nan')
+    for fn in (global_interaction, frame_weights):
+        with pytest.raises(ValueError, match=r'1 text feature\(s\) are not finite.*text indices \[2\]'):
+            fn(e, frames, mask)
+
+
+def test_official_compat_reads_every_slot(batch):
+    "The released computation's softmax reads padded slots, so a NaN there is an error naming the video, not a NaN matrix."
+    eos, frames, mask = batch
+    g = frames.clone(); g[1, 3, 0] = float('nan')
+    with pytest.raises(ValueError, match=r'video indices \[1\]'):
+        global_interaction(eos, g, mask, official_compat=True)
+
+
+def test_gradient_path_equals_inference_path(batch):
+    "With gradients GIM runs out of place; without, in place in reused buffers: same numbers, and finite padded gradients."
+    eos, frames, mask = batch
+    g = frames.clone(); g[~mask] = float('nan')
+    for oc in (False, True):
+        f = frames if oc else g
+        with torch.no_grad(): ref = global_interaction(eos, f, mask, official_compat=oc, chunk_size=3)
+        e1, f1 = eos.clone().requires_grad_(), f.clone().requires_grad_()
+        s = global_interaction(e1, f1, mask, official_compat=oc, chunk_size=3)
+        torch.testing.assert_close(s.detach(), ref, atol=1e-6, rtol=1e-6)
+        s.sum().backward()
+        assert torch.isfinite(e1.grad).all() and torch.isfinite(f1.grad).all()
+        if not oc: assert (f1.grad[~mask] == 0).all()
+
+
+def test_large_scores_stay_exact():
+    "Scores of hundreds (sharp softmax) against a float64 loop: the shift by the per-pair maximum keeps them exact."
+    g = torch.Generator().manual_seed(1)
+    eos, frames = 20 * torch.randn(4, 16, generator=g), 20 * torch.randn(6, 5, 16, generator=g)
+    mask = torch.arange(5)[None] < torch.tensor([5, 2, 1, 4, 3, 5])[:, None]
+    torch.testing.assert_close(global_interaction(eos, frames, mask, 0.5).double(), loop_sim1(eos, frames, mask, 0.5), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='leave float32 no room'):
+        global_interaction(eos * 1e16, frames * 1e16, mask)
