@@ -232,53 +232,43 @@ DEVICES = ('auto', 'cuda', 'mps', 'cpu')
 _dlog = logging.getLogger(__name__)
 
 def _probe_step(device, seed: int = 0) -> list:
-    """One forward pass, backward pass and optimizer step on `device` through the op types of the toy run (patch
-    convolution, layer norm, attention, GELU, a transformer decoder layer, embeddings, masks, softmax pooling,
-    cross-entropy, MSE, hinge, AdamW); returns the loss, the gradients and the updated weights on the CPU."""
-    import torch, torch.nn.functional as F
+    """The toy run's own work on `device`: the toy preset's GLSCL (untrained weights, `clip_pretrained='none'`) on a
+    small batch of uint8 clips and captions. In eval mode (no dropout, so every device must give the same numbers):
+    the loss and its gradients, returned on the CPU. Then one real `train_step` in train mode (dropout, gradient
+    clipping, the optimizer, the schedule), which must run and give a finite loss."""
+    import torch
+    from glscl.model import GLSCL
+    from glscl.train import make_optimizer, make_scheduler, train_step
+    cfg = load_config('toy', clip_pretrained='none')
     torch.manual_seed(seed)
-    D = 16
-    conv, emb, ln = torch.nn.Conv2d(3, D, 4, stride=4), torch.nn.Embedding(50, D), torch.nn.LayerNorm(D)
-    attn = torch.nn.MultiheadAttention(D, 2, batch_first=True)
-    dec = torch.nn.TransformerDecoderLayer(D, 2, 32, dropout=0.0, batch_first=True)
-    queries, log_scale = torch.nn.Parameter(torch.rand(4, D)), torch.nn.Parameter(torch.tensor(2.3))
-    mods = torch.nn.ModuleList([conv, emb, ln, attn, dec])
-    pixels = torch.randint(0, 256, (3, 2, 3, 16, 16), dtype=torch.uint8)                  # 3 clips of 2 frames
-    ids, mask = torch.randint(1, 50, (3, 5)), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1] * 5]).bool()
-    mods.to(device)
-    queries, log_scale = (torch.nn.Parameter(p.detach().to(device)) for p in (queries, log_scale))
-    params = list(mods.parameters()) + [queries, log_scale]
-    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.2)
-    x = (pixels.to(device).float() / 255 - 0.5) / 0.25
-    f = conv(x.flatten(0, 1)).flatten(2).transpose(1, 2)                                   # [6, 16 patches, D]
-    f = ln(F.gelu(attn(f, f, f, need_weights=False)[0] + f)).mean(1).view(3, 2, D)        # frame features
-    t = emb(ids.to(device))
-    m = mask.to(device)
-    causal = torch.ones(5, 5, dtype=torch.bool, device=device).triu(1)
-    t = ln(attn(t, t, t, attn_mask=causal, key_padding_mask=~m, need_weights=False)[0] + t)
-    eos = t[torch.arange(3, device=device), (m.long() * torch.arange(5, device=device)).argmax(-1)]   # [3, D]
-    frame_mask = torch.tensor([[True, True], [True, False], [True, True]], device=device)
-    w = torch.softmax((torch.einsum('td,vnd->tvn', eos, f) / 3.0).masked_fill(~frame_mask, float('-inf')), -1)
-    sim = F.cosine_similarity(eos[:, None], torch.einsum('tvn,vnd->tvd', w, f), dim=-1)
-    qv = F.normalize(dec(queries.expand(3, -1, -1), f), dim=-1)
-    qt = F.normalize(dec(queries.expand(3, -1, -1), t, memory_key_padding_mask=~m), dim=-1)
-    sim = sim + 0.5 * torch.einsum('akd,bkd->ab', qt, qv) / 4
-    labels = torch.arange(3, device=device)
-    G = torch.einsum('bkd,bjd->kj', qv, qv) / 3
-    s = log_scale.exp().clamp(max=100)
-    loss = (F.cross_entropy(sim * s, labels) + F.cross_entropy(sim.T * s, labels)) / 2 \
-        + F.mse_loss(qv.mean(0), qt.mean(0)) + F.relu(0.1 + G - G.diagonal()[:, None]).sum()
-    opt.zero_grad(); loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    grads = [p.grad.detach().cpu().clone() for p in params]
-    opt.step()
-    return [loss.detach().cpu()] + grads + [p.detach().cpu() for p in params]
+    model = GLSCL(cfg).to(device)
+    g = torch.Generator().manual_seed(seed)
+    B, N, L, S = 3, cfg.max_frames, cfg.max_words, cfg.image_size
+    ids = torch.randint(1, 49000, (B, L), generator=g)
+    mask = torch.arange(L)[None] < torch.tensor([[L], [5], [3]])
+    ids[:, 0], ids[torch.arange(B), mask.sum(1) - 1] = 49406, 49407
+    ids = ids * mask
+    fm = torch.arange(N)[None] < torch.tensor([[N], [2], [3]])
+    frames = torch.randint(0, 256, (B, N, 3, S, S), dtype=torch.uint8, generator=g) * fm[..., None, None, None]
+    batch = {k: v.to(device) for k, v in dict(ids=ids, mask=mask, frames=frames, frame_mask=fm, index=torch.arange(B),
+                                              video_index=torch.arange(B)).items()}
+    model.eval()
+    loss = model(batch)['loss']
+    loss.backward()
+    out = [loss.detach().cpu()] + [p.grad.detach().cpu().clone() for p in model.parameters() if p.grad is not None]
+    model.train(); model.zero_grad()
+    opt = make_optimizer(model, cfg)
+    train_step(model, batch, opt, make_scheduler(opt, cfg, 10), cfg, 0)      # raises NonFiniteLoss on a NaN or inf
+    return out
 
 def probe_device(device, atol: float = 1e-3) -> Optional[str]:
-    "None when `device` runs `_probe_step` and agrees with the CPU within `atol`; otherwise why not (a short message)."
-    try: got = _probe_step(device)
-    except Exception as e: return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-    ref = _probe_step('cpu')
+    """None when `device` runs `_probe_step` and agrees with the CPU within `atol`; otherwise why not (a short message).
+    The caller's CPU random state is left as it was."""
+    import torch
+    with torch.random.fork_rng(devices=[]):
+        try: got = _probe_step(device)
+        except Exception as e: return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        ref = got if torch.device(device).type == 'cpu' else _probe_step('cpu')
     bad = [i for i, (a, b) in enumerate(zip(got, ref)) if a.shape != b.shape or not (a.float() - b.float()).abs().max() <= atol]
     return None if not bad else f"results differ from the CPU's beyond {atol} (tensors {bad[:5]} of {len(ref)})"
 

@@ -7,8 +7,8 @@ Docs: https://glscl.github.io/glscl/search.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'INDEX_FORMAT', 'VIDEO_EXTS', 'ID_KEYS', 'ARRAYS', 'SEARCH_BLOCK', 'model_id', 'list_videos', 'encode_folder',
-           'IndexMismatch', 'VideoIndex', 'score_blocks', 'index_similarity', 'run_search', 'add_search_command',
-           'main']
+           'IndexMismatch', 'VideoIndex', 'score_blocks', 'index_similarity', 'one_query_similarity', 'run_search',
+           'add_search_command', 'main']
 
 # %% ../nbs/15_search.ipynb #b4121e73
 import hashlib, json, logging, os, sys, time, warnings
@@ -174,6 +174,40 @@ def index_similarity(model: GLSCL, text: dict, video: dict) -> torch.Tensor:
     if c.sim_lambda and 'query' in text and 'query' in video: s = s + c.sim_lambda * query_similarity(text['query'], video['query'])
     return s
 
+def one_query_similarity(text: dict, video: dict, temp: float = 3.0, sim_lambda: float = 0.5, eps: float = 1e-8) -> torch.Tensor:
+    """S [1, v] of one text against a block of indexed videos, equal to `GLSCL.similarity` (masked GIM, not
+    `official_compat`) but with one matrix-vector product per stored array: the scores `frames @ t`, GIM's softmax over
+    each video's valid frames, the pooled norm from the stored Gram matrices (sqrt(w^T G w)), and Sim2 from the
+    flattened query outputs. Padded frame slots are masked out before anything reads them; the Gram matrices must be
+    zero on padding, as `encode_folder` stores them (computed from the zeroed frames)."""
+    t, f, m, g = text['eos'][0], video['frames'], video['mask'], video['gram']
+    v, N, D = f.shape
+    zero = f.new_zeros(())
+    x = torch.where(m, (f.reshape(v * N, D) @ t).view(v, N), zero)          # t . f_i, 0 on padding
+    w = torch.softmax(torch.where(m, x / temp, f.new_full((), float('-inf'))), dim=1)   # GIM's weights over the valid frames
+    pooled = torch.einsum('vn,vnm,vm->v', w, g, w).clamp_min(0).sqrt()      # w is 0 on padding; a stored Gram is 0 there
+    s = (w * x).sum(1) / (t.norm().clamp_min(eps) * pooled.clamp_min(eps))
+    if sim_lambda and 'query' in text and 'query' in video:
+        K = text['query'].shape[1]
+        s = s + sim_lambda * (video['query'].reshape(v, -1) @ text['query'][0].reshape(-1)) / K
+    return s[None]
+
+def _fast_path(self: VideoIndex, n_texts: int) -> bool:
+    "Whether `one_query_similarity` computes what `GLSCL.similarity` does for this index and query."
+    c = self.model.cfg
+    return n_texts == 1 and c.head == 'glscl' and not c.official_compat and 'gram' in self.arrays
+
+def _score_one(self: VideoIndex, t: dict, block: int = SEARCH_BLOCK) -> torch.Tensor:
+    "S [1, V] of one encoded text, block by block; each block is converted from the memory map by torch (threaded)."
+    c, V, out = self.model.cfg, len(self), []
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='The given NumPy array is not writable')
+        for j in range(0, V, block):
+            vb = {k: torch.from_numpy(a[j:j + block]) for k, a in self.arrays.items()}
+            vb = {k: (x if k == 'mask' else x.float()) for k, x in vb.items()}
+            out.append(one_query_similarity(t, vb, c.gim_temp, c.sim_lambda))
+    return torch.cat(out, 1)
+
 def _encode_query(self: VideoIndex, texts) -> dict:
     from glscl.train import encode_texts
     if self.model is None: raise ValueError("no model attached: VideoIndex.load(path, model) first")
@@ -183,14 +217,16 @@ def _encode_query(self: VideoIndex, texts) -> dict:
 def _scores(self: VideoIndex, texts) -> torch.Tensor:
     "Similarity [T, V] of `texts` (a string or a list) to every indexed video, as `GLSCL.similarity` computes it."
     if not len(self): raise ValueError(f"the index {self.path} holds no video")
-    return score_blocks(lambda t, v: index_similarity(self.model, t, v), _encode_query(self, texts), self.arrays)
+    t = _encode_query(self, texts)
+    if _fast_path(self, len(t['eos'])): return _score_one(self, t)
+    return score_blocks(lambda t_, v: index_similarity(self.model, t_, v), t, self.arrays)
 
 @torch.no_grad()
 def _search(self: VideoIndex, text: str, k: int = 5) -> list:
     "Top-`k` videos for `text`: dicts(file, score, best_frame, weights) from the best score down."
     if not isinstance(text, str) or not text.strip(): raise ValueError("the query must be a non-empty string")
     t = _encode_query(self, text)
-    s = score_blocks(lambda t_, v: index_similarity(self.model, t_, v), t, self.arrays)[0]
+    s = (_score_one(self, t) if _fast_path(self, 1) else score_blocks(lambda t_, v: index_similarity(self.model, t_, v), t, self.arrays))[0]
     top = s.topk(min(int(k), len(s)))
     hits = top.indices.tolist()
     fr = torch.from_numpy(np.asarray(self.arrays['frames'][hits], dtype=np.float32))

@@ -219,17 +219,45 @@ def no_cuda(monkeypatch):
     C._mps_verdict.cache_clear()
 
 
-def test_probe_runs_on_cpu_and_catches_a_broken_device():
-    assert probe_device("cpu") is None
-    assert "meta" in probe_device("meta").lower() or "Error" in probe_device("meta")   # computes nothing: refused
+def test_probe_runs_every_op_of_a_toy_training_step():
+    """probe_device('cpu') passes, leaves the caller's random stream alone, and runs every aten op that a real toy
+    train_step (a loader-sized batch, the toy preset) runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from glscl.model import GLSCL
+    from glscl.train import make_optimizer, make_scheduler, train_step
+    def aten_ops(fn):
+        ops = set()
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                ops.add(func.overloadpacket.__name__); return func(*args, **(kwargs or {}))
+        with Record(): out = fn()
+        return ops, out
+    cfg = C.load_config("toy", clip_pretrained="none")
+    B, N, L, S = 4, cfg.max_frames, cfg.max_words, cfg.image_size
+    ids, mask = torch.randint(1, 49000, (B, L)), torch.arange(L)[None] < torch.tensor([[10], [6], [3], [L]])
+    ids[:, 0], ids[torch.arange(B), mask.sum(1) - 1] = 49406, 49407
+    fm = torch.arange(N)[None] < torch.tensor([[N], [2], [4], [3]])
+    batch = dict(ids=ids * mask, mask=mask, frame_mask=fm, index=torch.arange(B), video_index=torch.arange(B), n_skipped=0,
+                 frames=torch.randint(0, 256, (B, N, 3, S, S), dtype=torch.uint8) * fm[..., None, None, None])
+    model = GLSCL(cfg).train()
+    opt = make_optimizer(model, cfg)
+    real, _ = aten_ops(lambda: train_step(model, batch, opt, make_scheduler(opt, cfg, 10), cfg, 0))
+    torch.manual_seed(7); before = torch.rand(3)
+    torch.manual_seed(7)
+    probe, verdict = aten_ops(lambda: probe_device("cpu"))
+    assert verdict is None and torch.equal(torch.rand(3), before)
+    assert len(real) > 50 and real <= probe, sorted(real - probe)
 
 
-def test_probe_catches_wrong_numbers(monkeypatch):
-    "A device that computes, but wrongly (here: the probe's step on 'cpu' perturbed for one side), is refused."
-    real = C._probe_step
-    monkeypatch.setattr(C, "_probe_step", lambda device, seed=0: [t + (0.01 if device == "fake" else 0) for t in real("cpu", seed)])
-    assert "differ" in probe_device("fake")
-    assert probe_device("fake", atol=0.1) is None
+def test_probe_refuses_broken_or_wrong_devices(monkeypatch):
+    "A device that computes nothing ('meta') is refused; so is one that computes wrong numbers (simulated)."
+    assert "Error" in probe_device("meta")
+    fixed = [torch.arange(6.).view(2, 3), torch.ones(4)]
+    monkeypatch.setattr(C, "_probe_step", lambda device, seed=0: [t + (0.01 if device == "mps" else 0) for t in fixed])
+    assert "differ" in probe_device("mps")
+    assert probe_device("mps", atol=0.1) is None
+    monkeypatch.setattr(C, "_probe_step", lambda device, seed=0: [t[:1] if device == "mps" else t for t in fixed])
+    assert "differ" in probe_device("mps", atol=1.0)                      # a wrong shape
 
 
 @pytest.mark.parametrize("cuda,mps,verdict,want", [

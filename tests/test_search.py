@@ -99,3 +99,27 @@ def test_main(world, capsys):
     assert 'rank' in out and out.count('.mp4') == 2
     assert main(['--index', str(world['path'] / 'missing'), '--preset', 'toy', 'a query']) == 2
     assert 'no index.json' in capsys.readouterr().err
+
+
+def test_one_query_path_equals_similarity(world):
+    "One text takes the matrix-vector path (one_query_similarity); it equals GLSCL.similarity, whatever padded slots hold."
+    from glscl.search import one_query_similarity
+    m, cfg, idx = world['model'], world['cfg'], world['index']
+    order = [idx.files.index(f'{v}.mp4') for v in world['ids']]
+    caps = world['captions'][:3]
+    t_all = encode_texts(m, caps, cfg, progress=False)
+    v = encode_videos(m, world['ids'], cfg, progress=False)
+    ref = m.similarity(t_all, v)
+    for i, c in enumerate(caps):
+        torch.testing.assert_close(idx.scores(c)[0, order], ref[i], atol=1e-5, rtol=1e-5)
+    g = torch.Generator().manual_seed(0)                                   # synthetic block: short videos, junk in the padding
+    f, mask = torch.randn(5, 6, 16, generator=g), torch.arange(6)[None] < torch.tensor([[6], [3], [1], [4], [6]])
+    f[~mask] = float('nan')
+    q, t = torch.randn(5, 4, 16, generator=g), dict(eos=torch.randn(1, 16, generator=g), query=torch.randn(1, 4, 16, generator=g))
+    clean = torch.where(mask[..., None], f, torch.zeros(()))
+    gram = clean @ clean.transpose(1, 2)
+    from glscl.gim import global_interaction
+    from glscl.lim import query_similarity
+    want = global_interaction(t['eos'], clean, mask, temp=3.0) + 0.5 * query_similarity(t['query'], q)
+    got = one_query_similarity(t, dict(frames=f, mask=mask, gram=gram, query=q), temp=3.0, sim_lambda=0.5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
