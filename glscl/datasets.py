@@ -186,19 +186,21 @@ def benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS: raise ValueError(f"unknown dataset {name!r}; known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]
 
+def _dataset(cfg) -> str: return getattr(cfg, 'dataset', 'msrvtt')     # a plain namespace reads MSR-VTT's layout
+
 def read_pairs(cfg, split: str) -> list:
     "(video_id, caption) pairs of `split` of the preset's data set (`cfg.dataset`) under `cfg.anno_dir`."
-    b = benchmark(cfg.dataset)
+    b = benchmark(_dataset(cfg))
     _check_split(b.name, split, b.splits)
     return b.read(cfg.anno_dir, split)
 
 def annotation_files(cfg, split: str) -> list:
     "The annotation files `split` of the preset's data set reads (for fingerprints)."
-    return [Path(cfg.anno_dir)/f for f in benchmark(cfg.dataset).files(split) if f]
+    return [Path(cfg.anno_dir)/f for f in benchmark(_dataset(cfg)).files(split) if f]
 
 def video_lookup(cfg) -> VideoLookup:
     "The preset's `VideoLookup`: its video folder and its data set's file naming."
-    return VideoLookup(cfg.video_dir, benchmark(cfg.dataset).stems)
+    return VideoLookup(cfg.video_dir, benchmark(_dataset(cfg)).stems)
 
 # %% ../nbs/16_datasets.ipynb #37d09a41
 PAPER_T2V = {
