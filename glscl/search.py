@@ -99,7 +99,7 @@ class VideoIndex:
     def load(cls, path, model: GLSCL = None, mmap: bool = True) -> 'VideoIndex':
         "Open the index in folder `path` (arrays memory-mapped); with `model`, refuse it if another model built it."
         path = Path(path)
-        if not (path/'index.json').is_file(): raise FileNotFoundError(f"{path} holds no glscl index (no index.json); build one with VideoIndex.build")
+        if not (path/'index.json').is_file(): raise FileNotFoundError(f"{path} holds no glscl index (no index.json); build one with `glscl search --index {path} --build VIDEO_FOLDER` or VideoIndex.build")
         meta = json.loads((path/'index.json').read_text())
         if meta.get('format') != INDEX_FORMAT: raise ValueError(f"{path}/index.json is not a {INDEX_FORMAT} index (format {meta.get('format')!r})")
         arrays = {k: np.load(path/f'{k}.npy', mmap_mode='r' if mmap else None) for k in ARRAYS if (path/f'{k}.npy').is_file()}
