@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PRESET ?= toy
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv reproduce test lab export clean-nbs bench distclean
+.PHONY: venv reproduce test lab export clean-nbs bench platforms distclean
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ export: venv
 
 bench: venv
 	$(PY) benchmarks/bench_similarity.py
+	$(PY) benchmarks/bench_video_backends.py
+
+# every transitive dependency as wheels for macOS arm64 / Linux aarch64 / Linux x86_64 (network, about 1.5 min)
+platforms: venv
+	GLSCL_PLATFORM_CHECK=full $(PY) -m pytest -q -rs tests/test_platforms.py
 
 distclean:
 	rm -rf $(VENV) runs

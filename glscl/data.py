@@ -81,6 +81,9 @@ def _read_json(path: Path, key: str, anno_dir) -> list:
         raise ValueError(f"{path} is not an MSR-VTT data file with a {key!r} list ({e!r}); "
                          f"re-download it: {_anno_hint(anno_dir)}") from e
 
+@lru_cache(maxsize=1)
+def _tokenizer(): return open_clip.get_tokenizer("ViT-B-32")        # CLIP's BPE tokenizer (its cleaning is used here)
+
 def check_caption(caption, where: str) -> str:
     """`caption` if CLIP's tokenizer keeps something of it, else a ValueError naming `where`: not a string, empty, or empty
     after the tokenizer's cleaning (HTML entities such as `&nbsp;`, control and zero-width characters, odd spaces)."""
@@ -467,8 +470,7 @@ def augment_clip(frames: np.ndarray, spec: str, seed: int, image_size: int = 224
 # %% ../nbs/00_data.ipynb #801f8f7f
 SOT_TOKEN, EOT_TOKEN = 49406, 49407
 
-@lru_cache(maxsize=1)
-def _tokenizer(): return open_clip.get_tokenizer("ViT-B-32")
+
 
 def tokenize(texts, max_words: int = 32) -> tuple:
     "CLIP token ids long [B,max_words] (start, tokens, end, zeros) and mask bool [B,max_words] for `texts`."

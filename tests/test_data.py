@@ -246,7 +246,7 @@ class SpyReader:
 
 @pytest.fixture
 def spy(monkeypatch):
-    import decord
+    decord = pytest.importorskip("decord")                              # no decord wheel on macOS / aarch64: PyAV reads there
     SpyReader.real, SpyReader.calls, SpyReader.fps, SpyReader.shape_hack = decord.VideoReader, [], None, False
     monkeypatch.setattr(decord, "VideoReader", SpyReader)
     return SpyReader
@@ -278,7 +278,6 @@ def test_sample_frames_missing_empty_truncated_garbage(tmp_path, count_mp4):
 
 
 def test_sample_frames_released(tmp_path, count_mp4):
-    import decord
     p = write_video(tmp_path / "ntsc.mp4", counting_frames(51), fps=29.97)   # 1.7 s at 29.97 fps
     frames, mask = sample_frames(p, rule="released")
     assert decoded_index(frames) == frame_indices(51, 29.97, rule="released").tolist() == [0, 30]
@@ -298,7 +297,7 @@ def toy_video(tmp_path_factory):
 
 @pytest.mark.parametrize("max_frames,fps", [(12, 1.0), (5, 1.0), (8, 3.0)])
 def test_sample_frames_released_toy(tmp_path_factory, max_frames, fps):
-    import decord
+    decord = pytest.importorskip("decord")
     p = toy_video(tmp_path_factory)
     vr = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=1)
     every = vr.get_batch(list(range(len(vr)))).asnumpy()                     # decode every frame
