@@ -14,7 +14,7 @@ import numpy as np, torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from glscl.gim import global_interaction
 from glscl.lim import query_similarity
-from glscl.search import score_blocks, one_query_similarity, SEARCH_BLOCK
+from glscl.search import score_blocks, one_query_similarity, torch_blocks, SEARCH_BLOCK
 
 
 def write_index(folder: Path, V: int, N: int, K: int, D: int, dtype, chunk: int = 10000):
@@ -36,18 +36,6 @@ def write_index(folder: Path, V: int, N: int, K: int, D: int, dtype, chunk: int 
         q[j:j + n] = (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(dtype)
     fr.flush(); q.flush(); gr.flush(); del fr, q, gr
     return {k: np.load(folder/f'{k}.npy', mmap_mode='r') for k in ('frames', 'mask', 'gram', 'query')}
-
-
-def torch_blocks(fn, text, arrays, block):
-    "fn(text, block) over blocks converted from the memory map by torch (threaded), as VideoIndex's one-query path reads them."
-    import warnings
-    out = []
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='The given NumPy array is not writable')
-        for j in range(0, len(arrays['mask']), block):
-            vb = {k: torch.from_numpy(a[j:j + block]) for k, a in arrays.items()}
-            out.append(fn(text, {k: (x if k == 'mask' else x.float()) for k, x in vb.items()}))
-    return torch.cat(out, 1)
 
 
 def main(argv=None):

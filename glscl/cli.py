@@ -126,8 +126,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None):
     "Entry point of the `glscl` console script (also `python -m glscl.cli`, which `torchrun -m glscl.cli` uses)."
     a = parser().parse_args(argv)
-    fn = getattr(a, 'fn', None) or a.func                                # glscl.search registers `func` (and returns an exit code)
-    try: rc = fn(a)
+    try: rc = a.fn(a)                                                    # glscl.search's command returns an exit code
     except KeyboardInterrupt:
         print(f"glscl {a.command}: interrupted", file=sys.stderr); sys.exit(130)
     except Exception as e:                                               # one clear line, never a traceback

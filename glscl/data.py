@@ -346,7 +346,7 @@ def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Option
     return np.stack([got[t] for t in want])
 
 # %% ../nbs/00_data.ipynb #9f99826c
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 
 def _resized(h: int, w: int, short_side: int) -> tuple:
     "(height, width) with the short side `short_side`, the aspect kept, both even."

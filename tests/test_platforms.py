@@ -177,7 +177,7 @@ def pip_resolve(platform: str, py=PY, timeout: int = 600) -> tuple:
         cmd = [sys.executable, f"{d}/pip_as.py", json.dumps(marker_env(platform, py)), "install", "--dry-run", "--quiet",
                "--report", f"{d}/report.json", "--ignore-installed", "--target", f"{d}/target", "--only-binary=:all:",
                "--python-version", f"{py[0]}.{py[1]}", "--implementation", "cp", "--use-feature=fast-deps",
-               "--progress-bar", "off", "--index-url", INDEX]
+               "--progress-bar", "off", "--no-cache-dir", "--index-url", INDEX]   # no pip cache in the home folder
         cmd += [a for p in PLATFORMS[platform][0] for a in ("--platform", p)] + [str(r) for r in requirements_for(platform, py=py)]
         env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": ""}   # the registry only
         t = time.perf_counter()
