@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # Run every notebook in order with papermill on $(PRESET); executed notebooks and figures go to runs/.
 reproduce: venv
-	$(PY) -c "from glscl.config import main; main()" --preset $(PRESET) --out runs/course
+	$(VENV)/bin/glscl course --preset $(PRESET) --out runs/course
 
 test: venv
 	bash tests/run_all.sh

@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from glscl.config import load_config
-from glscl.data import VideoDataset, collate_videos, write_video
-from glscl.framecache import build_frame_cache, FrameCache
-from glscl.toyworld import ensure_toy_world
+from glscl.data import VideoDataset, collate_videos
+from glscl.video import write_video
+from glscl.framecache import build_frame_cache, FrameCache, ensure_data, videos_from_config
 
 
 def msrvtt_like(root: Path, n: int, seconds: int = 15, fps: int = 30, size=(240, 320), seed: int = 0) -> Path:
@@ -52,7 +52,7 @@ def clips_per_second(cfg, vids, workers: int, batch: int, passes: int, uint8: bo
     `uint8`: pixels handed over as uint8, as training does (the model normalises them); else float CLIP input."""
     rates = []
     for _ in range(passes):
-        ds = VideoDataset.from_config(cfg, vids); ds.uint8 = uint8
+        ds = videos_from_config(cfg, vids); ds.uint8 = uint8
         dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_videos)
         t0 = time.perf_counter(); n = 0
         for b in dl: n += len(b['frames'])
@@ -107,6 +107,6 @@ if __name__ == '__main__':
         like = load_config('msrvtt-vitb32-amp', anno_dir=root, video_dir=root/'videos', frame_cache=tmp/'cache_like', augment='none')
         run('MSR-VTT-like (synthetic)', like, a.workers, a.batch, a.passes)
         toy = load_config('toy', frame_cache=tmp/'cache_toy')
-        ensure_toy_world(toy)
+        ensure_data(toy)
         run('toy world', toy, a.workers, a.batch, a.passes)
     finally: shutil.rmtree(tmp, ignore_errors=True)

@@ -105,7 +105,7 @@ def bench_cache(T, V, N, D, words, n_videos_timed, repeats, device, g, tmp):
     "First evaluation (CLIP ViT-B/32 encodes every item, then S) vs second (encodings read from the cache file, then S)."
     import open_clip, logging
     from glscl.clip import ClipEncoder
-    from glscl.train import atomic_save
+    from glscl.config import atomic_save
     logging.getLogger().setLevel(logging.ERROR)
     enc = ClipEncoder(open_clip.create_model('ViT-B-32', pretrained=None)).to(device).eval()
     lim = LocalInteraction(D, n_queries=8, n_layers=3, n_heads=8, ff_dim=4 * D).to(device).eval()
@@ -148,11 +148,11 @@ def bench_cache_toy():
     "The real path: glscl.train.evaluate on the toy preset twice, the second from the on-disk cache."
     import tempfile
     from glscl.config import load_config
-    from glscl.toyworld import ensure_toy_world
+    from glscl.framecache import ensure_data
     from glscl.model import GLSCL
     from glscl.train import evaluate
     cfg = load_config('toy')
-    ensure_toy_world(cfg)
+    ensure_data(cfg)
     model = GLSCL(cfg).eval()
     with tempfile.TemporaryDirectory() as d:
         a = evaluate(model, cfg, cache_dir=d, progress=False)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glscl.data as D
 from glscl.config import load_config
-from glscl.toyworld import ensure_toy_world
+from glscl.framecache import ensure_data
 
 
 def decord_no_check(path, max_frames, fps, rule):
@@ -70,7 +70,7 @@ def main(argv=None):
     ap.add_argument("--passes", type=int, default=2)
     a = ap.parse_args(argv)
     cfg = load_config("toy")
-    ensure_toy_world(cfg)
+    ensure_data(cfg)
     toy = sorted(Path(cfg.video_dir).glob("*.mp4"), key=lambda p: int(p.stem[5:]))[: a.toy_videos]
     ok = bench("toy world", toy, cfg.max_frames, cfg.fps, getattr(cfg, "frame_sampling", "glscl"), a.passes)
     if a.msrvtt_videos:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
-from .data import check_caption, read_msrvtt, same_stem, MSRVTT_FILES, VIDEO_EXTS, VideoLookup
+from .data import check_caption, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -241,7 +241,7 @@ def _tokens(caption: str) -> list: return re.findall(r"\w+|[^\w\s]", caption)
 def write_toy_layout(toy_root: PathLike, layout: str, out_dir: PathLike, overwrite: bool = False) -> Path:
     """Write the toy world at `toy_root` (MSR-VTT layout, `glscl.toyworld.make_toy_msrvtt`) in `layout`'s files under
     `out_dir` (annotations) and `out_dir/videos`. Deterministic; an existing layout is reused unless `overwrite`."""
-    from glscl.toyworld import toy_events, event_phrase, _check_toy_folder
+    from glscl.toyworld import toy_events, event_phrase
     if layout not in LAYOUTS: raise ValueError(f"unknown layout {layout!r}; layouts are {LAYOUTS}")
     toy_root, out_dir = Path(toy_root), Path(out_dir)
     done = out_dir/'toy_layout.json'

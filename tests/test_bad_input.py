@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest, torch
 
-from glscl.config import load_config, SettingError, course_kernel
+from glscl.config import load_config, SettingError
+
+from glscl.cli import course_kernel
 from glscl.data import (read_msrvtt, tokenize, check_caption, collate_videos, count_skips, VideoDataset, VideoTextDataset,
                         MSRVTT_FILES)
 from glscl.toyworld import make_toy_msrvtt
 from glscl.model import GLSCL, mean_pooling_similarity
 from glscl.losses import contrastive_loss
+from glscl.framecache import dataset_from_config
 import glscl.train as T
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +238,7 @@ def test_training_skips_reach_the_log_with_workers(cfg, broken):
 
 def test_frame_features_count_unreadable_videos(cfg, broken, caplog):
     c = cfg.replace(anno_dir=broken, video_dir=broken/'videos', freeze_visual=True, num_workers=1)
-    ds = VideoTextDataset.from_config(c, 'train')
+    ds = dataset_from_config(c, 'train')
     with caplog.at_level(logging.WARNING): f = T.frame_features(GLSCL(c), ds, c, progress=False)
     assert 'video0' not in f and 'video1' not in f and len(f) == len(ds.video_ids) - 2
     assert 'frame features: 2 of 20 videos cannot be read' in caplog.text
@@ -256,12 +259,12 @@ def test_course_runner_reports_a_failing_notebook_in_one_line(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('preset = "toy"\nfig_dir = None', metadata={'tags': ['parameters']}),
                                          nbformat.v4.new_code_cell('1 / 0')], metadata=NB_META)
     nbformat.write(nb, tmp_path/'boom.ipynb')
-    from glscl.config import run_notebook
+    from glscl.cli import run_notebook
     with pytest.raises(RuntimeError, match=r"boom\.ipynb failed in cell \d+: ZeroDivisionError: division by zero .*executed notebook"):
         run_notebook(tmp_path/'boom.ipynb', tmp_path/'out')
 
 def test_corrupted_tiny_clip_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
-    import glscl.clip as C
+    import glscl.tinyclip as C
     p = tmp_path/'tiny.pt'; p.write_bytes(b'\x80\x04garbage')
     monkeypatch.setattr(C, 'pretrain_tiny_clip', lambda **kw: {'w': torch.zeros(2)})   # the rebuild itself takes minutes
     with caplog.at_level(logging.WARNING): assert C.tiny_clip_checkpoint(p) == p
@@ -276,7 +279,7 @@ def test_notebooks_run_in_this_python_without_writing_outside_the_repository(tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith(('JUPYTER', 'IPYTHON'))}
     env.update(HOME=str(home), XDG_DATA_HOME=str(home/'.local/share'), XDG_CONFIG_HOME=str(home/'.config'),
                XDG_CACHE_HOME=str(home/'.cache'), IPYTHONDIR=str(tmp_path/'ipython'), MPLCONFIGDIR=str(tmp_path/'mpl'))
-    code = (f"import nbformat, sys; from glscl.config import run_notebook, course_kernel; META = {NB_META!r}\n"
+    code = (f"import nbformat, sys; from glscl.cli import run_notebook, course_kernel; META = {NB_META!r}\n"
             f"nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('preset=1\\nfig_dir=None', metadata={{'tags': ['parameters']}}),"
             "nbformat.v4.new_code_cell('import sys; open(\"exe.txt\", \"w\").write(sys.executable)')], metadata=META)\n"
             f"nbformat.write(nb, {str(tmp_path/'n.ipynb')!r}); run_notebook({str(tmp_path/'n.ipynb')!r}, {str(tmp_path/'out')!r}); print(course_kernel())")

@@ -2,7 +2,8 @@
 import time
 import pytest, torch, torch.nn.functional as F, open_clip
 import glscl.clip as gc
-from glscl.clip import load_clip, TemporalTransformer, clip_contrastive_targets, pretrain_tiny_clip, ClipEncoder
+from glscl.clip import load_clip, TemporalTransformer, ClipEncoder
+from glscl.tinyclip import clip_contrastive_targets, pretrain_tiny_clip
 from glscl.data import tokenize
 
 def rel_err(a, b): return ((a - b).norm() / b.norm()).item()

@@ -1,6 +1,7 @@
 "Run presets: settings.ini -> typed Config, base chains, overrides and errors."
 import pathlib, pytest
-from glscl.config import load_config, list_presets, Config, course_notebooks
+from glscl.config import load_config, list_presets, Config
+from glscl.cli import course_notebooks
 
 def test_presets_exist_and_load(root):
     names = list_presets()

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import glscl.data as D
-from glscl.data import (FRAME_RULES, MSRVTT_FILES, RELEASED_AUGMENT, VideoDataset, VideoError, VideoTextDataset,
-                        augment_clip, augment_seed, clip_preprocess, collate_videos, compress_video, compress_videos,
-                        frame_indices, load_video, read_msrvtt, sample_frames, tokenize, write_video)
+import glscl.video as D
+from glscl.video import (FRAME_RULES, RELEASED_AUGMENT, VideoError, augment_clip, augment_seed, clip_preprocess,
+                         compress_video, compress_videos, frame_indices, sample_frames, write_video)
+from glscl.data import MSRVTT_FILES, VideoDataset, VideoTextDataset, collate_videos, load_video, read_msrvtt, tokenize
+from glscl.framecache import dataset_from_config, videos_from_config
 
 
 # ---------------------------------------------------------------- annotations in the exact MSR-VTT formats
@@ -485,7 +486,7 @@ def test_dataset_errors(world):
 def test_from_config(world):
     anno, vids = world
     cfg = SimpleNamespace(anno_dir=anno, video_dir=vids, max_words=20, max_frames=4, fps=1.0, image_size=32)
-    ds = VideoTextDataset.from_config(cfg, "train7k")
+    ds = dataset_from_config(cfg, "train7k")
     assert len(ds) == 6 and ds.video_ids == ["video0", "video1"]
     it = ds[0]
     assert it["ids"].shape == (20,) and it["frames"].shape == (4, 3, 32, 32) and it["frame_mask"].shape == (4,)
@@ -708,13 +709,13 @@ def test_from_config_sampling_and_augment(world, textured_world):
     anno, vids = world
     cfg = load_config("toy").replace(anno_dir=str(anno), video_dir=str(vids), max_frames=4, image_size=32,
                                      frame_sampling="released", augment=RELEASED_AUGMENT, seed=11)
-    ds = VideoTextDataset.from_config(cfg, "train7k")
+    ds = dataset_from_config(cfg, "train7k")
     assert (ds.frame_sampling, ds.augment, ds.seed, ds.max_frames, ds.image_size) == ("released", RELEASED_AUGMENT, 11, 4, 32)
     assert ds[0]["frames"].shape == (4, 3, 32, 32)
-    vds = VideoDataset.from_config(cfg, ["video2", "video0"])
+    vds = videos_from_config(cfg, ["video2", "video0"])
     assert (vds.frame_sampling, vds.augment, vds.max_frames, vds.fps, vds.image_size) == ("released", None, 4, 1.0, 32)
     assert vds.video_ids == ["video2", "video0"] and vds.video_dir == vids
     raw, _ = sample_frames(vids / "video2.mp4", 4, 1.0, "released")
     assert torch.equal(vds[0]["frames"], clip_preprocess(raw, 32))
-    plain = VideoTextDataset.from_config(cfg.replace(augment=None, frame_sampling="glscl"), "train7k")
+    plain = dataset_from_config(cfg.replace(augment=None, frame_sampling="glscl"), "train7k")
     assert plain.augment is None and plain.frame_sampling == "glscl" and plain.seed == 11

@@ -5,7 +5,7 @@ import pytest, torch
 from glscl.config import load_config
 from glscl.toyworld import make_toy_msrvtt
 from glscl.data import VideoTextDataset, VideoDataset
-from glscl.framecache import build_frame_cache, open_frame_cache, FrameCache, split_videos
+from glscl.framecache import build_frame_cache, open_frame_cache, FrameCache, split_videos, dataset_from_config, videos_from_config
 from glscl.cli import main
 
 @pytest.fixture(scope='module')
@@ -28,12 +28,12 @@ def test_cache_gives_the_video_path_tensors(cfg):
     vids = split_videos(cfg, [cfg.train_split, cfg.test_split])
     assert r['videos'] == len(vids) == 24 and not r['unreadable']
     plain = cfg.replace(frame_cache=None)
-    a, b = VideoTextDataset.from_config(plain, 'train'), VideoTextDataset.from_config(cfg, 'train')
+    a, b = dataset_from_config(plain, 'train'), dataset_from_config(cfg, 'train')
     assert a.frame_cache is None and isinstance(b.frame_cache, FrameCache)
     same_items(a, b, range(0, len(a), 7))
-    same_items(VideoDataset.from_config(plain, vids), VideoDataset.from_config(cfg, vids), range(len(vids)))
+    same_items(videos_from_config(plain, vids), videos_from_config(cfg, vids), range(len(vids)))
     # through DataLoader workers (the cache is pickled without its memory maps)
-    dl = lambda ds: list(torch.utils.data.DataLoader(VideoDataset.from_config(ds, vids[:6]), batch_size=3, num_workers=2,
+    dl = lambda ds: list(torch.utils.data.DataLoader(videos_from_config(ds, vids[:6]), batch_size=3, num_workers=2,
                                                      collate_fn=lambda b: torch.stack([x['frames'] for x in b])))
     assert all(torch.equal(x, y) for x, y in zip(dl(plain), dl(cfg)))
 
@@ -42,7 +42,7 @@ def test_mismatched_cache_refused(cfg, caplog):
     build_frame_cache(cfg, progress=False)
     for k, v in (('max_frames', 8), ('fps', 2.0), ('frame_sampling', 'released')):
         caplog.clear()
-        ds = VideoTextDataset.from_config(cfg.replace(**{k: v}), 'train')
+        ds = dataset_from_config(cfg.replace(**{k: v}), 'train')
         assert ds.frame_cache is None and f'other sampling settings: ' in caplog.text and f'{k}=' in caplog.text
         assert ds[0]['frame_mask'].shape[0] == getattr(cfg.replace(**{k: v}), 'max_frames')
         with pytest.raises(ValueError, match='other sampling settings'):
@@ -63,7 +63,7 @@ def test_resume_after_a_kill(cfg):
     assert len(recs) == len({x['video'] for x in recs}) == 24
     assert shard.stat().st_size == sum(x['nbytes'] for x in recs)                  # the torn tail was cut off
     plain = cfg.replace(frame_cache=None)
-    same_items(VideoTextDataset.from_config(plain, 'train'), VideoTextDataset.from_config(cfg, 'train'), range(0, 200, 9))
+    same_items(dataset_from_config(plain, 'train'), dataset_from_config(cfg, 'train'), range(0, 200, 9))
 
 def test_unreadable_videos_listed_and_skipped(world, tmp_path):
     w = tmp_path/'w'; shutil.copytree(world, w)
@@ -71,7 +71,7 @@ def test_unreadable_videos_listed_and_skipped(world, tmp_path):
     c = load_config('toy', anno_dir=w, video_dir=w/'videos', toy_videos=24, frame_cache=tmp_path/'c')
     r = build_frame_cache(c, progress=False)
     assert r['unreadable'] == ['video3'] and r['videos'] == 23
-    ds = VideoDataset.from_config(c, ['video2', 'video3'])
+    ds = videos_from_config(c, ['video2', 'video3'])
     assert ds[0] is not None and ds[1] is None and ds.n_skipped == 1              # counted like the video path
 
 def test_shards_roll_over(cfg):
@@ -79,12 +79,12 @@ def test_shards_roll_over(cfg):
     shards = sorted(p.name for p in cfg.frame_cache.glob('frames-*.u8'))
     assert len(shards) > 3 and r['videos'] == 24
     vids = split_videos(cfg, [cfg.train_split, cfg.test_split])
-    same_items(VideoDataset.from_config(cfg.replace(frame_cache=None), vids), VideoDataset.from_config(cfg, vids), range(24))
+    same_items(videos_from_config(cfg.replace(frame_cache=None), vids), videos_from_config(cfg, vids), range(24))
 
 def test_augmentation_runs_after_the_cache(cfg):
     build_frame_cache(cfg, progress=False)
     c = cfg.replace(augment='rand-m7-n4-mstd0.5-inc1', freeze_visual=False)
-    ds = VideoTextDataset.from_config(c, 'train')
+    ds = dataset_from_config(c, 'train')
     assert ds.frame_cache is not None
     seen = []
     for e in range(4):
@@ -103,20 +103,21 @@ def test_stale_or_foreign_cache_is_not_read(cfg, world, tmp_path):
     w = tmp_path/'w'; shutil.copytree(world, w)
     c = cfg.replace(video_dir=w/'videos', anno_dir=w)
     build_frame_cache(c, progress=False)
-    ds = VideoDataset.from_config(c, ['video1', 'video2'])
+    ds = videos_from_config(c, ['video1', 'video2'])
     assert ds.frame_cache.has('video1', w/'videos'/'video1.mp4')
     shutil.copy(w/'videos'/'video5.mp4', w/'videos'/'video1.mp4')                 # video1 replaced by other content
     got = ds[0]['frames']
-    want = VideoDataset.from_config(c.replace(frame_cache=None), ['video5'])[0]['frames']
+    want = videos_from_config(c.replace(frame_cache=None), ['video5'])[0]['frames']
     assert torch.equal(got, want)                                                    # the new file's frames, not the cached ones
     assert open_frame_cache(cfg.replace(frame_cache=c.frame_cache)) is None          # cfg reads another folder of videos
 
 def test_uint8_pixels_give_the_same_model_input(cfg):
     "Datasets with `uint8 = True` (what training uses) hand the model pixels that it normalises to exactly the float path's input."
     from glscl.model import GLSCL
-    from glscl.data import normalize_frames, collate_videos
+    from glscl.video import normalize_frames
+    from glscl.data import collate_videos
     build_frame_cache(cfg, progress=False)
-    f = VideoTextDataset.from_config(cfg, 'train'); u = VideoTextDataset.from_config(cfg, 'train'); u.uint8 = True
+    f = dataset_from_config(cfg, 'train'); u = dataset_from_config(cfg, 'train'); u.uint8 = True
     a, b = f[3], u[3]
     assert b['frames'].dtype == torch.uint8 and torch.equal(normalize_frames(b['frames']), a['frames'])
     m = GLSCL(cfg.replace(clip_pretrained='none', freeze_visual=False)).eval()

@@ -1,5 +1,5 @@
 """Install anywhere: every requirement of pyproject.toml (with the dev extra) has a wheel on the package registry for
-macOS arm64, Linux aarch64 and Linux x86_64; and the device choice (glscl.config.pick_device) on each.
+macOS arm64, Linux aarch64 and Linux x86_64; and the device choice (glscl.train.pick_device) on each.
 
 The registry check reads the registry's JSON index pages (PEP 691) and matches wheel tags with `packaging`:
 nothing is downloaded or installed, one page per requirement, in parallel (a few seconds). When the registry cannot
@@ -207,8 +207,8 @@ def test_full_resolution_with_pip(resolutions, platform):
 
 # ---------------------------------------------------------------- the device choice on each platform
 import torch                                                       # noqa: E402
-import glscl.config as C                                           # noqa: E402
-from glscl.config import pick_device, probe_device                 # noqa: E402
+import glscl.train as C                                            # noqa: E402
+from glscl.train import pick_device, probe_device  # noqa: E402
 
 
 @pytest.fixture

@@ -5,20 +5,20 @@ import pytest, torch
 from glscl.config import load_config
 from glscl.model import GLSCL
 from glscl.search import VideoIndex, IndexMismatch, list_videos, model_id, score_blocks, main
-from glscl.toyworld import ensure_toy_world
+from glscl.framecache import ensure_data
 from glscl.train import encode_texts, encode_videos, split_items
 
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     cfg = load_config('toy')
-    ensure_toy_world(cfg)
+    ensure_data(cfg)
     torch.manual_seed(cfg.seed)
     model = GLSCL(cfg).eval()
     captions, ids, cv = split_items(cfg, cfg.test_split)
     ids = ids[:8]
     folder = tmp_path_factory.mktemp('videos')
-    for v in ids: (folder/f'{v}.mp4').symlink_to((ensure_toy_world(cfg)/'videos'/f'{v}.mp4').resolve())
+    for v in ids: (folder/f'{v}.mp4').symlink_to((ensure_data(cfg)/'videos'/f'{v}.mp4').resolve())
     (folder/'corrupt.mp4').write_bytes(b'\x00' * 100)
     (folder/'notes.txt').write_text('not a video')
     path = tmp_path_factory.mktemp('index')

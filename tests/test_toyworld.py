@@ -1,7 +1,8 @@
 "The toy world: MSR-VTT's exact layout, read back by read_msrvtt, deterministic, captions that name events."
 import csv, json
 import numpy as np, pytest
-from glscl.data import read_msrvtt, sample_frames, MSRVTT_FILES
+from glscl.data import read_msrvtt, MSRVTT_FILES
+from glscl.video import sample_frames
 from glscl.toyworld import (make_toy_msrvtt, toy_events, random_events, render_video, render_frame, event_geometry,
                             video_captions, toy_frames, frame_caption, COLOURS, SHAPE_WORDS, MOTION_WORDS, Event)
 

@@ -273,7 +273,7 @@ def test_evaluation_refuses_missing_test_videos(cfg, world, tmp_path):
 
 def test_model_from_checkpoint_keeps_quick_gelu(cfg, tmp_path):
     "QuickGELU is not in the weights: the checkpoint records it, and the rebuilt model encodes the same."
-    from glscl.clip import load_clip
+    from glscl.clip import load_clip; import glscl.tinyclip  # registers glscl-tiny
     m = GLSCL(cfg, encoder=load_clip('glscl-tiny', None, quick_gelu=True)).eval()
     assert T.uses_quick_gelu(m) and not T.uses_quick_gelu(GLSCL(cfg))
     p = T.save_checkpoint(tmp_path/'q.pt', m)
@@ -314,7 +314,7 @@ def test_precision_train_step_on_cpu(cfg, precision):
     torch.manual_seed(0); ref = GLSCL(c.replace(precision='fp32'))
     torch.manual_seed(0); m = GLSCL(c)
     m.load_state_dict(ref.state_dict())
-    ds = T.VideoTextDataset.from_config(c, 'train')
+    ds = T.dataset_from_config(c, 'train')
     batch = T.collate_videos([ds[i * 10] for i in range(4)])          # 4 videos x 3 frames: CPU bf16 / fp16 kernels are slow
     with torch.no_grad(), T.autocast(c, 'cpu'): lo = m(batch)['loss'].item()
     with torch.no_grad(): lr_ = ref(batch)['loss'].item()
@@ -338,7 +338,7 @@ def test_amp_fp16_step_with_a_scaler(cfg):
     s = T.make_scaler(c, 'cpu')
     assert isinstance(s, torch.amp.GradScaler) and T.make_scaler(cfg, 'cpu') is None
     torch.manual_seed(0); m = GLSCL(c)
-    ds = T.VideoTextDataset.from_config(c, 'train')
+    ds = T.dataset_from_config(c, 'train')
     batch = T.with_features(T.collate_videos([ds[i * 10] for i in range(4)]), T.frame_features(m, ds, c, progress=False), ds)
     opt = T.make_optimizer(m, c); sched = T.make_scheduler(opt, c, 10)
     q0 = m.lim.queries.detach().clone()

@@ -1,4 +1,4 @@
-"""The two frame readers behind glscl.data.sample_frames, decord and PyAV: the same frames for the same indices (toy
+"""The two frame readers behind glscl.video.sample_frames, decord and PyAV: the same frames for the same indices (toy
 world, B-frames, open GOPs, variable frame rate, other containers), the same errors for bad files, PyAV seeking
 instead of decoding whole videos, and how the reader is chosen. At the end, the video tests of test_data.py run
 again with the PyAV reader forced (the reader of macOS and ARM Linux, where decord has no wheel)."""
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import glscl.data as D
-from glscl.data import VIDEO_BACKEND_ENV, VIDEO_BACKENDS, VideoError, frame_indices, sample_frames, video_backend
+import glscl.video as D
+from glscl.data import VideoDataset
+from glscl.video import VIDEO_BACKEND_ENV, VIDEO_BACKENDS, VideoError, frame_indices, sample_frames, video_backend
 
 HAS_DECORD = importlib.util.find_spec("decord") is not None
 needs_decord = pytest.mark.skipif(not HAS_DECORD, reason="decord is not installed (no wheel for macOS or ARM Linux)")
@@ -199,7 +200,7 @@ def test_dataset_skips_directory_and_truncated(bad_files, backend, monkeypatch, 
     "Through the loaders: a directory and a truncated mp4 are counted, logged skips, the good video loads."
     import logging
     monkeypatch.setenv(VIDEO_BACKEND_ENV, backend)
-    ds = D.VideoDataset(["good", "folder", "cut"], bad_files, max_frames=4, image_size=16)
+    ds = VideoDataset(["good", "folder", "cut"], bad_files, max_frames=4, image_size=16)
     with caplog.at_level(logging.WARNING, logger="glscl.data"):
         items = [ds[j] for j in range(3)]
     assert items[0] is not None and items[1] is None and items[2] is None and ds.n_skipped == 2
