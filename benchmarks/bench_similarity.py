@@ -114,7 +114,7 @@ def bench_cache(T, V, N, D, words, n_videos_timed, repeats, device, g, tmp):
     ids = torch.randint(1, 49000, (nt, words), generator=g).to(device); ids[:, -1] = 49407
     pix = torch.randn(nv, N, 3, 224, 224, generator=g).to(device)
     def encode_subset():
-        tok, eos = enc.encode_text(ids, None)
+        tok, eos = enc.encode_text(ids)
         f = enc.encode_frames(pix, None)
         return lim(tok.float(), None, 'text'), lim(f.float(), None, 'video')
     with torch.inference_mode():
@@ -138,7 +138,7 @@ def bench_cache(T, V, N, D, words, n_videos_timed, repeats, device, g, tmp):
     t_text_video = te['encode']
     scale_v, scale_t = V / nv, T / nt
     with torch.inference_mode():
-        tt, _ = interleaved(dict(text_only=lambda: lim(enc.encode_text(ids, None)[0].float(), None, 'text')), 1, device)
+        tt, _ = interleaved(dict(text_only=lambda: lim(enc.encode_text(ids)[0].float(), None, 'text')), 1, device)
     encode_full = tt['text_only'] * scale_t + (t_text_video - tt['text_only']) * scale_v
     return dict(first=encode_full + ts['s'], second=ts['second'], s=ts['s'], encode=encode_full, nv=nv, nt=nt,
                 size_mb=path.stat().st_size / 2 ** 20)

@@ -17,7 +17,7 @@ CAPS = ['a red circle moves left', 'at the end a big blue box gets bigger', 'a g
 
 def test_eos_equals_open_clip(enc):
     ids, mask = tokenize(CAPS, max_words=32)
-    tokens, eos = enc.encode_text(ids, mask)
+    tokens, eos = enc.encode_text(ids)
     assert tokens.shape == (3, 32, 128) and eos.shape == (3, 128)
     with torch.no_grad(): ref = enc.model.encode_text(ids)
     assert rel_err(eos, ref) < 1e-4
@@ -27,10 +27,18 @@ def test_eos_equals_open_clip(enc):
 
 def test_short_max_words_keeps_eos(enc):
     ids, mask = tokenize(CAPS, max_words=12)
-    _, eos = enc.encode_text(ids, mask)
+    _, eos = enc.encode_text(ids)
     with torch.no_grad(): ref = enc.model.encode_text(F.pad(ids, (0, 32 - 12)))
     assert rel_err(eos, ref) < 1e-4
     with pytest.raises(ValueError, match='context length'): enc.encode_text(torch.ones(1, 40, dtype=torch.long))
+
+def test_pad_mask_hides_only_the_padding(enc):
+    "The released variant (`pad_mask`): real tokens and the EOS feature are unchanged, padded positions' features change."
+    ids, mask = tokenize(CAPS, max_words=32)
+    with torch.no_grad(): plain, released = enc.encode_text(ids), enc.encode_text(ids, mask)
+    assert torch.allclose(plain[1], released[1], atol=1e-5)
+    assert torch.allclose(plain[0][mask], released[0][mask], atol=1e-5)
+    assert (plain[0][~mask] - released[0][~mask]).abs().max() > 1e-3
 
 def test_frames_equal_encode_image(enc):
     x = torch.randn(2, 3, 3, 64, 64)
@@ -48,7 +56,7 @@ def test_checkpoint_roundtrip(enc, tmp_path):
     enc2 = load_clip('glscl-tiny', str(p))
     ids, mask = tokenize(CAPS, 32)
     x = torch.randn(1, 2, 3, 64, 64)
-    assert torch.equal(enc.encode_text(ids, mask)[1], enc2.encode_text(ids, mask)[1])
+    assert torch.equal(enc.encode_text(ids)[1], enc2.encode_text(ids)[1])
     assert torch.equal(enc.encode_frames(x), enc2.encode_frames(x))
 
 def test_jit_archive_reads_weights_and_uses_quickgelu(enc, tmp_path):
