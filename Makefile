@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PRESET ?= toy
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv reproduce test lab export clean-nbs bench platforms distclean
+.PHONY: venv reproduce test lab export clean-nbs bench platforms distclean docs
 
 venv: $(STAMP)
 
@@ -41,3 +41,9 @@ platforms: venv
 
 distclean:
 	rm -rf $(VENV) runs
+
+# Static website of the executed course (runs the course first when runs/course has no executed notebooks).
+docs: venv
+	@ls runs/course/[0-9][0-9]_*.ipynb >/dev/null 2>&1 || $(MAKE) reproduce
+	$(PY) tools/build_site.py --executed runs/course --out runs/site
+	@echo "site: runs/site/index.html (check it in headless Chromium: $(PY) tools/site_check.py runs/site)"

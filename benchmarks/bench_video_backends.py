@@ -1,4 +1,4 @@
-"""decord against PyAV behind glscl.data.sample_frames, side by side in one run: time per video and the ratio, and
+"""decord against PyAV behind glscl.video.sample_frames, side by side in one run: time per video and the ratio, and
 whether the two return identical frames on every video.
 
 Two sets of videos:

@@ -6,8 +6,8 @@ learned, run and tested on a laptop CPU with no download."""
 # %% auto #0
 __all__ = ['log', 'COLOURS', 'SHAPES', 'MOTIONS', 'SHAPE_WORDS', 'MOTION_WORDS', 'WHEN_WORDS', 'BACKGROUNDS', 'TOY_FILES',
            'Event', 'random_events', 'event_geometry', 'draw_shape', 'render_frame', 'render_video', 'event_phrase',
-           'video_captions', 'frame_caption', 'toy_frames', 'make_toy_msrvtt', 'toy_events', 'ensure_toy_world',
-           'toy_browser']
+           'video_captions', 'names_event', 'frame_caption', 'toy_frames', 'make_toy_msrvtt', 'toy_events',
+           'ensure_toy_world', 'toy_browser']
 
 # %% ../nbs/03_toy_world.ipynb #9f422a8c
 import json, logging, os, re, shutil, tempfile
@@ -116,6 +116,11 @@ def video_captions(events: list, rng: np.random.Generator, n: int = 10) -> list:
             c = f"{event_phrase(events[i], rng)}, then {event_phrase(events[j], rng)}"
         if c not in out: out.append(c)
     return out
+
+def names_event(ev: Event, caption: str) -> bool:
+    "Whether `caption` names event `ev`: its colour, shape and motion, in any of their paraphrases."
+    return any(f"{ev.colour} {s} {m}" in caption for s in SHAPE_WORDS[ev.shape] for m in MOTION_WORDS[ev.motion])
+
 
 # %% ../nbs/03_toy_world.ipynb #ba35e859
 def frame_caption(ev: Event, p: float) -> str:

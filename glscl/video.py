@@ -14,9 +14,9 @@ from typing import Iterable, Optional, Sequence, Union
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 _log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def _rate(fps: float) -> Union[int, Fraction]:
     return int(fps) if float(fps).is_integer() else Fraction(fps).limit_denominator(100_000)
 
 def _write_h264(path: PathLike, frames: Iterable, fps: float, crf: int = 23) -> Path:
-    "Encode an iterable of uint8 [H,W,3] frames to H.264 mp4 at `path`, atomically (temp file + os.replace)."
+    """Encode an iterable of uint8 [H,W,3] frames, or of `av.VideoFrame`s (encoded as they are, numbered 0, 1, 2, ...
+    at `fps`), to H.264 mp4 at `path`, atomically (temp file + os.replace)."""
     path, rate = Path(path), _rate(fps)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part.mp4"
@@ -77,13 +78,16 @@ def _write_h264(path: PathLike, frames: Iterable, fps: float, crf: int = 23) -> 
         with av.open(str(tmp), "w", format="mp4") as out:
             stream, n = None, 0
             for f in frames:
+                hw = (f.height, f.width) if isinstance(f, av.VideoFrame) else tuple(f.shape[:2])
                 if stream is None:
                     stream = out.add_stream("libx264", rate=rate)
-                    stream.height, stream.width = f.shape[:2]
+                    stream.height, stream.width = hw
                     stream.pix_fmt, stream.options = "yuv420p", {"crf": str(int(crf))}
-                elif f.shape[:2] != (stream.height, stream.width):
-                    raise ValueError(f"frame {n} has size {f.shape[:2]}, the first had {(stream.height, stream.width)}")
-                for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")): out.mux(pkt)
+                elif hw != (stream.height, stream.width):
+                    raise ValueError(f"frame {n} has size {hw}, the first had {(stream.height, stream.width)}")
+                if isinstance(f, av.VideoFrame): f.pts = None              # the encoder numbers the frames itself
+                else: f = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+                for pkt in stream.encode(f): out.mux(pkt)
                 n += 1
             if stream is None: raise ValueError(f"no frames to write to {path}")
             for pkt in stream.encode(): out.mux(pkt)
@@ -249,30 +253,51 @@ def _resized(h: int, w: int, short_side: int) -> tuple:
     even = lambda x: max(2, int(round(x / 2)) * 2)
     return (short_side, even(w * short_side / h)) if h <= w else (even(h * short_side / w), short_side)
 
+def _fps_scale_graph(frame: av.VideoFrame, time_base, fps: float, size: tuple, rounding: str = "up") -> av.filter.Graph:
+    """ffmpeg's filters for frames like `frame` (its size and pixel format, timestamps in `time_base`):
+    buffer -> fps (`fps` frames per second, `rounding` 'up': each tick shows the latest frame at or before it)
+    -> scale (to `size` (height, width), bicubic) -> yuv420p -> buffersink."""
+    g = av.filter.Graph()
+    chain = [g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name, time_base=time_base),
+             g.add("fps", f"fps={_rate(fps)}:round={rounding}"), g.add("scale", f"{size[1]}:{size[0]}:flags=bicubic"),
+             g.add("format", "yuv420p"), g.add("buffersink")]
+    for a, b in zip(chain, chain[1:]): a.link_to(b)
+    g.configure()
+    return g
+
+def _filtered(container, fps: float, short_side: int, rounding: str = "up") -> Iterable:
+    "The yuv420p frames of `container`'s first video stream after `_fps_scale_graph`, in order; None if it has no frames."
+    vs = container.streams.video[0]
+    src_rate = float(vs.average_rate or vs.guessed_rate or 25)
+    graph, tb, first = None, None, None
+    def pulled():
+        while True:
+            try: yield graph.vpull()
+            except (av.BlockingIOError, av.EOFError): return         # wants more input / has flushed everything
+    for i, fr in enumerate(container.decode(vs)):
+        if graph is None:
+            tb, first = fr.time_base or vs.time_base, (fr.width, fr.height, fr.format.name)
+            graph = _fps_scale_graph(fr, tb, fps, _resized(fr.height, fr.width, short_side), rounding)
+        if fr.pts is None: fr.pts = int(round(i / src_rate / tb))            # no timestamp: the i-th at the nominal rate
+        if (fr.width, fr.height, fr.format.name) != first:                    # a mid-stream size change: as the first
+            fr = fr.reformat(width=first[0], height=first[1], format=first[2])
+        graph.vpush(fr)
+        yield from pulled()
+    if graph is None: return
+    graph.vpush(None)                                                          # end of stream: fps fills the last ticks
+    yield from pulled()
+
 def compress_video(src: PathLike, dst: PathLike, fps: float = 3, short_side: int = 224) -> Path:
-    "Re-encode `src` to H.264 mp4 `dst` at `fps` frames per second with short side `short_side`."
+    """Re-encode `src` to H.264 mp4 `dst` at `fps` frames per second with short side `short_side` (even, aspect kept),
+    through ffmpeg's `fps` (round=up) and bicubic `scale` filters."""
     src, dst = Path(src), Path(dst)
     if not src.is_file(): raise FileNotFoundError(f"video file {src} does not exist")
     if short_side < 2 or short_side % 2: raise ValueError(f"short_side must be even and >= 2, got {short_side}")
     _rate(fps)
-    eps = 1e-6
     def frames_out(container):
-        vs = container.streams.video[0]
-        src_rate = float(vs.average_rate or vs.guessed_rate or 25)
-        k, prev, prev_t, t0, size, cached = 0, None, 0.0, None, None, None
-        def emit():
-            nonlocal cached
-            if cached is None: cached = prev.reformat(width=size[1], height=size[0], format="rgb24",
-                                                      interpolation="BICUBIC").to_ndarray()
-            return cached
-        for i, fr in enumerate(container.decode(vs)):
-            t = fr.time if fr.time is not None else i / src_rate
-            if t0 is None: t0, size = t, _resized(fr.height, fr.width, short_side)
-            t -= t0
-            while prev is not None and k / fps < t - eps: yield emit(); k += 1
-            prev, prev_t, cached = fr, t, None
-        if prev is None: raise _video_error(src, "it has no video frames")
-        while k / fps < prev_t + 1 / src_rate - eps: yield emit(); k += 1
+        n = 0
+        for f in _filtered(container, fps, short_side): n += 1; yield f
+        if n == 0: raise _video_error(src, "it has no video frames")
     try:
         with av.open(str(src)) as container:
             if not container.streams.video: raise _video_error(src, "it has no video stream")
@@ -299,20 +324,21 @@ def compress_videos(src_dir: PathLike, dst_dir: PathLike, fps: float = 3, short_
 # %% ../nbs/01_video.ipynb #41cc3048
 OPENAI_MEAN, OPENAI_STD = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
 
+@lru_cache(maxsize=8)
+def _resize_crop_tf(image_size: int) -> v2.Compose:
+    "torchvision's short-side bicubic resize (antialiased) and centre crop to `image_size`, as open_clip's eval transform."
+    return v2.Compose([v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                       v2.CenterCrop(image_size)])
+
 def resize_crop(frames, image_size: int = 224) -> torch.Tensor:
-    "uint8 frames [n,H,W,3] -> float32 [n,3,S,S] of whole numbers in 0..255: bicubic short-side resize, centre crop."
+    """uint8 frames [n,H,W,3] (numpy or tensor) -> float32 [n,3,S,S] of whole numbers in 0..255: bicubic short-side
+    resize and centre crop by `torchvision.transforms.v2` on the uint8 batch (PIL's arithmetic, on a CPU)."""
     x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else torch.as_tensor(frames)
     if x.ndim != 4 or x.shape[-1] != 3: raise ValueError(f"frames must be [n,H,W,3], got shape {tuple(x.shape)}")
     if x.dtype != torch.uint8: raise ValueError(f"frames must be uint8 (0..255), got {x.dtype}")
     if x.shape[0] == 0: raise ValueError("frames is empty (n = 0)")
-    S = int(image_size)
-    x = x.permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    nh, nw = (S, int(S * w / h)) if h <= w else (int(S * h / w), S)   # torchvision's rule for Resize(int)
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 255).round_()
-    top, left = int(round((nh - S) / 2)), int(round((nw - S) / 2))
-    return x[..., top:top + S, left:left + S]
+    x = _resize_crop_tf(int(image_size))(x.permute(0, 3, 1, 2))
+    return x.to(torch.float32, memory_format=torch.contiguous_format)
 
 def normalize_frames(x: torch.Tensor) -> torch.Tensor:
     "Pixels [..., 3, S, S] in 0..255 (uint8 or float) -> CLIP input: / 255, then OpenAI's mean and std, on `x`'s device."
@@ -321,7 +347,7 @@ def normalize_frames(x: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 def clip_preprocess(frames, image_size: int = 224) -> torch.Tensor:
-    "uint8 frames [n,H,W,3] -> CLIP input float32 [n,3,S,S]: bicubic short-side resize, centre crop (`resize_crop`), normalise."
+    "uint8 frames [n,H,W,3] -> CLIP input float32 [n,3,S,S]: `resize_crop` (torchvision v2 on uint8), then `normalize_frames`."
     return normalize_frames(resize_crop(frames, image_size))
 
 # %% ../nbs/01_video.ipynb #938ea52c

@@ -1,4 +1,7 @@
-"Every course notebook runs end to end with papermill on the toy preset (executed copies go to a temp folder)."
+"""Every course notebook runs end to end with papermill on the toy preset; then the executed course is rendered into
+the static site (`make docs`' tools/build_site.py) and crawled in headless Chromium (tools/site_check.py): every link
+from the index and every figure must load."""
+import os, shutil, sys
 import pytest
 from glscl.cli import course_notebooks, run_notebook
 
@@ -7,12 +10,46 @@ NBS = course_notebooks()
 # keep CI short (its lesson cells hold for any number of seeds).
 PARAMS = {'14_toy_results.ipynb': dict(seeds=1)}
 
+@pytest.fixture(scope='session')
+def executed(tmp_path_factory):
+    "One folder for the whole session's executed notebooks (and figures/), which the site test renders."
+    return tmp_path_factory.mktemp('course')
+
+def run(nb, out):
+    return run_notebook(nb, out, preset='toy', fig_dir=out/'figures', **PARAMS.get(nb.name, {}))
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
-def test_notebook_runs(nb, tmp_path):
-    res = run_notebook(nb, tmp_path/'out', preset='toy', fig_dir=tmp_path/'figs', **PARAMS.get(nb.name, {}))
-    assert (tmp_path/'out'/nb.name).exists()
+def test_notebook_runs(nb, executed):
+    res = run(nb, executed)
+    assert (executed/nb.name).exists()
     print(f"{nb.name}: {res['seconds']} s")
 
-def test_index_runs(tmp_path, root):
-    run_notebook(root/'nbs'/'index.ipynb', tmp_path, preset='toy')
+def test_index_runs(executed, root):
+    run_notebook(root/'nbs'/'index.ipynb', executed, preset='toy')
+    assert (executed/'index.ipynb').exists()
+
+def _browser_ready() -> bool:
+    try: import selenium  # noqa: F401
+    except ImportError: return False
+    return bool(shutil.which('chromium') or shutil.which('chromium-browser')) and bool(shutil.which('chromedriver'))
+
+@pytest.mark.notebooks
+def test_course_site(executed, root, tmp_path):
+    "The site of the executed course: built from the notebooks run above (any not run yet in this session runs now)."
+    if not _browser_ready():
+        if os.environ.get('GLSCL_REQUIRE_BROWSER') == '1': pytest.fail("no headless Chromium: run tools/install_browser.sh")
+        pytest.skip("no chromium/chromedriver/selenium here (tools/install_browser.sh installs them)")
+    for nb in NBS:
+        if not (executed/nb.name).exists(): run(nb, executed)
+    if not (executed/'index.ipynb').exists(): run_notebook(root/'nbs'/'index.ipynb', executed, preset='toy')
+    sys.path.insert(0, str(root/'tools'))
+    import build_site, site_check
+    pages = build_site.build_site(executed, tmp_path/'site', nbs_dir=root/'nbs')
+    assert len(pages) == len(NBS) + 1
+    r = site_check.check_site(tmp_path/'site')                 # raises, listing each broken link or image, if any
+    import nbformat
+    shown = sum(1 for f in executed.glob('*.ipynb') for c in nbformat.read(f, 4).cells for o in c.get('outputs', [])
+                if any(k.startswith('image/') for k in o.get('data', {})))
+    assert shown > 10 and r['pages'] >= len(NBS) + 1 and r['images'] >= shown      # every figure of the course, loaded
+    print(f"site: {r['pages']} pages, {r['images']} images, {r['links']} links, all load")

@@ -1,0 +1,149 @@
+"""The course website (tools/build_site.py) built from a tiny synthetic executed course, then crawled in headless
+Chromium (tools/site_check.py). Without chromium + chromedriver + selenium the browser tests skip, unless
+GLSCL_REQUIRE_BROWSER=1 (CI), where they fail."""
+import base64, importlib.util, io, os, shutil, sys
+from pathlib import Path
+import nbformat, pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT/'tools'))
+import build_site as bs, site_check as sc
+
+SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="60" height="30"><rect width="60" height="30" fill="teal"/></svg>'
+WIDGET = 'application/vnd.jupyter.widget-view+json'
+
+
+def _png() -> str:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new('RGB', (40, 20), (200, 60, 30)).save(buf, 'PNG')
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _widget(text):
+    return new_output('display_data', data={WIDGET: {'model_id': 'abc', 'version_major': 2, 'version_minor': 0},
+                                            'text/plain': text})
+
+
+def _course(tmp: Path, broken: bool = False) -> tuple:
+    "An executed course folder (two pages, no index) and an nbs folder (index.ipynb, images/); returns both."
+    ex, nbs = tmp/'executed', tmp/'nbs'
+    (nbs/'images').mkdir(parents=True)
+    ex.mkdir()
+    (nbs/'images'/'diagram.svg').write_text(SVG)
+    first = new_notebook(cells=[
+        new_code_cell('#| default_exp gim'),
+        new_markdown_cell('# First page\n\nPooling is `global_interaction`; scores go to `retrieval_metrics`.\n\n'
+                          '![diagram](images/diagram.svg)\n\n```python\nglobal_interaction(t, v)\n```\n\n'
+                          '[next: the second page](02_second.ipynb)'),
+        new_code_cell('#| export\ndef global_interaction(t, v): return t @ v.T'),
+        new_code_cell('plot()', execution_count=3, outputs=[
+            new_output('stream', name='stdout', text='drawing\n'),
+            new_output('display_data', data={'image/png': _png(), 'text/plain': '<Figure>'}),
+            _widget('drawing toy videos:   0%|          | 0/12 [00:00<?, ?it/s]'),
+            _widget("VBox(children=(HBox(children=(Dropdown(description='video'),)),))")]),
+    ])
+    first.metadata['widgets'] = {'application/vnd.jupyter.widget-state+json': {'state': {'abc': {'x': 'y' * 5000}}}}
+    second = new_notebook(cells=[
+        new_code_cell('#| default_exp metrics'),
+        new_markdown_cell('# Second page\n\n`retrieval_metrics` after `glscl.gim.global_interaction`; '
+                          '[back](01_first.ipynb#First-page).'
+                          + ('\n\n[gone](03_missing.ipynb) ![nope](images/nope.png)' if broken else '')),
+        new_code_cell('#| export\ndef retrieval_metrics(sim): return {}'),
+        new_code_cell('1 + 1', execution_count=1, outputs=[
+            new_output('execute_result', data={'text/plain': '2'}, execution_count=1)]),
+    ])
+    index = new_notebook(cells=[new_markdown_cell('# Toy course\n\nStart with [the first page](01_first.ipynb).')])
+    for name, nb in (('01_first', first), ('02_second', second)):
+        nbformat.write(nb, ex/f'{name}.ipynb')
+        nbformat.write(nb, nbs/f'{name}.ipynb')
+    nbformat.write(index, nbs/'index.ipynb')
+    return ex, nbs
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('site')
+    ex, nbs = _course(tmp)
+    pages = bs.build_site(ex, tmp/'site', nbs)
+    return tmp/'site', pages
+
+
+def test_pages_links_and_nav(site):
+    out, pages = site
+    assert [p.name for p in pages] == ['index.html', '01_first.html', '02_second.html']
+    index, first, second = (p.read_text() for p in pages)
+    assert 'Toy course' in index and 'href="01_first.html"' in index and 'href="02_second.html"' in index  # list
+    assert 'href="02_second.html">next: the second page' in first and '.ipynb"' not in first + second + index
+    assert 'href="01_first.html#First-page"' in second
+    assert 'rel="prev"' in first and 'rel="next"' in first and 'href="index.html">index' in second
+    assert (out/'images'/'diagram.svg').read_text() == SVG
+    assert [p.name for p in (out/'01_first_files').iterdir()][0].endswith('.png')
+    assert 'src="data:' not in first                                                     # images as files
+    assert 'widget-state' not in first and 'yyyyy' not in first and '0/12' not in first  # widgets dropped
+    assert bs.WIDGET_NOTE in first
+
+
+def test_inline_code_links_to_defining_cell(site):
+    out, pages = site
+    index, first, second = (p.read_text() for p in pages)
+    assert 'id="glscl.gim.global_interaction"' in first and 'id="glscl.metrics.retrieval_metrics"' in second
+    assert '<a class="glscl-sym" href="#glscl.gim.global_interaction"><code>global_interaction</code></a>' in first
+    assert ('<a class="glscl-sym" href="02_second.html#glscl.metrics.retrieval_metrics"><code>retrieval_metrics'
+            in first)
+    assert ('<a class="glscl-sym" href="01_first.html#glscl.gim.global_interaction"><code>glscl.gim.global_interaction'
+            in second)
+    assert first.count('class="glscl-sym"') == 2                  # not the name inside the code block
+
+
+def test_missing_or_empty_course_fails_loudly(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match='nowhere'): bs.build_site(tmp_path/'nowhere', tmp_path/'site')
+    (tmp_path/'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='empty.*no executed notebooks'):
+        bs.build_site(tmp_path/'empty', tmp_path/'site')
+    assert bs.main(['--executed', str(tmp_path/'empty'), '--out', str(tmp_path/'site')]) == 1
+    assert 'no executed notebooks' in capsys.readouterr().err
+
+
+def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    ex, nbs = _course(tmp_path)
+    (tmp_path/'mine').mkdir()
+    (tmp_path/'mine'/'notes.txt').write_text('keep me')
+    with pytest.raises(FileExistsError): bs.build_site(ex, tmp_path/'mine', nbs)
+    assert (tmp_path/'mine'/'notes.txt').read_text() == 'keep me'
+    bs.build_site(ex, tmp_path/'site', nbs)
+    (tmp_path/'site'/'stale.html').write_text('old page')
+    bs.build_site(ex, tmp_path/'site', nbs)                       # a rebuild clears its own site
+    assert not (tmp_path/'site'/'stale.html').exists()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    missing = []
+    if importlib.util.find_spec('selenium') is None: missing.append('selenium (pip install selenium)')
+    if sc.find_browser() is None: missing.append('chromium and chromedriver (bash tools/install_browser.sh)')
+    if missing:
+        why = 'headless site check needs ' + ' and '.join(missing)
+        if os.environ.get('GLSCL_REQUIRE_BROWSER') == '1': pytest.fail(why + ' (GLSCL_REQUIRE_BROWSER=1)')
+        pytest.skip(why)
+
+
+def test_site_loads_in_headless_chromium(site, browser):
+    r = sc.check_site(site[0])
+    assert r['broken'] == []
+    assert r['pages'] == 3 and r['images'] >= 2     # the png output and the svg from nbs/images
+    assert r['links'] >= 5                          # pages, nav, anchors of the defining cells
+
+
+def test_headless_check_finds_broken_links_and_images(tmp_path, browser):
+    ex, nbs = _course(tmp_path, broken=True)
+    bs.build_site(ex, tmp_path/'site', nbs)
+    png = next((tmp_path/'site'/'01_first_files').iterdir())
+    png.write_bytes(b'not a png')                                  # served, but does not decode
+    r = sc.check_site(tmp_path/'site', strict=False)
+    found = {(b['kind'], b['page'], b['target']) for b in r['broken']}
+    assert found == {('link', '02_second.html', '03_missing.html'), ('image', '02_second.html', 'images/nope.png'),
+                     ('image', '01_first.html', f'01_first_files/{png.name}')}, r['broken']
+    shutil.rmtree(tmp_path/'site'/'images')
+    with pytest.raises(sc.SiteCheckError, match='diagram.svg'): sc.check_site(tmp_path/'site')
