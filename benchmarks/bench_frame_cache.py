@@ -6,15 +6,20 @@ Two data sets:
   paper's 224 px and 12 frames at 1 fps;
 - the toy world (96 px, 4 fps, 12 s; 64 px frames).
 
+A DataLoader pass is timed whole by the wall clock (each pass starts a fresh DataLoader and its worker processes: one
+measurement, nothing a Timer could repeat cheaply); the JPEG trade by torch.utils.benchmark (benchmarks/timing.py).
+
     python benchmarks/bench_frame_cache.py [--videos 24] [--workers 2] [--passes 2]
 """
-import argparse, csv, json, shutil, statistics, sys, tempfile, time
+import argparse, copy, csv, json, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved
 from glscl.config import load_config
 from glscl.data import VideoDataset, collate_videos
 from glscl.video import write_video
@@ -60,16 +65,19 @@ def clips_per_second(cfg, vids, workers: int, batch: int, passes: int, uint8: bo
     return statistics.median(rates)
 
 
-def jpeg_trade(cache: FrameCache, vids, quality: int = 90) -> dict:
-    "Size and decode speed of the cached frames as JPEG (torchvision) against reading the raw uint8 frames."
+def jpeg_trade(cache: FrameCache, vids, quality: int = 90, repeats: int = 3) -> dict:
+    """Size and decode speed of the cached frames as JPEG (torchvision) against reading the raw uint8 frames: both
+    over all of `vids`, timed in turn by torch.utils.benchmark (benchmarks/timing.py), median of `repeats` rounds."""
     from torchvision.io import encode_jpeg, decode_jpeg
-    raw = jpg = 0; t_raw = t_jpg = 0.0; frames_n = 0
-    for v in vids:
-        t0 = time.perf_counter(); f, _ = cache.read(v); t_raw += time.perf_counter() - t0
-        enc = [encode_jpeg(torch.from_numpy(x).permute(2, 0, 1).contiguous(), quality=quality) for x in f]
-        raw += f.nbytes; jpg += sum(len(e) for e in enc); frames_n += len(f)
-        t0 = time.perf_counter(); [decode_jpeg(e) for e in enc]; t_jpg += time.perf_counter() - t0
-    return dict(ratio=raw / jpg, raw_fps=frames_n / t_raw, jpeg_fps=frames_n / t_jpg, raw_kib=raw / len(vids) / 1024, jpeg_kib=jpg / len(vids) / 1024)
+    frames = {v: cache.read(v)[0] for v in vids}
+    enc = {v: [encode_jpeg(torch.from_numpy(x).permute(2, 0, 1).contiguous(), quality=quality) for x in f] for v, f in frames.items()}
+    raw = sum(f.nbytes for f in frames.values()); jpg = sum(len(e) for es in enc.values() for e in es)
+    frames_n = sum(len(f) for f in frames.values())
+    def raw_read():
+        w = copy.copy(cache)          # a fresh copy maps the shards anew (FrameCache.__getstate__), as each DataLoader worker does
+        return [w.read(v) for v in vids]
+    t, _ = interleaved(dict(raw=raw_read, jpeg=lambda: [[decode_jpeg(e) for e in enc[v]] for v in vids]), repeats, min_run_time=0.2)
+    return dict(ratio=raw / jpg, raw_fps=frames_n / t['raw'], jpeg_fps=frames_n / t['jpeg'], raw_kib=raw / len(vids) / 1024, jpeg_kib=jpg / len(vids) / 1024)
 
 
 def run(name, cfg, workers, batch, passes):

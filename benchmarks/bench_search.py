@@ -5,13 +5,17 @@ scored with GLSCL's similarity (Sim1 + 0.5 Sim2) by glscl.search.score_blocks, b
     python benchmarks/bench_search.py [--videos 100000] [--dtype float16 float32] [--repeats 5]
 
 Growth to 1M videos is extrapolated linearly from the measured size (the work and the bytes read are linear in V);
-the script says so. The first query after writing may read from disk; the median of the repeats is from the page cache.
+the script says so. The methods are timed in turn by torch.utils.benchmark (benchmarks/timing.py), `--repeats` rounds;
+each one's first call warms it up (the first query after writing may read from disk), so the medians are from the page
+cache.
 """
-import argparse, os, statistics, sys, tempfile, time
+import argparse, os, sys, tempfile
 from pathlib import Path
 import numpy as np, torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved
 from glscl.gim import global_interaction
 from glscl.lim import query_similarity
 from glscl.search import score_blocks, one_query_similarity, torch_blocks, SEARCH_BLOCK
@@ -60,15 +64,10 @@ def main(argv=None):
             fns = dict(floor=lambda: torch_blocks(floor, text, {k: arrays[k] for k in ('frames', 'mask')}, a.block),
                        fast=lambda: torch_blocks(lambda t, v: one_query_similarity(t, v, 3.0, 0.5), text, arrays, a.block),
                        search=lambda: score_blocks(sim, text, arrays, a.block))
-            times = {k: [] for k in fns}
             with torch.inference_mode():
-                for f in fns.values(): f()
-                for _ in range(a.repeats):
-                    for k, f in fns.items():
-                        t0 = time.perf_counter(); f(); times[k].append(time.perf_counter() - t0)
-                s, f = fns['search'](), fns['fast']()
+                m, out = interleaved(fns, a.repeats)
+                s, f = out['search'], out['fast']
                 assert torch.allclose(s, f, atol=1e-4), f"the one-query path differs from the general one by {float((s - f).abs().max()):.2e}"
-            m = {k: statistics.median(v) for k, v in times.items()}
             print(f"{dt:<9}{size / 2**30:>10.2f} G{m['floor']:>20.3f} s{m['fast']:>14.3f} s{m['fast'] / m['floor']:>7.2f}x"
                   f"{m['search']:>12.3f} s{m['search'] / m['floor']:>7.2f}x{m['fast'] * 1_000_000 / V:>28.2f} s")
     print(f"(1M: the measured time x {1_000_000 // V} (linear in V); a 1M index is {1_000_000 // V} x the size above, which must fit the page cache to stay this fast)")

@@ -13,32 +13,27 @@
 
     python benchmarks/bench_similarity.py [--texts 1000 --videos 1000 --frames 12 --dim 512] [--quick]
 
-Prints medians over a few repeats, the ratios, and the max abs differences; exits 1 if an equality check fails.
+Prints medians over a few rounds (torch.utils.benchmark, methods in turn: benchmarks/timing.py), the ratios, and the max
+abs differences; exits 1 if an equality check fails.
 """
-import argparse, os, statistics, sys, time
+import argparse, os, sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glscl.gim import frame_weights, global_interaction
 from glscl.lim import LocalInteraction, query_similarity
+import timing
 
 
-def sync(device):
-    if device.type == 'cuda': torch.cuda.synchronize()
-
-
-def interleaved(fns, repeats, device):
-    """Median wall time of each of `fns` (a dict), run in turn `repeats` times after one warm-up each, so that a
-    change in machine load hits all of them alike; returns ({name: seconds}, {name: last output})."""
-    outs = {k: f() for k, f in fns.items()}; sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter(); outs[k] = f(); sync(device); times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}, outs
+def interleaved(fns, repeats, device, min_run_time=0.1):
+    """Median seconds per call of each of `fns` (a dict), timed in turn for `repeats` rounds by torch.utils.benchmark
+    (`timing.interleaved`: it warms each up and synchronises `device` itself), so that a change in machine load hits
+    all of them alike; returns ({name: seconds}, {name: last output})."""
+    return timing.interleaved(fns, repeats, min_run_time)
 
 
 def per_pair_sim1(eos, frames, mask, temp=3.0, chunk=50):
@@ -183,8 +178,9 @@ def main(argv=None):
     bv = a.b_videos or a.videos
     g = torch.Generator().manual_seed(0)
     load = lambda: ' '.join(f'{x:.1f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
-    print(f"device {device} ({threads} CPU threads), torch {torch.__version__}; methods run in turn, median of "
-          f"{a.repeats} runs ({min(a.repeats, 2)} in (b)) after a warm-up each; load average before: {load()}\n")
+    print(f"device {device} ({threads} CPU threads), torch {torch.__version__}; methods timed in turn by "
+          f"torch.utils.benchmark (blocked_autorange), median of {a.repeats} rounds ({min(a.repeats, 2)} in (b), 1 for the "
+          f"encoders in (c)); load average before: {load()}\n")
 
     ok = True
     r = bench_gim(a.texts, a.videos, a.frames, a.dim, a.repeats, device, g)

@@ -8,7 +8,7 @@ __all__ = ['log', 'CACHE_FORMAT', 'cache_settings', 'FrameCache', 'check_setting
            'build_frame_cache', 'ensure_frame_cache', 'ensure_data', 'dataset_from_config', 'videos_from_config']
 
 # %% ../nbs/04_frame_cache.ipynb #469b5065
-import json, logging, os
+import json, logging, os, re, shutil
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from .data import VideoTextDataset, VideoDataset
 from .datasets import read_pairs, video_lookup
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 'glscl-frame-cache-1'
+CACHE_FORMAT = 'glscl-frame-cache-2'       # 2: frames resized by torchvision's uint8 bicubic (glscl.video.resize_crop)
 
 # %% ../nbs/04_frame_cache.ipynb #8b9671c3
 def cache_settings(cfg) -> dict:
@@ -94,6 +94,10 @@ def open_frame_cache(cfg):
     folder = Path(cfg.frame_cache)
     if not (folder/'meta.json').is_file(): return None
     meta = json.loads((folder/'meta.json').read_text())
+    if meta.get('format') != CACHE_FORMAT:
+        log.warning("frame cache %s has format %r, not %r (built by another version of glscl): reading the videos; rebuild "
+                    "it with `glscl cache-frames` into an empty folder", folder, meta.get('format'), CACHE_FORMAT)
+        return None
     if Path(meta.get('video_dir', '')).resolve() != Path(cfg.video_dir).resolve():
         log.info("frame cache %s holds the frames of %s, not of %s: reading the videos", folder, meta.get('video_dir'), cfg.video_dir)
         return None
@@ -139,6 +143,9 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
     settings = cache_settings(cfg)
     meta_p, index_p = folder/'meta.json', folder/'index.jsonl'
     meta = json.loads(meta_p.read_text()) if meta_p.exists() else dict(format=CACHE_FORMAT, settings=settings, unreadable=[], unreadable_files={})
+    if meta.get('format') != CACHE_FORMAT:
+        raise ValueError(f"{meta_p} is a frame cache of format {meta.get('format')!r}, not {CACHE_FORMAT!r} (another version of "
+                         f"glscl made it): delete {folder} or build into another folder (--out DIR)")
     check_settings(meta['settings'], settings, folder)
     if meta.get('video_dir') and Path(meta['video_dir']).resolve() != Path(cfg.video_dir).resolve():
         raise ValueError(f"the frame cache in {folder} holds the frames of {meta['video_dir']}, not of {cfg.video_dir}: "
@@ -186,10 +193,16 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
 
 # %% ../nbs/04_frame_cache.ipynb #b6ae8b4d
 def ensure_frame_cache(cfg) -> bool:
-    "Build or finish `cfg.frame_cache` for `cfg.video_dir`, unless the folder holds another folder's cache (left alone); whether it is usable."
+    """Build or finish `cfg.frame_cache` for `cfg.video_dir`, unless the folder holds another folder's cache (left alone);
+    whether it is usable. A cache of an older format (only cache files in the folder) is rebuilt."""
     folder = Path(cfg.frame_cache)
     meta = folder/'meta.json'
-    if meta.is_file() and Path(json.loads(meta.read_text()).get('video_dir', '')).resolve() != Path(cfg.video_dir).resolve(): return False
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        if Path(m.get('video_dir', '')).resolve() != Path(cfg.video_dir).resolve(): return False
+        if m.get('format') != CACHE_FORMAT and all(re.fullmatch(r'meta\.json|index\.jsonl|frames-\d+\.u8', p.name) for p in folder.iterdir()):
+            log.warning("rebuilding the frame cache %s (format %r -> %r)", folder, m.get('format'), CACHE_FORMAT)
+            shutil.rmtree(folder)
     if open_frame_cache(cfg) is None: build_frame_cache(cfg, progress=False)
     return True
 

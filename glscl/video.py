@@ -256,17 +256,19 @@ def _resized(h: int, w: int, short_side: int) -> tuple:
 def _fps_scale_graph(frame: av.VideoFrame, time_base, fps: float, size: tuple, rounding: str = "up") -> av.filter.Graph:
     """ffmpeg's filters for frames like `frame` (its size and pixel format, timestamps in `time_base`):
     buffer -> fps (`fps` frames per second, `rounding` 'up': each tick shows the latest frame at or before it)
-    -> scale (to `size` (height, width), bicubic) -> yuv420p -> buffersink."""
+    -> scale (to `size` (height, width), bicubic; to limited-range BT.601, what decoders assume of an untagged stream:
+    a full-range MJPEG source would otherwise come out too dark) -> yuv420p -> buffersink."""
     g = av.filter.Graph()
     chain = [g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name, time_base=time_base),
-             g.add("fps", f"fps={_rate(fps)}:round={rounding}"), g.add("scale", f"{size[1]}:{size[0]}:flags=bicubic"),
+             g.add("fps", f"fps={_rate(fps)}:round={rounding}"),
+             g.add("scale", f"{size[1]}:{size[0]}:flags=bicubic:out_range=tv:out_color_matrix=bt601"),
              g.add("format", "yuv420p"), g.add("buffersink")]
     for a, b in zip(chain, chain[1:]): a.link_to(b)
     g.configure()
     return g
 
 def _filtered(container, fps: float, short_side: int, rounding: str = "up") -> Iterable:
-    "The yuv420p frames of `container`'s first video stream after `_fps_scale_graph`, in order; None if it has no frames."
+    "The yuv420p frames of `container`'s first video stream after `_fps_scale_graph`, in order (none if it has none)."
     vs = container.streams.video[0]
     src_rate = float(vs.average_rate or vs.guessed_rate or 25)
     graph, tb, first = None, None, None

@@ -127,3 +127,15 @@ def test_uint8_pixels_give_the_same_model_input(cfg):
         assert torch.equal(x['frames'], y['frames']) and torch.equal(x['query'], y['query'])
         oc = GLSCL(cfg.replace(clip_pretrained='none', official_compat=True)).eval()
         assert torch.equal(oc.encode_video(fb['frames'], fb['frame_mask'])['frames'], oc.encode_video(ub['frames'], ub['frame_mask'])['frames'])
+
+def test_a_cache_of_another_format_is_not_read_nor_extended_and_ensure_rebuilds_it(cfg, caplog):
+    "A cache written by another version of glscl (its frames resized differently) is refused; ensure_frame_cache rebuilds it."
+    from glscl.framecache import ensure_frame_cache, CACHE_FORMAT
+    build_frame_cache(cfg, progress=False)
+    meta_p = cfg.frame_cache/'meta.json'
+    meta = json.loads(meta_p.read_text()); meta['format'] = 'glscl-frame-cache-1'; meta_p.write_text(json.dumps(meta))
+    with caplog.at_level('WARNING'): assert open_frame_cache(cfg) is None
+    assert 'glscl-frame-cache-1' in caplog.text
+    with pytest.raises(ValueError, match='another version of glscl'): build_frame_cache(cfg, progress=False)
+    assert ensure_frame_cache(cfg) and json.loads(meta_p.read_text())['format'] == CACHE_FORMAT
+    assert open_frame_cache(cfg) is not None
