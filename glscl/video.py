@@ -61,7 +61,7 @@ class VideoError(ValueError):
 
 def _video_error(path, why) -> VideoError:
     return VideoError(f"cannot read video {path}: {why}. Re-download the file, or re-encode it "
-                      "(e.g. with glscl.data.compress_videos).")
+                      "(e.g. with glscl.video.compress_videos).")
 
 def _rate(fps: float) -> Union[int, Fraction]:
     "A stream rate for PyAV: an int when `fps` is whole, else a Fraction (29.97 -> 2997/100)."
