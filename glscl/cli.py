@@ -59,12 +59,15 @@ def run_notebook(nb, out_dir, preset: str = 'toy', fig_dir=None, timeout: int = 
     return dict(notebook=nb.name, seconds=round(time.perf_counter() - t0, 1))
 
 def run_course(preset: str = 'toy', out='runs/course', only=None) -> list:
-    "Run every course notebook in order on `preset`; print and return a summary (notebook, seconds)."
+    """Run every course notebook in order on `preset` (the landing page `index.ipynb` last, so that `make docs` shows its
+    output); print and return a summary (notebook, seconds)."""
     load_config(preset)                                                  # a bad preset fails here, before any notebook runs
     out = Path(out)
     nbs = [nb for nb in course_notebooks() if not only or any(s in nb.name for s in only)]
     if not nbs: raise ValueError(f"no course notebook matches --only {' '.join(only or [])}; notebooks are: "
                                  + ', '.join(nb.name for nb in course_notebooks()))
+    index = course_notebooks()[0].parent/'index.ipynb'
+    if not only and index.is_file(): nbs.append(index)
     rows = []
     for nb in nbs:
         print(f"running {nb.name} ...", flush=True)
