@@ -151,8 +151,10 @@ def _title(nb, stem: str) -> str:
 
 def _clean_outputs(nb):
     """Drop what cannot live in a static page: widget state, tqdm progress widgets (their text is the 0% snapshot);
-    other widgets become a one-line note."""
+    other widgets become a one-line note. Papermill's injected parameters cell goes too (it holds the runner's paths;
+    the notebook's own parameters cell, with the defaults, stays)."""
     nb.metadata.pop('widgets', None)
+    nb.cells = [c for c in nb.cells if 'injected-parameters' not in c.get('metadata', {}).get('tags', [])]
     for cell in nb.cells:
         outs = []
         for out in cell.get('outputs', []):
