@@ -127,7 +127,7 @@ def _train(a):
             from glscl.framecache import ensure_data
             ensure_data(cfg)
         if W > 1: dist.barrier()
-        s = train(cfg, resume=a.resume, progress=not a.quiet, device=a.device)
+        s = train(cfg, resume=a.resume, progress=not a.quiet, device=a.device, overwrite=a.overwrite, trust_pickle=a.trust_pickle)
     finally:
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     if rank: return
@@ -155,7 +155,7 @@ EVAL_SETTABLE = ('anno_dir', 'video_dir', 'test_split', 'train_split', 'eval_bat
 def _eval(a):
     from glscl.train import model_from_checkpoint, evaluate
     from glscl.metrics import format_metrics
-    model = model_from_checkpoint(a.checkpoint, device=pick_device('auto'))
+    model = model_from_checkpoint(a.checkpoint, device=pick_device('auto'), trust_pickle=a.trust_pickle)
     sets = parse_sets(a.set)
     fixed = sorted(set(sets) - set(EVAL_SETTABLE))
     if fixed: raise ValueError(f"--set {', '.join(fixed)}: the checkpoint fixes these; eval can change only {', '.join(EVAL_SETTABLE)}")
@@ -179,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser('train', help='train GLSCL on a preset (checkpoints, log and figures in its out_dir)')
     s.add_argument('--preset', default='toy'); s.add_argument('--set', action='append', metavar='KEY=VALUE', help='change a preset key (repeatable)')
     s.add_argument('--resume', metavar='PATH', help="continue a run exactly from its last.pt"); s.add_argument('--quiet', action='store_true')
+    s.add_argument('--overwrite', action='store_true', help="replace the run that out_dir holds (without it a fresh run there is refused)")
+    s.add_argument('--trust-pickle', action='store_true', help="resume from a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)")
     s.add_argument('--device', default='auto', help="auto (CUDA, else Apple's MPS if it runs every op, else CPU), cuda, cuda:N, mps or cpu; under torchrun each process takes its LOCAL_RANK GPU")
     s.set_defaults(fn=_train)
     s = sub.add_parser('cache-frames', help="decode each video of a preset's splits once into its frame cache (resumable)")
@@ -187,7 +189,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--out', default=None, help="cache folder (default: the preset's frame_cache)"); s.add_argument('--quiet', action='store_true')
     s.set_defaults(fn=_cache_frames)
     s = sub.add_parser('eval', help="retrieval metrics of a checkpoint on a split (encodings cached next to it)")
-    s.add_argument('--checkpoint', required=True, metavar='PATH'); s.add_argument('--split', default=None, help="default: the preset's test split")
+    s.add_argument('--checkpoint', required=True, metavar='PATH')
+    s.add_argument('--trust-pickle', action='store_true', help="read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)"); s.add_argument('--split', default=None, help="default: the preset's test split")
     s.add_argument('--set', action='append', metavar='KEY=VALUE', help=f"change a key of the stored config: {', '.join(EVAL_SETTABLE)}")
     s.add_argument('--plain', action='store_true', help='skip the DSL and QB-Norm rows'); s.add_argument('--quiet', action='store_true')
     s.set_defaults(fn=_eval)

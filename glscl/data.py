@@ -5,7 +5,7 @@ and count an unreadable video, and a collate function that pads frames."""
 
 # %% ../nbs/02_data.ipynb #e241dde8
 from __future__ import annotations
-import csv, json, logging, os, unicodedata
+import csv, json, logging, os, re, unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -21,8 +21,9 @@ PathLike = Union[str, os.PathLike]
 
 
 # %% auto #0
-__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'read_msrvtt', 'tokenize', 'load_video',
-           'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset', 'collate_videos', 'count_skips']
+__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'check_video_id', 'read_msrvtt', 'tokenize',
+           'load_video', 'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset', 'collate_videos',
+           'count_skips']
 
 # %% ../nbs/02_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
@@ -85,6 +86,17 @@ def check_caption(caption, where: str) -> str:
         raise ValueError(f"{where}: the caption {caption!r} is empty after cleaning (CLIP's tokenizer would see no word); fix or drop it")
     return caption
 
+def check_video_id(vid, where: str) -> str:
+    """`vid` if it names a file inside the video folder, else a ValueError naming `where`: a video id read from a data file
+    must not be empty, absolute (`/etc/x`, `C:\\x`) or climb out with `..`, so that no file outside the folder is ever read."""
+    if not isinstance(vid, str) or not vid.strip() or '\x00' in vid:
+        raise ValueError(f"{where}: the video id {vid!r} is empty or not text; fix that line")
+    parts = vid.replace('\\', '/').split('/')
+    if vid.startswith(('/', '\\')) or re.match(r'[A-Za-z]:[\\/]', vid) or '..' in parts:
+        raise ValueError(f"{where}: the video id {vid!r} points outside the video folder (an absolute path or '..'); "
+                         "a video id names a file inside the video folder: fix that line")
+    return vid
+
 def read_msrvtt(anno_dir: PathLike, split: str) -> list:
     "(video_id, caption) pairs of MSR-VTT `split` ('train', 'train7k' or 'test') in file order."
     splits = ("train", "train7k", "test")
@@ -97,6 +109,7 @@ def read_msrvtt(anno_dir: PathLike, split: str) -> list:
         for line, row in _read_csv(path, _TEST_COLS, free_text="sentence"):
             vid, cap = (row.get("video_id") or "").strip(), row.get("sentence") or ""
             if not vid: raise ValueError(f"{path}, line {line} (key {row.get('key')!r}): empty video_id")
+            check_video_id(vid, f"{path}, line {line}")
             check_caption(cap, f"{path}, line {line} (key {row.get('key')!r})")
             pairs.append((vid, cap))
         data_path = anno_dir / MSRVTT_FILES["data"]
@@ -111,6 +124,7 @@ def read_msrvtt(anno_dir: PathLike, split: str) -> list:
     for line, row in _read_csv(ids_path, _TRAIN_COLS):
         vid = (row.get("video_id") or "").strip()
         if not vid: raise ValueError(f"{ids_path}, row {line}: empty video_id")
+        check_video_id(vid, f"{ids_path}, line {line}")
         ids.add(vid)
     sentences = _read_json(data_path, "sentences", anno_dir)
     pairs = []
@@ -179,6 +193,7 @@ class VideoLookup:
         return index
 
     def __call__(self, vid: str) -> Path:
+        check_video_id(str(vid), f"video folder {self.video_dir}")
         stems = [str(s) for s in self.stems(str(vid))]
         for s in stems:
             for ext in VIDEO_EXTS:
@@ -193,7 +208,7 @@ class VideoLookup:
 class _FixedNaming:
     "`video_dir/<id><ext>`: one fixed extension (picklable, for DataLoader workers started by spawn)."
     def __init__(self, video_dir: Path, ext: str): self.video_dir, self.ext = Path(video_dir), ext
-    def __call__(self, vid: str) -> Path: return self.video_dir/f"{vid}{self.ext}"
+    def __call__(self, vid: str) -> Path: return self.video_dir/f"{check_video_id(str(vid), f'video folder {self.video_dir}')}{self.ext}"
 
 def _default_paths(video_dir: Path, ext: Optional[str]) -> Callable:
     "`video_dir/<id><ext>` when `ext` is given (the old, fixed naming), else a `VideoLookup`."

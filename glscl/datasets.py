@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
-from .data import check_caption, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
+from .data import check_caption, check_video_id, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -190,7 +190,10 @@ def read_pairs(cfg, split: str) -> list:
     "(video_id, caption) pairs of `split` of the preset's data set (`cfg.dataset`) under `cfg.anno_dir`."
     b = benchmark(_dataset(cfg))
     _check_split(b.name, split, b.splits)
-    return b.read(cfg.anno_dir, split)
+    pairs = b.read(cfg.anno_dir, split)
+    for i, (v, _) in enumerate(pairs):                                   # every reader: no id may point outside the video folder
+        check_video_id(v, f"{', '.join(str(Path(cfg.anno_dir)/f) for f in b.files(split) if f)}, pair {i + 1} (of split {split!r})")
+    return pairs
 
 def annotation_files(cfg, split: str) -> list:
     "The annotation files `split` of the preset's data set reads (for fingerprints)."

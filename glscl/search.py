@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from .config import folder_lock
 from .gim import frame_weights
 from .model import GLSCL, pad_frame_slots
 
@@ -73,6 +74,26 @@ ARRAYS = ('frames', 'mask', 'gram', 'query')
 class IndexMismatch(ValueError):
     "The index was built by another model (or other settings) than the one it is used with."
 
+def _read_meta(p: Path) -> dict:
+    "index.json (plain JSON: nothing in it can run), or an error naming the file."
+    try: meta = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p} is not JSON ({type(e).__name__}: {str(e)[:80]}): the index is damaged; build it again into an empty folder") from None
+    if not isinstance(meta, dict): raise ValueError(f"{p} is not a glscl index (not a JSON object); build it again into an empty folder")
+    return meta
+
+def _load_arrays(path: Path, mmap: bool = True) -> dict:
+    "The index's .npy arrays, read without pickle (an object array is refused: it could run code), or an error naming the file."
+    out = {}
+    for k in ARRAYS:
+        f = path/f'{k}.npy'
+        if not f.is_file(): continue
+        try: out[k] = np.load(f, mmap_mode='r' if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{f} cannot be read as an index array ({type(e).__name__}: {str(e)[:120]}): the index is damaged; "
+                             "build it again into an empty folder") from None
+    return out
+
 class VideoIndex:
     "Text-to-video search over a folder of videos: encode each video once, store it, rank by the model's similarity."
     def __init__(self, path, meta: dict, arrays: dict, model: GLSCL = None):
@@ -98,9 +119,9 @@ class VideoIndex:
         "Open the index in folder `path` (arrays memory-mapped); with `model`, refuse it if another model built it."
         path = Path(path)
         if not (path/'index.json').is_file(): raise FileNotFoundError(f"{path} holds no glscl index (no index.json); build one with `glscl search --index {path} --build VIDEO_FOLDER` or VideoIndex.build")
-        meta = json.loads((path/'index.json').read_text())
+        meta = _read_meta(path/'index.json')
         if meta.get('format') != INDEX_FORMAT: raise ValueError(f"{path}/index.json is not a {INDEX_FORMAT} index (format {meta.get('format')!r})")
-        arrays = {k: np.load(path/f'{k}.npy', mmap_mode='r' if mmap else None) for k in ARRAYS if (path/f'{k}.npy').is_file()}
+        arrays = _load_arrays(path, mmap)
         idx = cls(path, meta, arrays)
         if model is not None: idx.attach(model)
         return idx
@@ -123,8 +144,11 @@ def _save_array(path: Path, x: np.ndarray):
     os.replace(tmp, path)
 
 def _update(self: VideoIndex, progress: bool = True) -> dict:
-    "Encode and add the folder's files that are not indexed yet (skipping unreadable ones, logged and counted); save."
+    "Encode and add the folder's files that are not indexed yet (skipping unreadable ones, logged and counted); save. One writer at a time."
     if self.model is None: raise ValueError("no model attached: VideoIndex.load(path, model) first")
+    with folder_lock(self.path, 'search index'): return _add_new(self, progress)
+
+def _add_new(self: VideoIndex, progress: bool = True) -> dict:
     folder = Path(self.meta['folder'])
     known = set(self.files) | set(self.meta['skipped'])
     new = [f for f in list_videos(folder) if f not in known]
@@ -139,7 +163,7 @@ def _update(self: VideoIndex, progress: bool = True) -> dict:
     self.meta['files'] = self.files + kept
     self.meta['skipped'] = self.meta['skipped'] + skipped
     _save_array_json(self.path/'index.json', self.meta)
-    self.arrays = {k: np.load(self.path/f'{k}.npy', mmap_mode='r') for k in ARRAYS if (self.path/f'{k}.npy').is_file()}
+    self.arrays = _load_arrays(self.path)
     return dict(added=len(kept), skipped=len(skipped), total=len(self.files))
 
 def _save_array_json(path: Path, obj: dict):
@@ -244,7 +268,7 @@ VideoIndex.scores, VideoIndex.search = _scores, _search
 # %% ../nbs/18_search.ipynb #10cc257a
 def _model_for(args) -> GLSCL:
     from glscl.train import model_from_checkpoint
-    if args.checkpoint: return model_from_checkpoint(args.checkpoint)
+    if args.checkpoint: return model_from_checkpoint(args.checkpoint, trust_pickle=getattr(args, 'trust_pickle', False))
     from glscl.config import load_config
     cfg = load_config(args.preset)
     if cfg.dataset == 'toy' and cfg.clip_pretrained == 'toy':
@@ -273,6 +297,7 @@ def add_search_command(subparsers):
     p.add_argument('--index', required=True, help='the index folder')
     p.add_argument('-k', type=int, default=5, help='how many results')
     p.add_argument('--checkpoint', default=None, help='a trained glscl checkpoint (the model that built the index)')
+    p.add_argument('--trust-pickle', action='store_true', help='read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)')
     p.add_argument('--preset', default='toy', help="without --checkpoint: this preset's model (toy CLIP, untrained heads)")
     p.add_argument('--build', default=None, metavar='FOLDER', help='build the index from this folder of videos, or add its new files')
     p.add_argument('--float16', action='store_true', help='store the index in float16 (half the disk and memory)')
