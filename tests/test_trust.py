@@ -226,3 +226,85 @@ def test_a_fresh_cli_run_over_a_run_is_refused(cfg, capsys):
     code, err = cli_here(capsys, 'train', *sets(cfg))
     assert code == 2 and '--resume' in err and '--overwrite' in err and str(out) in err
     assert (out/'last.pt').read_bytes() == b'the run of yesterday'
+
+# --- 4. the search index never answers wrong silently -------------------------------------------------------------------
+
+@pytest.fixture
+def index(cfg, world, tmp_path):
+    from glscl.search import VideoIndex
+    torch.manual_seed(0)
+    m = GLSCL(cfg).eval()
+    folder = tmp_path/'videos'; folder.mkdir()
+    vids = sorted(p.name for p in (world/'videos').glob('*.mp4'))
+    for v in vids[:4]: (folder/v).symlink_to((world/'videos'/v).resolve())
+    idx = VideoIndex.build(folder, m, tmp_path/'index', progress=False)
+    return dict(idx=idx, model=m, folder=folder, path=tmp_path/'index', spare=[world/'videos'/v for v in vids[4:]])
+
+def test_an_update_is_all_or_nothing(index, monkeypatch):
+    from glscl.search import VideoIndex
+    idx, m = index['idx'], index['model']
+    before = idx.scores(['a red circle'])
+    (index['folder']/index['spare'][0].name).symlink_to(index['spare'][0].resolve())
+    calls, save = [], np.save
+    def dies(*a, **kw):                                                        # killed between two arrays of the update
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return save(*a, **kw)
+    monkeypatch.setattr(np, 'save', dies)
+    with pytest.raises(KeyboardInterrupt): idx.update(progress=False)
+    monkeypatch.setattr(np, 'save', save)
+    again = VideoIndex.load(index['path'], m)                                  # the old index, whole
+    assert len(again) == 4 and torch.equal(again.scores(['a red circle']), before)
+    assert again.update(progress=False)['added'] == 1                          # the rerun finishes the job
+    assert len(VideoIndex.load(index['path'], m)) == 5
+    assert sorted(p.name for p in index['path'].iterdir() if p.is_dir()) == [again.meta['generation']]   # no leftover generation
+
+def rewrite_array(path, k, fn, fix_checksum=True):
+    "Change array `k` of the index in `path` by `fn`; with `fix_checksum` record its new checksum (damage that only values show)."
+    from glscl.search import _sha256
+    meta = json.loads((path/'index.json').read_text())
+    f = path/meta['generation']/f'{k}.npy'
+    x = np.load(f).copy(); x = fn(x); f.unlink(); np.save(f, x)
+    if fix_checksum:
+        meta['arrays'][k].update(sha256=_sha256(f), shape=list(x.shape)); (path/'index.json').write_text(json.dumps(meta))
+
+@pytest.mark.parametrize('damage,words', [
+    (lambda p: (p/json.loads((p/'index.json').read_text())['generation']/'query.npy').unlink(), r'query\.npy is missing'),
+    (lambda p: rewrite_array(p, 'query', lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.inf, x).astype(x.dtype)), r'query\.npy: NaN or inf'),
+    (lambda p: rewrite_array(p, 'frames', lambda x: x * np.float32(np.nan)), r'frames\.npy: NaN or inf'),
+    (lambda p: rewrite_array(p, 'frames', lambda x: x + 1, fix_checksum=False), r'frames\.npy: its checksum differs'),
+    (lambda p: rewrite_array(p, 'mask', lambda x: x[:3]), r'mask\.npy: bool \(3,'),
+    (lambda p: (p/'index.json').write_text(json.dumps(dict(json.loads((p/'index.json').read_text()), files='ip.'))), r"index\.json: 'files' is not a list"),
+    (lambda p: (lambda f: f.write_bytes(f.read_bytes()[:200]))(p/json.loads((p/'index.json').read_text())['generation']/'gram.npy'), r'gram\.npy cannot be read'),
+], ids=['query-deleted', 'inf-query', 'nan-frames', 'changed-bytes', 'short-mask', 'files-a-string', 'truncated-gram'])
+def test_a_damaged_index_is_refused_naming_the_file(index, damage, words):
+    from glscl.search import VideoIndex
+    damage(index['path'])
+    with pytest.raises(ValueError, match=words): VideoIndex.load(index['path'], index['model'])
+
+def test_build_of_another_folder_is_refused(index, tmp_path, capsys):
+    from glscl.search import main
+    ck = T.save_checkpoint(tmp_path/'m.pt', index['model'])
+    other = tmp_path/'other'; other.mkdir()
+    assert main(['--index', str(index['path']), '--build', str(other), '--checkpoint', str(ck), '--quiet', 'a red circle']) == 2
+    err = capsys.readouterr().err
+    assert str(index['folder'].resolve()) in err and str(other.resolve()) in err and '--index NEW_FOLDER' in err
+
+def test_deleted_and_replaced_videos_are_handled_and_reported(index, capsys, tmp_path):
+    from glscl.search import VideoIndex, main
+    idx, folder, spare = index['idx'], index['folder'], index['spare']
+    gone, replaced = idx.files[0], idx.files[1]
+    (folder/gone).unlink()
+    (folder/replaced).unlink(); shutil.copy(spare[1], folder/replaced)          # another video under the same name
+    (folder/'broken.mp4').write_bytes(b'not a video')
+    (folder/spare[2].name).symlink_to(spare[2].resolve())
+    r = idx.update(progress=False)
+    assert r == dict(added=1, updated=1, removed=1, skipped=1, total=4)
+    assert gone not in idx.files and [h['file'] for h in idx.search('a red circle', k=10)].count(gone) == 0
+    fresh = VideoIndex.build(folder, index['model'], tmp_path/'fresh', progress=False)
+    order = [fresh.files.index(f) for f in idx.files]
+    torch.testing.assert_close(idx.scores(['a blue square']), fresh.scores(['a blue square'])[:, order])
+    ck = T.save_checkpoint(tmp_path/'m.pt', index['model'])
+    (folder/'broken.mp4').write_bytes(b'still not a video, but changed')       # a skipped file is retried once it changes
+    assert main(['--index', str(index['path']), '--build', str(folder), '--checkpoint', str(ck), '--quiet']) == 0
+    assert 'added 0, updated 0, removed 0, skipped 1, total 4' in capsys.readouterr().out
