@@ -224,7 +224,7 @@ def load_config(name: str = 'toy', path=None, **overrides) -> Config:
         raise SettingError(e.key, e.value, f"{e.why}; set in {where}") from None
 
 # %% ../nbs/00_config.ipynb #2ba8896c
-import tempfile
+import errno, shutil, tempfile
 
 def atomic_save(obj, path) -> Path:
     "torch.save `obj` to `path` via a temporary file, fsync and rename: `path` is always a whole file, never half-written."
@@ -236,8 +236,15 @@ def atomic_write(path, write) -> Path:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                write(f); f.flush(); os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:                          # torch's writer turns a full disk into a RuntimeError
+            full = getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(e) or (
+                isinstance(e, RuntimeError) and 'write failed' in str(e) and shutil.disk_usage(path.parent).free < 2 ** 26)
+            if not full: raise
+            raise OSError(errno.ENOSPC, f"No space left on device in {path.parent} while writing {path.name} (the previous {path.name}, "
+                                   "if any, is kept): free space there or write to another folder") from None
         os.replace(tmp, path)
         try:
             dfd = os.open(path.parent, os.O_RDONLY)

@@ -47,7 +47,9 @@ def encode_folder(model: GLSCL, folder, files: list, progress: bool = True, desc
     "(dict(frames [V,N,D], mask [V,N], gram [V,N,N], query [V,K,D] if LIM is used), kept files, skipped files) for `files` in `folder`."
     from glscl.data import VideoDataset, collate_videos
     from glscl.train import autocast, _device
+    from glscl.train import check_frame_positions
     cfg, dev = model.cfg, _device(model)
+    check_frame_positions(model, cfg)
     vds = VideoDataset(files, folder, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size, ext='',
                        frame_sampling=cfg.frame_sampling)
     vds.uint8 = True

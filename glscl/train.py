@@ -13,7 +13,7 @@ __all__ = ['log', 'OPTIMIZERS', 'TRUST_HINT', 'RESUME_FREE_KEYS', 'AMP_DTYPES', 
            'make_gather', 'on_shards', 'model_fingerprint', 'split_items', 'data_fingerprint', 'encoding_key',
            'encode_texts', 'encode_videos', 'encode_split', 'cached_encodings', 'block_similarity', 'evaluate',
            'probe_device', 'pick_device', 'NonFiniteLoss', 'train_step', 'train_loader', 'RunLog', 'read_log',
-           'frame_features', 'with_features', 'count_unreadable', 'train', 'plot_run']
+           'frame_features', 'with_features', 'count_unreadable', 'check_frame_positions', 'train', 'plot_run']
 
 # %% ../nbs/13_training.ipynb #ea6d8c40
 import contextlib, hashlib, json, logging, math, os, random, tempfile, time
@@ -611,7 +611,17 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
     touching the weights. `forward`: the DDP wrapper of `model` under torchrun; `scaler`: amp-fp16's gradient scaler."""
     dev = _device(model)
     batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    with autocast(cfg, dev): out = (forward or model)(batch, gather=gather)
+    try:
+        with autocast(cfg, dev): out = (forward or model)(batch, gather=gather)
+    except ValueError as e:                                            # the model's checks saw NaN or inf: from the data or the weights?
+        inputs_ok = all(bool(torch.isfinite(v).all()) for v in batch.values() if torch.is_tensor(v) and v.is_floating_point())
+        if 'NaN or inf' not in str(e) or not inputs_ok: raise
+        bad = nonfinite_tensors(model.state_dict())
+        big = max(float(p.detach().abs().max()) for p in model.parameters())
+        raise NonFiniteLoss(f"step {step + 1}: the forward gave NaN or inf from finite inputs ({str(e).split(';')[0][:100]}): the weights "
+                            + (f"hold NaN or inf ({', '.join(bad[:4])})" if bad else f"diverged (largest |weight| {big:.3g})")
+                            + "; training stopped before this step's update: the run's last.pt is the last good checkpoint. Lower lr and "
+                            "resume from it, or start again.") from e
     parts = {k: out[k].item() for k in LOG_STEP_KEYS}
     if not math.isfinite(parts['loss']):
         raise NonFiniteLoss(f"step {step + 1}: the loss is {parts['loss']} (" + ', '.join(f"{k}={v:.4g}" for k, v in parts.items() if k != 'loss')
@@ -627,6 +637,10 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
     else: scaler.step(opt); scaler.update()                     # an overflowed step is skipped and the scale lowered
     sched.step()
     with torch.no_grad(): model.logit_scale.clamp_(max=math.log(100))
+    if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):   # one check, one sync
+        raise NonFiniteLoss(f"step {step + 1}: the update made weights NaN or inf ({', '.join(nonfinite_tensors(model.state_dict())[:4])}; "
+                            f"loss {parts['loss']:.4g}, gradient norm {gnorm:.4g}): the run diverged and stopped before saving them; its "
+                            "last.pt is the last good checkpoint. Lower lr and resume from it, or start again.")
     return dict(parts, grad_norm=gnorm, lr=lrs.get('new/decay', max(lrs.values())), lr_clip=lrs.get('clip/decay', min(lrs.values())),
                 logit_scale=model.logit_scale.exp().item(), **({} if math.isfinite(gnorm) else dict(skipped=True)))
 
@@ -732,6 +746,14 @@ def _all_true(flag: bool, device) -> bool:
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
 
+def check_frame_positions(model: GLSCL, cfg: Config = None):
+    "Refuse `max_frames` above the temporal transformer's frame positions before any work (else the first long video stops the run)."
+    cfg, tt = cfg or model.cfg, getattr(model, 'temporal', None)
+    n = getattr(tt, 'pos', None)
+    if n is not None and cfg.max_frames > n.shape[0]:
+        raise ValueError(f"max_frames={cfg.max_frames} is more than the {n.shape[0]} frame positions of the temporal transformer "
+                         f"(tt_init={cfg.tt_init}): a video sampled to more frames cannot be encoded; lower max_frames to {n.shape[0]}")
+
 RUN_FILES = ('last.pt', 'best.pt', 'log.jsonl', 'summary.json', 'training.png')
 
 def _one_writer(fn):
@@ -773,11 +795,15 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     if main: out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)                                          # the same initial weights on every rank
     model = (model or GLSCL(cfg)).to(device)
+    check_frame_positions(model, cfg)
     if W > 1: seed_everything(cfg.seed + rank)                         # dropout differs across ranks (one process: untouched)
     ds = dataset_from_config(cfg, cfg.train_split)
     ds.uint8 = True                                                    # pixels stay uint8 until the model (less to move)
     if isinstance(memo_videos, dict): ds.memo = memo_videos                       # shared between runs
     elif memo_videos or (memo_videos is None and cfg.num_workers == 0 and len(ds.video_ids) <= 2000): ds.memo = {}
+    if len(ds) < cfg.batch_size:                                       # no full batch: nothing would be trained
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(ds)} training pairs of split {cfg.train_split!r} "
+                         f"in {cfg.anno_dir}: lower batch_size (at most {len(ds)})")
     steps_per_epoch = len(ds) // cfg.batch_size
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     opt = make_optimizer(model, cfg); sched = make_scheduler(opt, cfg, total); scaler = make_scaler(cfg, device)

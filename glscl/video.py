@@ -24,10 +24,10 @@ PathLike = Union[str, os.PathLike]
 
 
 # %% auto #0
-__all__ = ['PathLike', 'FRAME_RULES', 'VIDEO_BACKENDS', 'VIDEO_BACKEND_ENV', 'VIDEO_EXTS', 'OPENAI_MEAN', 'OPENAI_STD',
-           'RELEASED_AUGMENT', 'frame_indices', 'VideoError', 'write_video', 'video_backend', 'sample_frames',
-           'compress_video', 'compress_videos', 'resize_crop', 'normalize_frames', 'clip_preprocess', 'augment_seed',
-           'augment_clip']
+__all__ = ['PathLike', 'FRAME_RULES', 'VIDEO_BACKENDS', 'VIDEO_BACKEND_ENV', 'MAX_PIXELS', 'VIDEO_EXTS', 'OPENAI_MEAN',
+           'OPENAI_STD', 'RELEASED_AUGMENT', 'frame_indices', 'VideoError', 'write_video', 'video_backend',
+           'check_frame_size', 'sample_frames', 'compress_video', 'compress_videos', 'resize_crop', 'normalize_frames',
+           'clip_preprocess', 'augment_seed', 'augment_clip']
 
 # %% ../nbs/01_video.ipynb #f97513e9
 FRAME_RULES = ("glscl", "released")
@@ -165,6 +165,21 @@ def _read_decord(path: Path, max_frames: int, fps: float, rule: str) -> np.ndarr
     except Exception as e:
         raise _video_error(path, f"decoding frames {idx.tolist()} of {n} failed ({str(e).strip()[-200:]})") from e
 
+MAX_PIXELS = 4096 * 4096      # frames larger than this are refused (a 8192x8192 video took 7.6 GB to index); $GLSCL_MAX_PIXELS changes it
+
+def check_frame_size(path: Path, max_pixels: int = None):
+    "A VideoError (a counted skip, never a memory blow-up) when `path`'s frames hold more than `max_pixels` pixels (read from the header)."
+    cap = int(max_pixels or os.environ.get('GLSCL_MAX_PIXELS') or MAX_PIXELS)
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video: return
+            w, h = c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height
+    except Exception: return                                             # unreadable: the backend says why
+    if w * h > cap:
+        raise VideoError(f"video {path} is {w}x{h} ({w * h / 1e6:.0f} Mpixels), above the cap of {cap / 1e6:.0f} Mpixels "
+                         f"(decoding it would take {12 * w * h * 3 / 2**30:.1f} GiB for 12 frames): re-encode it smaller "
+                         "(glscl.video.compress_videos) or raise $GLSCL_MAX_PIXELS; it is skipped")
+
 def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: str = "glscl",
                   backend: Optional[str] = None) -> tuple:
     """Decode only the frames `frame_indices` picks (with `rule`): (frames uint8 [n,H,W,3], mask bool [max_frames]).
@@ -174,6 +189,7 @@ def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: 
     if path.is_dir(): raise _video_error(path, "it is a directory, not a video file")
     if not path.is_file(): raise FileNotFoundError(f"video file {path} does not exist")
     if path.stat().st_size == 0: raise _video_error(path, "the file is empty")
+    check_frame_size(path)
     frames = (_read_decord if backend == "decord" else _read_pyav)(path, max_frames, fps, rule)
     mask = np.zeros(int(max_frames), np.bool_)
     n = int(min(mask.size, len(frames)))

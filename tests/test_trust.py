@@ -308,3 +308,43 @@ def test_deleted_and_replaced_videos_are_handled_and_reported(index, capsys, tmp
     (folder/'broken.mp4').write_bytes(b'still not a video, but changed')       # a skipped file is retried once it changes
     assert main(['--index', str(index['path']), '--build', str(folder), '--checkpoint', str(ck), '--quiet']) == 0
     assert 'added 0, updated 0, removed 0, skipped 1, total 4' in capsys.readouterr().out
+
+# --- 5. inputs that cannot work are refused before work starts -----------------------------------------------------------
+
+def test_a_batch_larger_than_the_training_pairs_is_refused(cfg, capsys):
+    n = len(T.dataset_from_config(cfg, cfg.train_split))
+    with pytest.raises(ValueError, match=rf"batch_size={n + 2} is larger than the {n} training pairs"):
+        T.train(cfg.replace(batch_size=n + 2), progress=False)
+    assert not (Path(cfg.out_dir)/'last.pt').exists()
+    code, err = cli_here(capsys, 'train', *sets(cfg.replace(batch_size=n + 2)))
+    assert code == 2 and 'lower batch_size' in err
+
+def test_divergence_stops_with_nonfiniteloss_and_keeps_last_good(cfg):
+    c = cfg.replace(lr=1e6, max_steps=8, coef_lr=1.0)
+    with pytest.raises(T.NonFiniteLoss, match=r'step \d+: ') as e: T.train(c, progress=False, ckpt_every=1)
+    assert 'check the data' not in str(e.value)
+    last = Path(c.out_dir)/'last.pt'
+    if last.exists():                                                          # every checkpoint written is a good one
+        ck = T.read_checkpoint(last)
+        assert not T.nonfinite_tensors(ck['model'])
+
+def test_a_full_disk_names_the_folder(cfg, tmp_path, monkeypatch):
+    import errno
+    from glscl.config import atomic_write
+    p = atomic_write(tmp_path/'a.pt', lambda f: f.write(b'old'))
+    def full(f): raise OSError(errno.ENOSPC, 'No space left on device')
+    with pytest.raises(OSError, match=rf"No space left on device in {tmp_path} while writing a\.pt"): atomic_write(p, full)
+    assert p.read_bytes() == b'old' and sorted(x.name for x in tmp_path.iterdir()) == ['a.pt']
+    def torch_full(obj, f): raise RuntimeError('[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file data/0: file write failed')
+    monkeypatch.setattr(torch, 'save', torch_full)
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(OSError, match=rf"No space left on device in {tmp_path/'run'}"): T.save_checkpoint(tmp_path/'run'/'last.pt', GLSCL(cfg))
+
+def test_oversized_videos_are_counted_skips_and_too_many_frames_refused(cfg, world, monkeypatch, caplog):
+    monkeypatch.setenv('GLSCL_MAX_PIXELS', '1000')                            # every toy video is above this cap
+    ds = VideoDataset(['video0', 'video1'], world/'videos', ext='.mp4')
+    with caplog.at_level(logging.WARNING): assert ds[0] is None and ds[1] is None
+    assert ds.n_skipped == 2 and 'video0.mp4' in caplog.text and 'above the cap' in caplog.text
+    m = GLSCL(cfg)
+    with pytest.raises(ValueError, match=rf"max_frames=100 is more than the {m.temporal.pos.shape[0]} frame positions"):
+        T.train(cfg.replace(max_frames=100), model=m, progress=False)
