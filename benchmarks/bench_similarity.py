@@ -123,9 +123,10 @@ def bench_cache(T, V, N, D, words, n_videos_timed, repeats, device, g, tmp):
     def sim(t, v): return global_interaction(t['eos'].to(device), v['frames'].to(device), v['mask'].to(device)) \
                           + 0.5 * query_similarity(t['query'].to(device), v['query'].to(device))
     from glscl.train import model_fingerprint
+    from glscl.config import safe_load
     def second():                                                             # the key needs the weights' hash
         model_fingerprint(enc); model_fingerprint(lim)
-        blob = torch.load(path, map_location='cpu', weights_only=False)['enc']
+        blob = safe_load(path, 'encoding cache')['enc']                   # as glscl.train.cached_encodings reads it
         return sim(blob['text'], blob['video'])
     with torch.inference_mode():
         ts, _ = interleaved(dict(s=lambda: sim(text, video), second=second), repeats, device)
