@@ -121,6 +121,8 @@ def check_index(path, meta: dict, arrays: dict, verify: bool = True):
         raise _damaged(path, f"{j}: 'files' is not a list of distinct file names")
     if not (isinstance(skipped, list) and all(isinstance(f, str) for f in skipped)): raise _damaged(path, f"{j}: 'skipped' is not a list of file names")
     if meta.get('dtype') not in ('float32', 'float16'): raise _damaged(path, f"{j}: dtype {meta.get('dtype')!r} is not float32 or float16")
+    for k in ('model_id', 'folder'):
+        if not isinstance(meta.get(k), str) or not meta[k]: raise _damaged(path, f"{j}: no {k} (the model that built it, the video folder)")
     d, V, want = _array_dir(path, meta), len(files), meta.get('arrays')
     need = set(want) if isinstance(want, dict) else ({'frames', 'mask'} if V else set())
     for k in sorted(need - set(arrays)): raise _damaged(path, f"{d/(k + '.npy')} is missing (index.json lists it)")

@@ -276,7 +276,8 @@ def rewrite_array(path, k, fn, fix_checksum=True):
     (lambda p: rewrite_array(p, 'mask', lambda x: x[:3]), r'mask\.npy: bool \(3,'),
     (lambda p: (p/'index.json').write_text(json.dumps(dict(json.loads((p/'index.json').read_text()), files='ip.'))), r"index\.json: 'files' is not a list"),
     (lambda p: (lambda f: f.write_bytes(f.read_bytes()[:200]))(p/json.loads((p/'index.json').read_text())['generation']/'gram.npy'), r'gram\.npy cannot be read'),
-], ids=['query-deleted', 'inf-query', 'nan-frames', 'changed-bytes', 'short-mask', 'files-a-string', 'truncated-gram'])
+    (lambda p: (p/'index.json').write_text(json.dumps({k: v for k, v in json.loads((p/'index.json').read_text()).items() if k != 'model_id'})), r"index\.json: no model_id"),
+], ids=['query-deleted', 'inf-query', 'nan-frames', 'changed-bytes', 'short-mask', 'files-a-string', 'truncated-gram', 'no-model-id'])
 def test_a_damaged_index_is_refused_naming_the_file(index, damage, words):
     from glscl.search import VideoIndex
     damage(index['path'])
@@ -348,3 +349,21 @@ def test_oversized_videos_are_counted_skips_and_too_many_frames_refused(cfg, wor
     m = GLSCL(cfg)
     with pytest.raises(ValueError, match=rf"max_frames=100 is more than the {m.temporal.pos.shape[0]} frame positions"):
         T.train(cfg.replace(max_frames=100), model=m, progress=False)
+
+def test_two_trainings_at_once_one_is_refused_and_overwrite_replaces(cfg):
+    "Two real `glscl train` processes into one run folder that holds an old run: the one with --overwrite replaces it, the other exits 2."
+    out = Path(cfg.out_dir); out.mkdir(parents=True)
+    (out/'best.pt').write_bytes(b'the run of yesterday'); (out/'.last.pt.k1l2.tmp').write_bytes(b'half')
+    args = ['train', *sets(cfg.replace(eval_batch_size=16)), '--set', 'max_steps=2', '--quiet']
+    slow = [sys.executable, '-c', 'import time, glscl.train as T; s = T.train_step; '                # 2 s a step: still busy
+            'T.train_step = lambda *a, **k: (time.sleep(2), s(*a, **k))[1]; from glscl.cli import main; main()', *args, '--overwrite']
+    p = subprocess.Popen(slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):                                                      # until the first one holds the folder
+        if (out/'.lock').exists() and not (out/'best.pt').exists(): break
+        time.sleep(0.05)
+    r = subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args, '--overwrite'], capture_output=True, text=True)
+    o, e = p.communicate()
+    assert p.returncode == 0 and 'final checkpoint, step 2' in o, e
+    assert r.returncode == 2 and f'run folder {out} is being written by process {p.pid}' in r.stderr, r.stderr
+    assert [json.loads(l)['step'] for l in (out/'log.jsonl').read_text().splitlines() if '"step"' in l][:2] == [1, 2]
+    assert not (out/'.last.pt.k1l2.tmp').exists() and T.read_checkpoint(out/'best.pt')['format'] == 'glscl-checkpoint-1'
