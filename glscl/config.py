@@ -33,6 +33,7 @@ LIMITS = dict(max_words=(3, 77, False, False), max_frames=(1, INF, False, True),
               adam_beta2=(0, 1, False, True), adam_eps=(0, INF, True, True), warmup=(0, 1, False, True),
               grad_clip=(0, INF, False, True), seed=(0, 2**32 - 1, False, False), num_workers=(0, INF, False, True),
               eval_batch_size=(1, INF, False, True), toy_videos=(0, INF, False, True), toy_seed=(0, 2**32 - 1, False, False),
+              toy_val=(0, INF, False, True), toy_test=(0, INF, False, True),
               eval_every=(0, INF, False, True), max_steps=(0, INF, False, True), max_skip_frac=(0, 1, False, False))
 
 def _within(v, lo, hi, lo_open, hi_open) -> bool:
@@ -43,7 +44,7 @@ def _within(v, lo, hi, lo_open, hi_open) -> bool:
 def _interval(lo, hi, lo_open, hi_open) -> str:
     return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
-CHOICES = dict(precision=('fp32', 'amp-bf16', 'amp-fp16', 'released-fp16'), head=('glscl', 'meanp'), tt_init=('clip', 'random'),
+CHOICES = dict(precision=('fp32', 'amp-bf16', 'amp-fp16', 'released-fp16'), head=('glscl', 'meanp', 'seqtransf'), tt_init=('clip', 'random'),
                icl_norm=('k', 'batch'), optimizer=('adamw', 'bertadam'), frame_sampling=('glscl', 'released'),
                weight_decay_rule=('glscl', 'released'), ddp_gather=('exact', 'released'),
                dataset=('msrvtt', 'toy', 'msvd', 'didemo', 'lsmdc', 'activitynet'))      # readers: glscl.datasets.BENCHMARKS
@@ -73,7 +74,10 @@ class Config:
     seed: int; num_workers: int; eval_batch_size: int; out_dir: Path
     # toy world only (0 when the preset reads real data)
     toy_videos: int = 0; toy_seed: int = 0
-    # similarity head: 'glscl' (Sim1 + sim_lambda Sim2) or 'meanp' (CLIP4Clip's mean pooling, the baseline);
+    # toy world splits: validation videos (0: none) and test videos (0: a sixth of the world)
+    toy_val: int = 0; toy_test: int = 0
+    # similarity head: 'glscl' (Sim1 + sim_lambda Sim2), 'meanp' (CLIP4Clip's mean pooling of CLIP's frame features) or
+    # 'seqtransf' (CLIP4Clip's seqTransf: mean pooling after the temporal transformer, the fair base for GIM);
     # icl_weight scales the whole ICL term (0 switches it off, for ablations)
     head: str = 'glscl'; icl_weight: float = 1.0
     # freeze CLIP's image tower (its frame features are then computed once per training video and run)
@@ -103,6 +107,8 @@ class Config:
             v = getattr(self, k)
             if not _within(v, lo, hi, lo_open, hi_open): raise SettingError(k, v, f"must be in {_interval(lo, hi, lo_open, hi_open)}")
         if self.dataset == 'toy' and self.toy_videos < 4: raise SettingError('toy_videos', self.toy_videos, "a toy world needs at least 4 videos")
+        if self.dataset == 'toy' and self.toy_val + self.toy_test >= self.toy_videos:
+            raise SettingError('toy_val', self.toy_val, f"toy_val + toy_test must leave training videos (toy_videos = {self.toy_videos}, toy_test = {self.toy_test})")
 
     def replace(self, **kw) -> "Config":
         "A copy with some fields changed (values are converted like the ini's strings)."

@@ -590,6 +590,7 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
     batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
     with autocast(cfg, dev): out = (forward or model)(batch, gather=gather)
     parts = {k: out[k].item() for k in LOG_STEP_KEYS}
+    gauges = {k: out[k].item() for k in ('qcos_t', 'qcos_v') if k in out}     # LIM's collapse gauges, when it has queries
     if not math.isfinite(parts['loss']):
         raise NonFiniteLoss(f"step {step + 1}: the loss is {parts['loss']} (" + ', '.join(f"{k}={v:.4g}" for k, v in parts.items() if k != 'loss')
                             + "); training stopped before this step's update. Lower lr, check the data, or resume from the last checkpoint.")
@@ -604,7 +605,7 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
     else: scaler.step(opt); scaler.update()                     # an overflowed step is skipped and the scale lowered
     sched.step()
     with torch.no_grad(): model.logit_scale.clamp_(max=math.log(100))
-    return dict(parts, grad_norm=gnorm, lr=lrs.get('new/decay', max(lrs.values())), lr_clip=lrs.get('clip/decay', min(lrs.values())),
+    return dict(parts, **gauges, grad_norm=gnorm, lr=lrs.get('new/decay', max(lrs.values())), lr_clip=lrs.get('clip/decay', min(lrs.values())),
                 logit_scale=model.logit_scale.exp().item(), **({} if math.isfinite(gnorm) else dict(skipped=True)))
 
 # %% ../nbs/13_training.ipynb #d3585d0f
