@@ -100,7 +100,12 @@ def _toy(a):
     print(f"toy world ready in {root}")
 
 def _tiny_clip(a):
-    from glscl.tinyclip import tiny_clip_checkpoint
+    from glscl.tinyclip import tiny_clip_checkpoint, verify_pinned
+    if a.verify:
+        r = verify_pinned()
+        print(f"the recipe on this machine {'reproduces the pinned weights bit for bit' if r['equal'] else 'differs from the pinned weights'}"
+              f" ({r['file']}): largest absolute difference {r['max_abs_diff']:.3g} ({r['worst']})")
+        return
     print(f"tiny CLIP ready in {tiny_clip_checkpoint(rebuild=a.rebuild)}")
 
 def _course(a): run_course(a.preset, a.out, a.only)
@@ -172,7 +177,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser('presets', help='list the presets of settings.ini, or show one'); s.add_argument('name', nargs='?'); s.set_defaults(fn=_presets)
     s = sub.add_parser('toy', help="draw a preset's toy world (cached)"); s.add_argument('--preset', default='toy'); s.add_argument('--out', help='another folder')
     s.add_argument('--overwrite', action='store_true', help='replace a toy world made with other parameters (never a folder holding anything else)'); s.set_defaults(fn=_toy)
-    s = sub.add_parser('tiny-clip', help='pretrain and cache the tiny CLIP on toy frames'); s.add_argument('--rebuild', action='store_true'); s.set_defaults(fn=_tiny_clip)
+    s = sub.add_parser('tiny-clip', help='cache the tiny CLIP (from its pinned weights, or pretrained on toy frames with --rebuild)')
+    s.add_argument('--rebuild', action='store_true', help='pretrain with the recipe instead of unpacking the pinned weights')
+    s.add_argument('--verify', action='store_true', help='pretrain with the recipe and compare with the pinned weights'); s.set_defaults(fn=_tiny_clip)
     s = sub.add_parser('course', help='run the course notebooks with papermill')
     s.add_argument('--preset', default='toy'); s.add_argument('--out', default='runs/course'); s.add_argument('--only', nargs='*')
     s.set_defaults(fn=_course)

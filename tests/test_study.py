@@ -122,3 +122,26 @@ def test_forward_reports_query_collapse_gauges(cfg):
     assert out['qcos_t'].item() == pytest.approx(query_cosine(qt).item(), rel=1e-5)
     assert out['qcos_v'].item() == pytest.approx(query_cosine(qv).item(), rel=1e-5)
     assert not out['qcos_v'].requires_grad
+
+# --- the pinned tiny CLIP: every reader's study runs on the same weights ----------------------------------------------
+
+def test_pin_round_trip_is_bit_exact(tmp_path):
+    from glscl.tinyclip import pretrain_tiny_clip, pin_tiny_clip, unpin_tiny_clip
+    short = dict(steps=3, batch_size=8, lr=1e-3, seed=2, n_frames=32)
+    sd = pretrain_tiny_clip(**short, progress=False)
+    p = pin_tiny_clip(sd, tmp_path/'p.safetensors', short)
+    rt = unpin_tiny_clip(p, short)
+    assert set(rt) == {k for k, v in sd.items() if torch.is_tensor(v)} and all(torch.equal(rt[k], sd[k]) for k in rt)
+    from safetensors import safe_open
+    with safe_open(str(p), 'pt') as f: stored = f.get_slice('token_rows').get_shape()[0]
+    assert 0 < stored < 2000, 'only the rows of caption words are stored'
+    with pytest.raises(ValueError, match='another recipe'): unpin_tiny_clip(p, dict(short, seed=3))
+
+def test_the_pinned_weights_are_this_recipes_and_serve_the_cache(tmp_path):
+    from glscl.tinyclip import pinned_tiny_clip, unpin_tiny_clip, tiny_clip_checkpoint, _recipe
+    p = pinned_tiny_clip()
+    assert p is not None and p.stat().st_size < 8 * 2**20, 'glscl ships its tiny CLIP (glscl/assets)'
+    sd = unpin_tiny_clip(p)                                  # refuses a file of another recipe
+    ck = torch.load(tiny_clip_checkpoint(tmp_path/'t.pt'), weights_only=True)
+    assert ck['glscl_recipe'] == _recipe() and all(torch.equal(ck[k], sd[k]) for k in sd)
+    assert sd['token_embedding.weight'].shape == (49408, 128) and all(torch.isfinite(v).all() for v in sd.values())
