@@ -287,7 +287,7 @@ def load_config(name: str = 'toy', path=None, **overrides) -> Config:
     A relative path is relative to the folder of the file that sets it; the packaged presets' live under `data_home()`;
     an override's is relative to the first file's folder (the current folder when that is the packaged file)."""
     files = settings_files(path)
-    layers = [(f, _read_ini(f)) for f in files]
+    layers, packaged = [(f, _read_ini(f)) for f in files], [_is_packaged(f) for f in files]
     vals, origin = _section(layers, name)
     at = next(i for i, (f, cp) in enumerate(layers) if name in cp)
     p = files[at]
@@ -302,10 +302,9 @@ def load_config(name: str = 'toy', path=None, **overrides) -> Config:
     if missing: raise ValueError(f"{p} [{name}]: missing setting(s) {sorted(missing)}; add them or a `base =` that has them")
     def value(k, v):
         src = origin.get(k)
-        f = files[src[0]] if isinstance(src, tuple) else None
-        if f is not None and _is_packaged(f) and types[k] in (Path, Optional[Path]) and isinstance(v, str):
+        if isinstance(src, tuple) and packaged[src[0]] and types[k] in (Path, Optional[Path]) and isinstance(v, str):
             return _convert(types[k], _under_data_home(v, path), k, Path('.'))
-        root = f.parent if f is not None else (Path.cwd() if _is_packaged(files[0]) else files[0].parent)
+        root = files[src[0]].parent if isinstance(src, tuple) else (Path.cwd() if packaged[0] else files[0].parent)
         return _convert(types[k], v, k, root)
     try: return Config(**{k: value(k, v) for k, v in raw.items()})
     except SettingError as e:
