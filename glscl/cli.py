@@ -16,7 +16,13 @@ from .train import pick_device
 # %% ../nbs/19_cli.ipynb #7daf29bf
 def course_notebooks(nbs_dir=None) -> list:
     "The course's notebooks in order (`NN_name.ipynb`)."
-    nbs_dir = Path(nbs_dir) if nbs_dir else settings_path().parent/'nbs'
+    if nbs_dir is None:
+        from glscl.config import checkout_settings
+        home = checkout_settings()                                       # not a $GLSCL_SETTINGS file's folder, nor the package's
+        if home is None: raise FileNotFoundError("the course's notebooks live in a glscl repository checkout (nbs/), not in the "
+                                                 "installed package: clone the repository and run `glscl course` inside it")
+        nbs_dir = home.parent/'nbs'
+    nbs_dir = Path(nbs_dir)
     return sorted(p for p in nbs_dir.glob('[0-9][0-9]_*.ipynb'))
 
 # %% ../nbs/19_cli.ipynb #b7611887
@@ -84,6 +90,8 @@ def run_course(preset: str = 'toy', out='runs/course', only=None) -> list:
 
 # %% ../nbs/19_cli.ipynb #1a4a3df4
 def _presets(a):
+    from glscl.config import describe_settings
+    print(describe_settings())                                           # which files, and where relative paths point
     if not a.name:
         for n in list_presets(): print(f"{n:<16} {load_config(n).description}")
         return
@@ -100,7 +108,12 @@ def _toy(a):
     print(f"toy world ready in {root}")
 
 def _tiny_clip(a):
-    from glscl.tinyclip import tiny_clip_checkpoint
+    from glscl.tinyclip import tiny_clip_checkpoint, verify_pinned
+    if a.verify:
+        r = verify_pinned()
+        print(f"the recipe on this machine {'reproduces the pinned weights bit for bit' if r['equal'] else 'differs from the pinned weights'}"
+              f" ({r['file']}): largest absolute difference {r['max_abs_diff']:.3g} ({r['worst']})")
+        return
     print(f"tiny CLIP ready in {tiny_clip_checkpoint(rebuild=a.rebuild)}")
 
 def _course(a): run_course(a.preset, a.out, a.only)
@@ -164,15 +177,42 @@ def _eval(a):
     print(format_metrics(r['metrics'], title=f"{a.checkpoint} on {r['split']} ({r['sim'].shape[0]} texts x {r['sim'].shape[1]} videos"
                                              f"{', encodings from the cache' if r['cached'] else ''})"))
 
+def _settings_file(s: str) -> str:
+    p = Path(s).expanduser()
+    if not p.is_file(): raise argparse.ArgumentTypeError(f"settings file {p} not found")
+    return str(p.resolve())
+
+def _settings_first(argv) -> list:
+    "`--settings FILE` may come anywhere: put it before the subcommand, where the parser reads it."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, s in enumerate(argv):
+        if s == '--settings' and i + 1 < len(argv): return [s, argv[i + 1], *argv[:i], *argv[i + 2:]]
+        if s.startswith('--settings='): return [s, *argv[:i], *argv[i + 1:]]
+    return argv
+
+def _use_settings(path):
+    "`--settings FILE`: $GLSCL_SETTINGS for this call (and the processes it starts); returns what puts it back."
+    if path is None: return lambda: None
+    old = os.environ.get('GLSCL_SETTINGS')
+    os.environ['GLSCL_SETTINGS'] = path
+    def restore():
+        if old is None: os.environ.pop('GLSCL_SETTINGS', None)
+        else: os.environ['GLSCL_SETTINGS'] = old
+    return restore
+
 def parser() -> argparse.ArgumentParser:
     "The `glscl` argument parser."
     p = argparse.ArgumentParser(prog='glscl', description='GLSCL text-video retrieval: presets, toy world, tiny CLIP, course, train, eval')
+    p.add_argument('--settings', type=_settings_file, metavar='FILE', help="read presets from FILE first, then the default ones "
+                   "(as $GLSCL_SETTINGS does; its sections may `base =` a default preset); may also follow the subcommand")
     sub = p.add_subparsers(dest='command', required=True)
     from glscl.search import add_search_command; add_search_command(sub)       # `glscl search --index DIR "query"`
     s = sub.add_parser('presets', help='list the presets of settings.ini, or show one'); s.add_argument('name', nargs='?'); s.set_defaults(fn=_presets)
     s = sub.add_parser('toy', help="draw a preset's toy world (cached)"); s.add_argument('--preset', default='toy'); s.add_argument('--out', help='another folder')
     s.add_argument('--overwrite', action='store_true', help='replace a toy world made with other parameters (never a folder holding anything else)'); s.set_defaults(fn=_toy)
-    s = sub.add_parser('tiny-clip', help='pretrain and cache the tiny CLIP on toy frames'); s.add_argument('--rebuild', action='store_true'); s.set_defaults(fn=_tiny_clip)
+    s = sub.add_parser('tiny-clip', help='cache the tiny CLIP (from its pinned weights, or pretrained on toy frames with --rebuild)')
+    s.add_argument('--rebuild', action='store_true', help='pretrain with the recipe instead of unpacking the pinned weights')
+    s.add_argument('--verify', action='store_true', help='pretrain with the recipe and compare with the pinned weights'); s.set_defaults(fn=_tiny_clip)
     s = sub.add_parser('course', help='run the course notebooks with papermill')
     s.add_argument('--preset', default='toy'); s.add_argument('--out', default='runs/course'); s.add_argument('--only', nargs='*')
     s.set_defaults(fn=_course)
@@ -198,7 +238,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     "Entry point of the `glscl` console script (also `python -m glscl.cli`, which `torchrun -m glscl.cli` uses)."
-    a = parser().parse_args(argv)
+    a = parser().parse_args(_settings_first(argv))
+    restore = _use_settings(a.settings)
     try: rc = a.fn(a)                                                    # glscl.search's command returns an exit code
     except KeyboardInterrupt:
         print(f"glscl {a.command}: interrupted", file=sys.stderr); sys.exit(130)
@@ -209,6 +250,7 @@ def main(argv=None):
         print(f"glscl {a.command}: {'' if known else type(e).__name__ + ': '}{msg}"
               + ('' if known else ' (an unexpected error: run again with GLSCL_DEBUG=1 for the traceback, and report it)'), file=sys.stderr)
         sys.exit(2)
+    finally: restore()
     if isinstance(rc, int) and not isinstance(rc, bool) and rc: sys.exit(rc)
 
 if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # `python -m glscl.cli` (torchrun -m), not this notebook

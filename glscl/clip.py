@@ -18,11 +18,9 @@ log = logging.getLogger(__name__)
 
 # %% ../nbs/05_clip_encoding.ipynb #caddc775
 def data_dir() -> Path:
-    "Where generated data and weights are cached: $GLSCL_DATA, else the repository's data/, else ~/.cache/glscl."
-    if os.environ.get('GLSCL_DATA'): return Path(os.environ['GLSCL_DATA'])
-    from glscl.config import settings_path
-    try: return settings_path().parent/'data'
-    except FileNotFoundError: return Path.home()/'.cache'/'glscl'
+    "Where generated data and weights are cached: $GLSCL_DATA, else the repository's data/, else the user's data folder (`glscl.config.data_home`)."
+    from glscl.config import data_home
+    return data_home()
 
 def _online(host='huggingface.co', port=443, timeout=3.0) -> bool:
     try:

@@ -21,9 +21,9 @@ PathLike = Union[str, os.PathLike]
 
 
 # %% auto #0
-__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'check_video_id', 'read_msrvtt', 'tokenize',
-           'load_video', 'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset', 'collate_videos',
-           'count_skips']
+__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'check_video_id', 'read_query_csv',
+           'read_msrvtt', 'tokenize', 'load_video', 'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset',
+           'collate_videos', 'count_skips']
 
 # %% ../nbs/02_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
@@ -97,6 +97,24 @@ def check_video_id(vid, where: str) -> str:
                          "a video id names a file inside the video folder: fix that line")
     return vid
 
+def read_query_csv(path: Path, anno_dir: PathLike) -> list:
+    """(video_id, caption) pairs of a query file in the JSFUSION test layout (`key,vid_key,video_id,sentence`, one row a
+    query), checked against `MSRVTT_data.json` in `anno_dir` when it is there: MSR-VTT's test split, the toy world's val."""
+    path, anno_dir, pairs = Path(path), Path(anno_dir), []
+    for line, row in _read_csv(path, _TEST_COLS, free_text="sentence"):
+        vid, cap = (row.get("video_id") or "").strip(), row.get("sentence") or ""
+        if not vid: raise ValueError(f"{path}, line {line} (key {row.get('key')!r}): empty video_id")
+        check_video_id(vid, f"{path}, line {line}")
+        check_caption(cap, f"{path}, line {line} (key {row.get('key')!r})")
+        pairs.append((vid, cap))
+    data_path = anno_dir / MSRVTT_FILES["data"]
+    if data_path.is_file():                                        # the full data set's json lists every video
+        known = {str(v.get("video_id", "")).strip() for v in _read_json(data_path, "videos", anno_dir)}
+        stray = sorted({v for v, _ in pairs} - known)
+        if stray: raise ValueError(f"{path}: {len(stray)} video id(s) are not in {data_path}: {stray[:5]}"
+                                   f"{' ...' if len(stray) > 5 else ''}; the two files come from different releases: re-download both")
+    return pairs
+
 def read_msrvtt(anno_dir: PathLike, split: str) -> list:
     "(video_id, caption) pairs of MSR-VTT `split` ('train', 'train7k' or 'test') in file order."
     splits = ("train", "train7k", "test")
@@ -104,21 +122,7 @@ def read_msrvtt(anno_dir: PathLike, split: str) -> list:
     anno_dir = Path(anno_dir)
     if not anno_dir.is_dir():
         raise FileNotFoundError(f"MSR-VTT annotation folder {anno_dir} does not exist: {_anno_hint(anno_dir)}")
-    if split == "test":
-        path, pairs = _anno_file(anno_dir, "test"), []
-        for line, row in _read_csv(path, _TEST_COLS, free_text="sentence"):
-            vid, cap = (row.get("video_id") or "").strip(), row.get("sentence") or ""
-            if not vid: raise ValueError(f"{path}, line {line} (key {row.get('key')!r}): empty video_id")
-            check_video_id(vid, f"{path}, line {line}")
-            check_caption(cap, f"{path}, line {line} (key {row.get('key')!r})")
-            pairs.append((vid, cap))
-        data_path = anno_dir / MSRVTT_FILES["data"]
-        if data_path.is_file():                                        # the full data set's json lists every video
-            known = {str(v.get("video_id", "")).strip() for v in _read_json(data_path, "videos", anno_dir)}
-            stray = sorted({v for v, _ in pairs} - known)
-            if stray: raise ValueError(f"{path}: {len(stray)} test video id(s) are not in {data_path}: {stray[:5]}"
-                                       f"{' ...' if len(stray) > 5 else ''}; the two files come from different releases: re-download both")
-        return pairs
+    if split == "test": return read_query_csv(_anno_file(anno_dir, "test"), anno_dir)
     ids_path, data_path = _anno_file(anno_dir, split), _anno_file(anno_dir, "data")
     ids = set()
     for line, row in _read_csv(ids_path, _TRAIN_COLS):

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 from .data import check_caption, check_video_id, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
+from .toyworld import read_toy, TOY_VAL
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -172,8 +173,8 @@ def _an_stems(vid: str) -> tuple: return (vid[2:], vid) if vid.startswith('v_') 
 BENCHMARKS = {b.name: b for b in [
     Benchmark('msrvtt', read_msrvtt, ('train', 'train7k', 'test'),
               lambda s: (MSRVTT_FILES['data'], MSRVTT_FILES[s if s in MSRVTT_FILES else 'test'])),
-    Benchmark('toy', read_msrvtt, ('train', 'train7k', 'test'),
-              lambda s: (MSRVTT_FILES['data'], MSRVTT_FILES[s if s in MSRVTT_FILES else 'test'])),
+    Benchmark('toy', read_toy, ('train', 'train7k', 'val', 'test'),
+              lambda s: (MSRVTT_FILES['data'], TOY_VAL if s == 'val' else MSRVTT_FILES[s if s in MSRVTT_FILES else 'test'])),
     Benchmark('msvd', read_msvd, ('train', 'val', 'test'), lambda s: (f'{s}_list.txt', 'raw-captions.pkl')),
     Benchmark('didemo', read_didemo, ('train', 'val', 'test'), lambda s: (f'{s}_list.txt', f'{s}_data.json'), paragraphs=True),
     Benchmark('lsmdc', read_lsmdc, tuple(LSMDC_FILES), lambda s: (LSMDC_FILES.get(s, ''),)),

@@ -5,8 +5,8 @@ training reads bytes instead of decoding video."""
 
 # %% auto #0
 __all__ = ['log', 'CACHE_FORMAT', 'SHARD_NAME', 'cache_settings', 'check_index', 'FrameCache', 'check_settings',
-           'open_frame_cache', 'split_videos', 'build_frame_cache', 'ensure_frame_cache', 'ensure_data',
-           'dataset_from_config', 'videos_from_config']
+           'open_frame_cache', 'split_videos', 'cached_splits', 'build_frame_cache', 'ensure_frame_cache',
+           'ensure_data', 'dataset_from_config', 'videos_from_config']
 
 # %% ../nbs/04_frame_cache.ipynb #469b5065
 import functools, json, logging, os, re, shutil
@@ -166,6 +166,10 @@ def split_videos(cfg, splits) -> list:
         for v, _ in read_pairs(cfg, s): seen.setdefault(v, None)
     return list(seen)
 
+def cached_splits(cfg) -> list:
+    "The splits a preset's frame cache holds by default: train and test, and a toy world's validation split when it has one."
+    return [cfg.train_split, *(['val'] if cfg.dataset == 'toy' and cfg.toy_val else []), cfg.test_split]
+
 def _one_writer(fn):
     "`build_frame_cache` as the only writer of its folder (a second build is refused, naming the holder's pid)."
     @functools.wraps(fn)
@@ -200,9 +204,9 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
     end = max([r['offset'] + r['nbytes'] for r in done if r['shard'] == shard.name], default=0)
     if shard.exists() and shard.stat().st_size > end: os.truncate(shard, end)
     have = {r['video'] for r in done} | set(meta['unreadable'])
-    vids = split_videos(cfg, splits or [cfg.train_split, cfg.test_split])
+    vids = split_videos(cfg, splits or cached_splits(cfg))
     todo = [v for v in vids if v not in have]
-    meta.update(complete=False, video_dir=str(cfg.video_dir), splits=list(splits or [cfg.train_split, cfg.test_split]))
+    meta.update(complete=False, video_dir=str(cfg.video_dir), splits=list(splits or cached_splits(cfg)))
     _write_json(meta_p, meta)
     dl = torch.utils.data.DataLoader(_Decode(todo, cfg), batch_size=None, num_workers=cfg.num_workers)
     new = 0

@@ -13,10 +13,10 @@ from .clip import load_clip, ClipEncoder, TemporalTransformer, cast_released_fp1
 import glscl.tinyclip          # registers the course's glscl-tiny and its 'toy' weights with open_clip (06_tiny_clip)
 from .gim import global_interaction
 from .lim import LocalInteraction, query_similarity
-from .losses import contrastive_loss, inter_consistency_loss, intra_diversity_loss
+from .losses import contrastive_loss, inter_consistency_loss, intra_diversity_loss, query_cosine
 
 # %% ../nbs/11_model.ipynb #262bdfb7
-HEADS = ('glscl', 'meanp')
+HEADS = ('glscl', 'meanp', 'seqtransf')     # GLSCL; CLIP4Clip's meanP; CLIP4Clip's seqTransf (meanP after the temporal transformer)
 
 class GLSCL(nn.Module):
     "GLSCL: CLIP + temporal transformer + GIM (Sim1) + shared LIM (Sim2), trained with NCE + ICL + IDL."
@@ -26,8 +26,8 @@ class GLSCL(nn.Module):
         self.cfg = cfg
         self.clip = encoder if encoder is not None else load_clip(cfg.clip_model, cfg.clip_pretrained, precision=cfg.precision)
         D = self.clip.embed_dim
-        self.temporal = self.lim = None                  # the mean-pooling baseline has neither
-        if cfg.head == 'glscl':
+        self.temporal = self.lim = None                  # meanP has neither, seqTransf no LIM
+        if cfg.head in ('glscl', 'seqtransf'):
             if cfg.tt_init == 'clip': self.temporal = TemporalTransformer.from_clip(self.clip, cfg.tt_layers)
             elif cfg.tt_init == 'random': self.temporal = TemporalTransformer(D, cfg.tt_layers, max(1, D // 64), max(cfg.max_frames, 32))
             else: raise ValueError(f"tt_init={cfg.tt_init!r}: use 'clip' or 'random'")
@@ -139,11 +139,11 @@ def mean_pooling_similarity(eos: torch.Tensor, frames: torch.Tensor, frame_mask:
 
 @patch
 def similarity(self: GLSCL, text: dict, video: dict, use_lim: bool = True, chunk_size: int = None) -> torch.Tensor:
-    "S [T,V] = Sim1 + lambda * Sim2 from `encode_text` / `encode_video` caches (meanP's cosine with `head='meanp'`)."
+    "S [T,V] = Sim1 + lambda * Sim2 from `encode_text` / `encode_video` caches (the mean-pooling cosine with `head='meanp'` or `'seqtransf'`)."
     c = self.cfg
     check_finite_rows(text['eos'], 'text features (eos)', 'text')
     check_finite_slots(video['frames'], video['mask'], 'video frame features')
-    if c.head == 'meanp': return mean_pooling_similarity(text['eos'], video['frames'], video['mask'])
+    if c.head != 'glscl': return mean_pooling_similarity(text['eos'], video['frames'], video['mask'])
     if use_lim and c.sim_lambda:
         check_finite_rows(text['query'], 'text query outputs', 'text'); check_finite_rows(video['query'], 'video query outputs', 'video')
     s = global_interaction(text['eos'], video['frames'], video['mask'], temp=c.gim_temp,
@@ -154,7 +154,8 @@ def similarity(self: GLSCL, text: dict, video: dict, use_lim: bool = True, chunk
 # %% ../nbs/11_model.ipynb #7c756fad
 @patch
 def forward(self: GLSCL, batch: dict, gather=None) -> dict:
-    "Losses of a batch of matched pairs: dict(loss, nce, icl, idl)."
+    """Losses of a batch of matched pairs: dict(loss, nce, icl, idl), and with LIM the query outputs' collapse gauges
+    `qcos_t`, `qcos_v` (`query_cosine` of each modality, detached: for the log, not the loss)."""
     c = self.cfg
     lim_after = gather is not None and c.ddp_gather == 'released'    # the released code runs LIM on the gathered batch
     text = self.encode_text(batch['ids'], batch['mask'], queries=not lim_after)
@@ -171,4 +172,5 @@ def forward(self: GLSCL, batch: dict, gather=None) -> dict:
         if c.idl_alpha:
             idl = intra_diversity_loss(video['query'], c.idl_alpha, c.idl_margin)
             if c.idl_text: idl = idl + intra_diversity_loss(text['query'], c.idl_alpha, c.idl_margin)
-    return dict(loss=nce + icl + idl, nce=nce, icl=icl, idl=idl)
+    gauges = {f'qcos_{m[0]}': query_cosine(x['query'].detach()) for m, x in (('text', text), ('video', video)) if 'query' in x}
+    return dict(loss=nce + icl + idl, nce=nce, icl=icl, idl=idl, **gauges)

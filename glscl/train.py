@@ -13,7 +13,8 @@ __all__ = ['log', 'OPTIMIZERS', 'TRUST_HINT', 'RESUME_FREE_KEYS', 'AMP_DTYPES', 
            'make_gather', 'on_shards', 'model_fingerprint', 'split_items', 'data_fingerprint', 'encoding_key',
            'encode_texts', 'encode_videos', 'encode_split', 'cached_encodings', 'block_similarity', 'evaluate',
            'probe_device', 'pick_device', 'NonFiniteLoss', 'train_step', 'train_loader', 'RunLog', 'read_log',
-           'frame_features', 'with_features', 'count_unreadable', 'check_frame_positions', 'train', 'plot_run']
+           'frozen_features', 'frame_features', 'with_features', 'count_unreadable', 'check_frame_positions', 'train',
+           'plot_run']
 
 # %% ../nbs/13_training.ipynb #ea6d8c40
 import contextlib, hashlib, json, logging, math, os, random, tempfile, time
@@ -436,11 +437,14 @@ def _cat_items(parts: list) -> dict:
     return out
 
 @torch.no_grad()
-def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encoding videos', progress: bool = True) -> dict:
-    "What `similarity` reads of each video (frames, mask, query), on the CPU; every video must be readable."
+def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encoding videos', progress: bool = True,
+                  features: dict = None) -> dict:
+    """What `similarity` reads of each video (frames, mask, query), on the CPU; every video must be readable. `features`: a
+    store of frozen image-tower features (`frozen_features`) to read, and fill, instead of running the image tower."""
     was, dev, bs = model.training, _device(model), cfg.eval_batch_size
     model.eval()
     try:
+        if features is not None: return _encode_from_features(model, video_ids, cfg, desc, progress, features)
         vds = videos_from_config(cfg, video_ids)
         vds.uint8 = True                                                 # uint8 pixels to the model: 4x less to move
         dl = torch.utils.data.DataLoader(vds, batch_size=bs, collate_fn=collate_videos,
@@ -455,20 +459,38 @@ def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encod
     finally: model.train(was)
     return _cat_items(parts)
 
+def _encode_from_features(model: GLSCL, video_ids: list, cfg: Config, desc: str, progress: bool, features: dict) -> dict:
+    "`encode_videos` from stored frame features (the frozen image tower's), computing and storing the missing ones first."
+    missing = [v for v in video_ids if v not in features]
+    if missing: frame_features(model, missing, cfg, progress=False, store=features)
+    unread = [v for v in video_ids if v not in features]
+    if unread: raise ValueError(f"{desc}: {len(unread)} video(s) of the evaluation set cannot be read ({unread[:5]} under "
+                                f"{cfg.video_dir}); evaluation needs every video: re-download or re-encode them")
+    dev, bs, S, parts = _device(model), cfg.eval_batch_size, cfg.image_size, []
+    for i in tqdm(range(0, len(video_ids), bs), desc=desc, disable=not progress, leave=False):
+        fs = [features[v] for v in video_ids[i:i + bs]]
+        n = max(len(f) for f in fs)
+        feat, mask = torch.zeros(len(fs), n, fs[0].shape[-1]), torch.zeros(len(fs), n, dtype=torch.bool)
+        for j, f in enumerate(fs): feat[j, :len(f)] = f; mask[j, :len(f)] = True
+        pix = torch.zeros(len(fs), n, *((3, S, S) if cfg.official_compat else (1, 1, 1)))   # pixels are read only for compat pads
+        with autocast(cfg, dev): v = model.encode_video(pix.to(dev), mask.to(dev), features=feat.to(dev))
+        parts.append({k: (v[k].float() if v[k].is_floating_point() else v[k]).cpu() for k in VIDEO_KEEP if k in v})
+    return _cat_items(parts)
+
 @torch.no_grad()
-def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True) -> dict:
+def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True, features: dict = None) -> dict:
     """Encode every caption and every video of `split` once: dict(text, video, caption_video), tensors on the CPU.
     Under torchrun each rank encodes its share and every rank gets the whole split back, in order."""
     captions, video_ids, caption_video = split_items(cfg, split)
     show = progress and world()[0] == 0
     text = on_shards(lambda ix: encode_texts(model, [captions[i] for i in ix], cfg, f'encoding {split} texts', show), len(captions))
-    video = on_shards(lambda ix: encode_videos(model, [video_ids[i] for i in ix], cfg, f'encoding {split} videos', show), len(video_ids))
+    video = on_shards(lambda ix: encode_videos(model, [video_ids[i] for i in ix], cfg, f'encoding {split} videos', show, features), len(video_ids))
     return dict(text=_cat_items(text), video=_cat_items(video), caption_video=torch.tensor(caption_video))
 
 # %% ../nbs/13_training.ipynb #1b751def
-def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, progress: bool = True) -> tuple:
+def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, progress: bool = True, features: dict = None) -> tuple:
     "`encode_split` through the on-disk cache: (encodings, hit). `cache_dir=None` disables the cache."
-    if cache_dir is None: return encode_split(model, cfg, split, progress), False
+    if cache_dir is None: return encode_split(model, cfg, split, progress, features), False
     key, parts = encoding_key(model, cfg, split)
     path = Path(cache_dir)/f'enc-{split}-{key}.pt'
     if path.exists():
@@ -481,7 +503,7 @@ def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, prog
     if others: log.info("%d cached encoding(s) of %s for other weights, settings or data are not used: %s", len(others), split, others[:3])
     main = world()[0] == 0                                             # under torchrun rank 0 writes
     with (folder_lock(cache_dir, 'evaluation cache') if main else contextlib.nullcontext()):   # one writer at a time
-        enc = encode_split(model, cfg, split, progress)
+        enc = encode_split(model, cfg, split, progress, features)
         if main: atomic_save(dict(parts=parts, enc=enc), path)
     return enc, False
 
@@ -497,14 +519,14 @@ def block_similarity(model: GLSCL, text: dict, video: dict, block: int = 1024) -
     return torch.cat(rows)
 
 def evaluate(model: GLSCL, cfg: Config = None, split: str = None, cache_dir=None, extra: bool = False,
-             qb_bank: int = 2000, progress: bool = True) -> dict:
+             qb_bank: int = 2000, progress: bool = True, features: dict = None) -> dict:
     """Retrieval metrics of `model` on `split` (default: the preset's test split): dict(metrics, sim, caption_video, cached, seconds).
     `metrics` holds labelled rows: 'plain', and with `extra=True` also 'DSL' and 'QB-Norm' (querybank: up to `qb_bank`
-    training captions), never mixed into the plain numbers."""
+    training captions), never mixed into the plain numbers. `features`: a `frozen_features` store shared between runs."""
     cfg = cfg or model.cfg
     split = split or cfg.test_split
     t0 = time.perf_counter()
-    enc, hit = cached_encodings(model, cfg, split, cache_dir, progress)
+    enc, hit = cached_encodings(model, cfg, split, cache_dir, progress, features)
     sim = block_similarity(model, enc['text'], enc['video'])
     bank = None
     if extra and qb_bank:
@@ -623,6 +645,7 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
                             + "; training stopped before this step's update: the run's last.pt is the last good checkpoint. Lower lr and "
                             "resume from it, or start again.") from e
     parts = {k: out[k].item() for k in LOG_STEP_KEYS}
+    gauges = {k: out[k].item() for k in ('qcos_t', 'qcos_v') if k in out}     # LIM's collapse gauges, when it has queries
     if not math.isfinite(parts['loss']):
         raise NonFiniteLoss(f"step {step + 1}: the loss is {parts['loss']} (" + ', '.join(f"{k}={v:.4g}" for k, v in parts.items() if k != 'loss')
                             + "); training stopped before this step's update. Lower lr, check the data, or resume from the last checkpoint.")
@@ -641,7 +664,7 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
         raise NonFiniteLoss(f"step {step + 1}: the update made weights NaN or inf ({', '.join(nonfinite_tensors(model.state_dict())[:4])}; "
                             f"loss {parts['loss']:.4g}, gradient norm {gnorm:.4g}): the run diverged and stopped before saving them; its "
                             "last.pt is the last good checkpoint. Lower lr and resume from it, or start again.")
-    return dict(parts, grad_norm=gnorm, lr=lrs.get('new/decay', max(lrs.values())), lr_clip=lrs.get('clip/decay', min(lrs.values())),
+    return dict(parts, **gauges, grad_norm=gnorm, lr=lrs.get('new/decay', max(lrs.values())), lr_clip=lrs.get('clip/decay', min(lrs.values())),
                 logit_scale=model.logit_scale.exp().item(), **({} if math.isfinite(gnorm) else dict(skipped=True)))
 
 # %% ../nbs/13_training.ipynb #d3585d0f
@@ -676,14 +699,27 @@ def read_log(path) -> list:
     return recs
 
 # %% ../nbs/13_training.ipynb #214a0c0c
+def frozen_features(memo: dict, model: GLSCL, cfg: Config) -> dict:
+    """The store in `memo` (a dict shared between runs, such as the runs of a study) of the frame features of `model`'s
+    frozen image tower under `cfg`'s frame settings and videos: {video_id: [n_frames, D]}. A run whose image tower,
+    frame settings or video folder differ gets another store, so a feature is never served to the wrong run."""
+    from glscl.framecache import cache_settings
+    if any(p.requires_grad for p in model.clip.model.visual.parameters()): raise ValueError("shared frame features need freeze_visual = true")
+    key = json.dumps(dict(visual=model_fingerprint(model.clip.model.visual), frames=cache_settings(cfg), videos=str(cfg.video_dir)), sort_keys=True)
+    return memo.setdefault(key, {})
+
 @torch.no_grad()
-def frame_features(model: GLSCL, ds: VideoTextDataset, cfg: Config, progress: bool = True) -> dict:
-    "{video_id: CLIP features [n_frames, D]} of every readable video of `ds` (frozen image tower only; under torchrun each rank computes a share)."
+def frame_features(model: GLSCL, ds, cfg: Config, progress: bool = True, store: dict = None) -> dict:
+    """{video_id: CLIP features [n_frames, D]} of every readable video of `ds` (a dataset or a list of video ids; frozen image
+    tower only; under torchrun each rank computes a share). `store`: a `frozen_features` store; only the videos missing
+    from it are computed, and they are added to it."""
     if any(p.requires_grad for p in model.clip.model.visual.parameters()): raise ValueError("frame_features needs freeze_visual = true")
     dev = _device(model)
+    ids, memo = (list(ds.video_ids), ds.memo) if hasattr(ds, 'video_ids') else (list(ds), None)
+    todo = [v for v in ids if store is None or v not in store]
     def share(ix):
-        vds = videos_from_config(cfg, [ds.video_ids[i] for i in ix])
-        vds.memo, vds.uint8 = ds.memo, True                              # share decoded videos with the training set
+        vds = videos_from_config(cfg, [todo[i] for i in ix])
+        vds.memo, vds.uint8 = memo, True                                 # share decoded videos with the training set
         dl = torch.utils.data.DataLoader(vds, batch_size=cfg.eval_batch_size, collate_fn=collate_videos,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         out = {}
@@ -697,8 +733,9 @@ def frame_features(model: GLSCL, ds: VideoTextDataset, cfg: Config, progress: bo
                                       vds.n_skipped, len(vds))
         return out
     out = {}
-    for part in on_shards(share, len(ds.video_ids)): out.update(part)
-    if not out: raise RuntimeError(f"none of the {len(ds.video_ids)} training videos in {ds.video_dir} can be read")
+    for part in on_shards(share, len(todo)): out.update(part)
+    if store is not None: store.update(out); out = {v: store[v] for v in ids if v in store}
+    if not out: raise RuntimeError(f"none of the {len(ids)} videos in {cfg.video_dir} can be read")
     return out
 
 def with_features(batch: dict, feats: dict, ds: VideoTextDataset) -> dict:
@@ -774,12 +811,14 @@ def _one_writer(fn):
 
 @_one_writer
 def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, stop_after: int = None,
-          ckpt_every: int = 0, memo_videos: bool = None, device=None, final_extra: bool = True, trust_pickle: bool = False) -> dict:
+          ckpt_every: int = 0, memo_videos: bool = None, device=None, final_extra: bool = True, memo_features: dict = None,
+          trust_pickle: bool = False) -> dict:
     """Train GLSCL on `cfg`'s train split; evaluate on its test split every `cfg.eval_every` steps, at epoch ends and at
     the end. Writes `cfg.out_dir`/{last.pt, best.pt, log.jsonl, summary.json, training.png}. `resume`: a last.pt to
     continue from exactly. `stop_after`: return after that many steps (saving last.pt), as if interrupted.
     `memo_videos`: keep decoded training videos in memory (default: for small data read in the main process; a dict
-    shares them between runs). Under `torchrun` each process trains its share of every global batch (DDP), the
+    shares them between runs). `memo_features`: a dict shared between runs that keeps the frozen image tower's frame
+    features (`frozen_features`), for training and evaluation. Under `torchrun` each process trains its share of every global batch (DDP), the
     losses see the whole batch, evaluation is sharded, and only rank 0 writes files, as the folder's only writer (a
     second run into it is refused). `overwrite=False` refuses a fresh run in a folder that holds one (the CLI's
     default); `trust_pickle`: resume from a checkpoint of an older glscl (full pickle: only a file you trust)."""
@@ -826,9 +865,10 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     def checkpoint(path, full=True):
         rngs = all_gather_objects(rng_state()) if W > 1 else None     # a collective: every rank takes part
         if main: save_checkpoint(path, model, *((opt, sched, scaler) if full else ()), state=state, rng_ranks=rngs)
-    feats = frame_features(model, ds, cfg, progress) if cfg.freeze_visual else None
+    store = frozen_features(memo_features, model, cfg) if memo_features is not None and cfg.freeze_visual else None
+    feats = frame_features(model, ds, cfg, progress, store=store) if cfg.freeze_visual else None
     def run_eval(final=False):
-        r = evaluate(model, cfg, cache_dir=None, extra=final and final_extra, progress=progress and main)
+        r = evaluate(model, cfg, cache_dir=None, extra=final and final_extra, progress=progress and main, features=store)
         flat = _flat(r['metrics'])
         state['evals'] += 1
         write(kind='eval', step=state['step'], epoch=state['epoch'], **flat)

@@ -125,8 +125,57 @@ def test_idl_orthogonal_and_collapsed():
     spread = F.normalize(torch.eye(8) + 0.2 * torch.randn(8, 8), dim=-1)[None].repeat(3, 1, 1)
     assert intra_diversity_loss(spread, alpha, margin) == 0
     collapsed = F.normalize(torch.ones(4, 8, 16), dim=-1)
-    torch.testing.assert_close(intra_diversity_loss(collapsed, alpha, margin), torch.tensor(2 * alpha * margin))
+    # every hinge is exactly the margin: 2 * alpha * margin = 2e-5, the size of assert_close's default atol, so atol=0
+    torch.testing.assert_close(intra_diversity_loss(collapsed, alpha, margin), torch.tensor(2 * alpha * margin), rtol=1e-5, atol=0)
     assert intra_diversity_loss(collapsed, alpha, margin) > 0
+
+
+def idl_queries(B=3, K=5, D=7, seed=0):
+    "Unnormalised queries whose norms grow with k: G_ii differ (0.25 ... 9 times), so the two sides of the ranking differ."
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.linspace(0.5, 3.0, K)
+    return torch.randn(B, K, D, generator=g, dtype=torch.float64).float() * scale[None, :, None]
+
+
+def hinge_sides(q, margin):
+    "Per off-diagonal (i, j): is margin + G_ij - G_ii > 0 (the i side), is margin + G_ij - G_jj > 0 (the j side)."
+    G = torch.einsum('bkd,bjd->kj', q.double(), q.double()) / len(q)
+    d = G.diagonal()
+    off = ~torch.eye(len(G), dtype=torch.bool)
+    return (margin + G - d[:, None] > 0)[off], (margin + G - d[None, :] > 0)[off], G
+
+
+@pytest.mark.parametrize('alpha', [1.0, 0.37])
+def test_idl_every_hinge_active_and_large(alpha):
+    "A margin above max(G_ii - G_ij): all 2K(K-1) hinges active and large; exact against the float64 loop (atol=0)."
+    q = idl_queries()
+    _, _, G = hinge_sides(q, 0.0)
+    d = G.diagonal()
+    margin = float((d[:, None] - G).max()) + 1.0
+    left, right, _ = hinge_sides(q, margin)
+    assert left.all() and right.all()
+    assert d.max() / d.min() > 4                               # unequal G_ii: the i and j sides are different numbers
+    got, want = intra_diversity_loss(q, alpha, margin), loop_idl(q.double(), alpha, margin)
+    assert want > alpha                                        # large: no absolute tolerance can hide a lost term
+    torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0)
+    # with every hinge active the loss is linear: alpha * sum_{i!=j} (2 margin + 2 G_ij - G_ii - G_jj) / (K(K-1))
+    K = len(G); off = ~torch.eye(K, dtype=torch.bool)
+    closed = alpha * (2 * margin + 2 * G - d[:, None] - d[None, :])[off].sum() / (K * (K - 1))
+    torch.testing.assert_close(got.double(), closed, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_idl_mixed_hinges_match_loop(seed):
+    "A margin inside the spread of G_ii - G_ij: pairs with both, one or no side active; exact against the loop (atol=0)."
+    q = idl_queries(B=4, K=6, D=5, seed=seed)                  # B != K: G is a mean over the batch, not over the queries
+    _, _, G = hinge_sides(q, 0.0)
+    d = G.diagonal(); off = ~torch.eye(len(G), dtype=torch.bool)
+    margin = float((d[:, None] - G)[off].median())
+    left, right, _ = hinge_sides(q, margin)
+    assert (left & right).any() and (left ^ right).any() and (~left & ~right).any()
+    got, want = intra_diversity_loss(q, 0.5, margin), loop_idl(q.double(), 0.5, margin)
+    assert want > 0.1
+    torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0)
 
 
 def test_idl_errors():
