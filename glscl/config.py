@@ -410,7 +410,7 @@ def clean_temporaries(folder) -> list:
 
 def lock_folder(folder, what: str = 'folder') -> Path:
     """Make this process the only writer of `folder` (created if need be) until `unlock_folder`: a `.lock` file held with
-    `flock` (released by the OS when the process dies) that records the holder. Another live holder raises `FolderBusy`
+    `flock` (released by the OS when the process dies) that records the holder, removed on release. Another live holder raises `FolderBusy`
     naming its pid and the folder; a lock of a dead process is taken over. Then the temporaries of interrupted atomic
     writes are removed. Re-entrant within a process."""
     folder = Path(folder).resolve(); folder.mkdir(parents=True, exist_ok=True)
@@ -419,10 +419,15 @@ def lock_folder(folder, what: str = 'folder') -> Path:
     me = dict(pid=os.getpid(), host=socket.gethostname(), command=' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] or 'python',
               since=time.strftime('%Y-%m-%d %H:%M:%S'))
     if fcntl is not None:
-        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd); raise _busy(folder, what, _holder(p)) from None
+        while True:
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd); raise _busy(folder, what, _holder(p)) from None
+            try:
+                if os.stat(p).st_ino == os.fstat(fd).st_ino: break     # still the file at that name (a releaser unlinks it)
+            except FileNotFoundError: pass
+            os.close(fd)
         old = _holder(p)
         if old.get('pid') and old.get('pid') != os.getpid(): _log.info("%s %s: taking over the lock of process %s, which is gone", what, folder, old['pid'])
         os.ftruncate(fd, 0); os.write(fd, _json.dumps(me).encode())
@@ -447,8 +452,8 @@ def unlock_folder(folder):
     _HELD[folder][1] -= 1
     if _HELD[folder][1] > 0: return
     fd, _ = _HELD.pop(folder)
-    if fcntl is None: (folder/LOCK_NAME).unlink(missing_ok=True)
-    else: fcntl.flock(fd, fcntl.LOCK_UN)
+    (folder/LOCK_NAME).unlink(missing_ok=True)                         # while still held: the folder is left as it was
+    if fcntl is not None: fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
 
 class folder_lock:

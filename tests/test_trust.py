@@ -198,6 +198,7 @@ def test_a_second_writer_is_refused_and_a_dead_holders_lock_taken_over(cfg, tmp_
     lock_folder(out, 'run folder')                                             # the dead holder's lock is taken over
     try: assert json.loads((out/'.lock').read_text())['pid'] == os.getpid() and not (out/'.last.pt.x1y2z3.tmp').exists()
     finally: unlock_folder(out)
+    assert not (out/'.lock').exists()                                          # released: nothing of the lock is left
 
 def test_two_cache_builds_at_once_one_is_refused(cache, tmp_path):
     "Two real `glscl cache-frames` processes into one folder: one builds, the other exits 2 naming the holder."
@@ -219,6 +220,7 @@ def test_two_cache_builds_at_once_one_is_refused(cache, tmp_path):
     assert 'is being written by process' in (err + r.stderr)
     from glscl.framecache import FrameCache, cache_settings
     assert len(FrameCache(folder, cache_settings(c.replace(max_frames=3, image_size=32)))) == 24
+    assert not (folder/'.lock').exists()
 
 def test_a_fresh_cli_run_over_a_run_is_refused(cfg, capsys):
     out = Path(cfg.out_dir); out.mkdir(parents=True)
