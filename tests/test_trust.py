@@ -369,3 +369,18 @@ def test_two_trainings_at_once_one_is_refused_and_overwrite_replaces(cfg):
     assert r.returncode == 2 and f'run folder {out} is being written by process {p.pid}' in r.stderr, r.stderr
     assert [json.loads(l)['step'] for l in (out/'log.jsonl').read_text().splitlines() if '"step"' in l][:2] == [1, 2]
     assert not (out/'.last.pt.k1l2.tmp').exists() and T.read_checkpoint(out/'best.pt')['format'] == 'glscl-checkpoint-1'
+
+def test_an_index_of_the_first_format_still_opens_and_moves_to_generations(index):
+    from glscl.search import VideoIndex
+    p, m = index['path'], index['model']
+    before = index['idx'].scores(['a red circle'])
+    meta = json.loads((p/'index.json').read_text())
+    for f in (p/meta['generation']).iterdir(): f.rename(p/f.name)               # the glscl-index-1 layout: arrays beside index.json
+    (p/meta['generation']).rmdir()
+    (p/'index.json').write_text(json.dumps(dict({k: v for k, v in meta.items() if k not in ('generation', 'arrays', 'stamps')},
+                                                format='glscl-index-1')))
+    old = VideoIndex.load(p, m)
+    assert torch.equal(old.scores(['a red circle']), before)
+    (index['folder']/index['spare'][0].name).symlink_to(index['spare'][0].resolve())
+    assert old.update(progress=False)['added'] == 1
+    assert old.meta['format'] == 'glscl-index-2' and not list(p.glob('*.npy')) and len(VideoIndex.load(p, m)) == 5
