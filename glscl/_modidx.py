@@ -319,6 +319,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'glscl.toyworld.toy_browser': ('toy_world.html#toy_browser', 'glscl/toyworld.py'),
                                 'glscl.toyworld.toy_events': ('toy_world.html#toy_events', 'glscl/toyworld.py'),
                                 'glscl.toyworld.toy_frames': ('toy_world.html#toy_frames', 'glscl/toyworld.py'),
+                                'glscl.toyworld.toy_params': ('toy_world.html#toy_params', 'glscl/toyworld.py'),
                                 'glscl.toyworld.video_captions': ('toy_world.html#video_captions', 'glscl/toyworld.py')},
             'glscl.train': { 'glscl.train.BertAdam': ('training.html#bertadam', 'glscl/train.py'),
                              'glscl.train.BertAdam.__init__': ('training.html#bertadam.__init__', 'glscl/train.py'),

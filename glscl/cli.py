@@ -98,12 +98,12 @@ def _presets(a):
     for k, v in load_config(a.name).to_dict().items(): print(f"{k:<16} = {v}")
 
 def _toy(a):
-    from glscl.toyworld import make_toy_msrvtt
+    from glscl.toyworld import make_toy_msrvtt, toy_params
     from glscl.framecache import ensure_data
     cfg = load_config(a.preset)
-    if a.out: root = make_toy_msrvtt(a.out, cfg.toy_videos, cfg.toy_seed, overwrite=a.overwrite)
+    if a.out: root = make_toy_msrvtt(a.out, **toy_params(cfg), overwrite=a.overwrite)
     else:
-        if a.overwrite: make_toy_msrvtt(cfg.anno_dir, cfg.toy_videos, cfg.toy_seed, overwrite=True)
+        if a.overwrite: make_toy_msrvtt(cfg.anno_dir, **toy_params(cfg), overwrite=True)
         root = ensure_data(cfg)
     print(f"toy world ready in {root}")
 
