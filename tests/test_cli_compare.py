@@ -109,3 +109,25 @@ def test_querybank_goes_through_the_cache(runs, monkeypatch, tmp_path):
     monkeypatch.setattr(T, 'encode_texts', counting)
     T.evaluate(model, cache_dir=tmp_path, extra=True, qb_bank=40, progress=False)    # another bank size: its own file
     assert n['texts'] == 1 and len(list(tmp_path.glob('bank*-train-*.pt'))) == 2
+
+
+def test_cli_tables_name_the_v2t_protocol_on_multi_caption_splits(monkeypatch, capsys):
+    "glscl eval and glscl compare print under a multi-caption table which video-to-text protocol it holds (issue 24)."
+    import glscl.cli as C
+    from glscl.metrics import metrics_rows, v2t_note
+    sim, cv = torch.rand(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+    def fake(path, split=None, sets=None, extra=False, progress=True, v2t_protocol='family'):
+        return dict(metrics=metrics_rows(sim, cv, v2t_protocol=v2t_protocol), sim=sim, caption_video=cv, cached=True,
+                    split='test', v2t_note=v2t_note(cv, v2t_protocol), checkpoint=path)
+    monkeypatch.setattr(C, 'evaluate_checkpoint', fake)
+    main(['eval', '--checkpoint', 'x.pt', '--plain'])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("v2t: video-to-text by the family's protocol")
+    main(['eval', '--checkpoint', 'x.pt', '--plain', '--v2t-protocol', 'per-caption'])
+    assert 'per caption' in capsys.readouterr().out.splitlines()[-1]
+    main(['compare', 'x.pt', '--n-boot', '50'])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("v2t: video-to-text by the family's protocol")
+    sq = torch.rand(3, 3)                                     # one caption per video: nothing to say
+    monkeypatch.setattr(C, 'evaluate_checkpoint', lambda *a, **k: dict(metrics=metrics_rows(sq), sim=sq, caption_video=torch.arange(3),
+                                                                       cached=True, split='test', v2t_note='', checkpoint='y.pt'))
+    main(['eval', '--checkpoint', 'y.pt', '--plain'])
+    assert 'v2t:' not in capsys.readouterr().out
