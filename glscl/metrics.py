@@ -391,7 +391,7 @@ def paper_inside(interval: dict, paper: dict) -> dict:
 def format_interval(interval: dict, paper: dict = None, level: float = 0.95, title=None) -> str:
     "One line per metric: ours with its interval, and where `paper` has the metric, the paper's number and whether it lies inside."
     inside = paper_inside(interval, paper or {})
-    lines = ([str(title)] if title else []) + [f"{'':<8} {'ours':>7}  {f'{level:.0%} interval':<16}" + ('  paper' if paper else '')]
+    lines = ([str(title)] if title else []) + [(f"{'':<8} {'ours':>7}  {f'{level:.0%} interval':<16}" + ('  paper' if paper else '')).rstrip()]
     for d in ('t2v', 'v2t'):
         for k, (v, lo, hi) in interval[d].items():
             line = f"{d} {METRIC_NAMES.get(k, k):<4} {v:>7.1f}  {f'[{lo:.1f}, {hi:.1f}]':<16}"
@@ -399,5 +399,5 @@ def format_interval(interval: dict, paper: dict = None, level: float = 0.95, tit
                 p = paper[d][k]
                 side = '' if inside[d][k] else (', ours lower' if hi < p else ', ours higher')
                 line += f"  {p:>5.1f} {'inside' if inside[d][k] else 'outside'}{side}"
-            lines.append(line)
+            lines.append(line.rstrip())
     return '\n'.join(lines)
