@@ -221,7 +221,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'glscl.metrics._median': ('metrics.html#_median', 'glscl/metrics.py'),
                                'glscl.metrics._percentile': ('metrics.html#_percentile', 'glscl/metrics.py'),
                                'glscl.metrics._prepare': ('metrics.html#_prepare', 'glscl/metrics.py'),
-                               'glscl.metrics._query_values': ('metrics.html#_query_values', 'glscl/metrics.py'),
                                'glscl.metrics._rank_counts': ('metrics.html#_rank_counts', 'glscl/metrics.py'),
                                'glscl.metrics._side': ('metrics.html#_side', 'glscl/metrics.py'),
                                'glscl.metrics._summary': ('metrics.html#_summary', 'glscl/metrics.py'),

@@ -97,7 +97,7 @@ def _summary(greater: Tensor, ties: Tensor) -> dict:
     out = {f'R{k}': 100 * _expected_hit(greater, ties, k).mean().item() for k in (1, 5, 10, 50)}
     return dict(out, MdR=_median(ranks), MnR=ranks.mean().item())
 
-# %% ../nbs/12_metrics.ipynb #fd890668
+# %% ../nbs/12_metrics.ipynb #4d8764d0
 V2T_PROTOCOLS = {
     'family': "video-to-text by the family's protocol (CLIP4Clip, released GLSCL): for each other video the best of "
               "its captions, the video's own best caption ranked among the V per-video scores",
@@ -221,7 +221,7 @@ def format_metrics(rows: dict, title=None, note: str = '') -> str:
         lines.append(f"{str(name):<{w}} |     {t2v} |     {v2t}")
     return '\n'.join(lines + ([note] if note else []))
 
-# %% ../nbs/12_metrics.ipynb #2625ae38
+# %% ../nbs/12_metrics.ipynb #2820bc10
 def per_query_counts(sim: Tensor, caption_video=None, v2t_protocol: str = 'family', chunk_elems: int = CHUNK_ELEMS) -> dict:
     "dict(t2v=(greater, ties) per caption, v2t=(greater, ties) per video): the counts every metric of a query is a function of."
     sim, cv = _prepare(sim, caption_video)
@@ -237,13 +237,9 @@ def metrics_from_counts(greater: Tensor, ties: Tensor) -> dict:
     "R1 R5 R10 R50 (percent), MdR, MnR of one direction from its per-query counts: what `retrieval_metrics` reports."
     return _summary(greater, ties)
 
-# %% ../nbs/12_metrics.ipynb #7ab8291f
+# %% ../nbs/12_metrics.ipynb #9803c519
 RECALL_KS = (1, 5, 10, 50)
 LOWER_IS_BETTER = ('MdR', 'MnR')
-
-def _query_values(greater: Tensor, ties: Tensor) -> Tensor:
-    "[Q, 5]: each query's expected hit at K = 1, 5, 10, 50 (0..1) and its expected rank; R@K and MnR are their means."
-    return torch.stack([_expected_hit(greater, ties, k) for k in RECALL_KS] + [_expected_rank(greater, ties)], 1)
 
 def _as_runs(sims, name: str) -> list:
     "One similarity matrix, or a non-empty list of them (runs, e.g. training seeds) of one shape, as a list."
@@ -261,52 +257,53 @@ def _check_boot(n_boot, level):
     if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
 
 def _side(runs: list, caption_video, v2t_protocol: str) -> dict:
-    "Per direction: per-query values [R, Q, 5], each run's metrics (on all queries) and the point estimate (their mean)."
+    "Per direction: the per-query counts (greater [R, Q], ties [R, Q]) of each run, each run's metrics, and their mean (the value)."
     out = {}
     counts = [per_query_counts(s, caption_video, v2t_protocol) for s in runs]
     for d in ('t2v', 'v2t'):
         per_run = [_summary(*c[d]) for c in counts]
-        out[d] = dict(values=torch.stack([_query_values(*c[d]) for c in counts]), per_run=per_run,
+        out[d] = dict(counts=tuple(torch.stack([c[d][i].double() for c in counts]) for i in (0, 1)), per_run=per_run,
                       point={k: sum(m[k] for m in per_run) / len(per_run) for k in METRIC_KEYS})
     return out
 
-# %% ../nbs/12_metrics.ipynb #94ca608d
-BOOT_ELEMS = 2 ** 22        # (bootstrap draws x queries) weights held at once
+# %% ../nbs/12_metrics.ipynb #8bc3f2b3
+BOOT_ELEMS = 2 ** 22        # (bootstrap draws x queries) ranks held at once
 
-def _boot_stats(values: Tensor, runs: Tensor, queries: Tensor) -> Tensor:
-    """Statistics [C, 6] (METRIC_KEYS order) of draws: `values [R, Q, 5]` per run and query, `runs [C, R]` drawn run
-    indices, `queries [C, Q]` drawn query indices. R@K and MnR: per-query means on the drawn queries; MdR: the median
-    of the drawn queries' ranks (np.median); each then averaged over the drawn runs (a run drawn twice counts twice)."""
-    R, Q, _ = values.shape
-    C = len(queries)
-    w = torch.zeros(C, Q, dtype=torch.float64).scatter_add_(1, queries, torch.ones(C, Q, dtype=torch.float64))
-    middle = torch.tensor([(Q - 1) // 2, Q // 2], dtype=torch.float64).expand(C, 2).contiguous()
+def _boot_stats(counts: tuple, runs: Tensor, queries: Tensor, u: Tensor) -> Tensor:
+    """Statistics [C, 6] (METRIC_KEYS order) of C draws. `counts`: (greater, ties) [R, Q] per run and query; `runs [C, R]`
+    the drawn run indices, `queries [C, Q]` the drawn queries, `u [C, Q]` one uniform per drawn query that breaks its ties:
+    its rank is greater + 1 + floor(u (ties + 1)), uniform over its tied places. Per run, R@K, MdR (np.median) and MnR
+    of those ranks; then the mean over the drawn runs (a run drawn twice counts twice)."""
+    greater, ties = counts
+    R, Q = greater.shape
     per_run = []
     for r in range(R):
-        means = w @ values[r] / Q                                          # [C, 5]
-        s, order = values[r][:, 4].sort()
-        pos = torch.searchsorted(w[:, order].cumsum(1), middle, right=True)  # the two middle draws' places in the sorted ranks
-        per_run.append(torch.cat([100 * means[:, :4], s[pos].mean(1, keepdim=True), means[:, 4:]], 1))
-    counts = torch.zeros(C, R, dtype=torch.float64).scatter_add_(1, runs, torch.ones(runs.shape, dtype=torch.float64))
-    return (counts[:, :, None] * torch.stack(per_run, 1)).sum(1) / runs.shape[1]
+        rank = greater[r][queries] + 1 + torch.floor(u * (ties[r][queries] + 1))      # [C, Q]
+        s = rank.sort(1).values
+        per_run.append(torch.stack([100 * (rank <= k).double().mean(1) for k in RECALL_KS]
+                                   + [(s[:, (Q - 1) // 2] + s[:, Q // 2]) / 2, rank.mean(1)], 1))
+    n = torch.zeros(len(runs), R, dtype=torch.float64).scatter_add_(1, runs, torch.ones(runs.shape, dtype=torch.float64))
+    return (n[:, :, None] * torch.stack(per_run, 1)).sum(1) / runs.shape[1]
 
-def _bootstrap(values: list, n_boot: int, seed: int) -> list:
-    """Bootstrap statistics [n_boot, 6] of each side's `values [R_side, Q, 5]`; the sides share their Q queries.
-    Draw b, from one generator seeded with `seed`: for each side in order, R_side run indices with replacement (the
-    first side's indices again for a later side with as many runs: runs paired by position), then Q query indices
-    with replacement, shared by every side."""
+def _bootstrap(sides: list, n_boot: int, seed: int) -> list:
+    """Bootstrap statistics [n_boot, 6] of each side's per-query `counts` (greater, ties) [R_side, Q]; the sides share
+    their Q queries. Draw b, from one torch.Generator seeded with `seed`: for each side in order, R_side run indices with
+    replacement (a later side with as many runs as the first reuses its indices: runs paired by position), then Q query
+    indices with replacement and Q uniforms (float64) that break the drawn queries' ties, both shared by every side."""
     g = torch.Generator().manual_seed(seed)
-    Q = values[0].shape[1]
-    paired = len({v.shape[0] for v in values}) == 1
-    step, out = max(1, BOOT_ELEMS // Q), [[] for _ in values]
+    Q = sides[0][0].shape[1]
+    paired = len({c[0].shape[0] for c in sides}) == 1
+    step, out = max(1, BOOT_ELEMS // Q), [[] for _ in sides]
     for start in range(0, n_boot, step):
-        runs, queries = [[] for _ in values], []
+        runs, queries, us = [[] for _ in sides], [], []
         for _ in range(min(step, n_boot - start)):
-            for i, v in enumerate(values):
-                runs[i].append(runs[0][-1] if paired and i else torch.randint(v.shape[0], (v.shape[0],), generator=g))
+            for i, c in enumerate(sides):
+                R = c[0].shape[0]
+                runs[i].append(runs[0][-1] if paired and i else torch.randint(R, (R,), generator=g))
             queries.append(torch.randint(Q, (Q,), generator=g))
-        queries = torch.stack(queries)
-        for i, v in enumerate(values): out[i].append(_boot_stats(v, torch.stack(runs[i]), queries))
+            us.append(torch.rand(Q, generator=g, dtype=torch.float64))
+        queries, us = torch.stack(queries), torch.stack(us)
+        for i, c in enumerate(sides): out[i].append(_boot_stats(c, torch.stack(runs[i]), queries, us))
     return [torch.cat(o) for o in out]
 
 def _percentile(stats: Tensor, level: float) -> tuple:
@@ -315,7 +312,7 @@ def _percentile(stats: Tensor, level: float) -> tuple:
     lo, hi = torch.quantile(stats.double(), q, dim=0)
     return lo, hi
 
-# %% ../nbs/12_metrics.ipynb #af42dd34
+# %% ../nbs/12_metrics.ipynb #f78255d8
 def metric_interval(sim, caption_video=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
                     v2t_protocol: str = 'family') -> dict:
     """{'t2v': {'R1': (value, lo, hi), ..., 'MnR': (...)}, 'v2t': {...}}: every metric of `retrieval_metrics` with a
@@ -325,11 +322,11 @@ def metric_interval(sim, caption_video=None, n_boot: int = 2000, seed: int = 0, 
     side = _side(_as_runs(sim, 'sim'), caption_video, v2t_protocol)
     out = {}
     for d in ('t2v', 'v2t'):
-        lo, hi = _percentile(_bootstrap([side[d]['values']], n_boot, seed)[0], level)
+        lo, hi = _percentile(_bootstrap([side[d]['counts']], n_boot, seed)[0], level)
         out[d] = {k: (side[d]['point'][k], lo[j].item(), hi[j].item()) for j, k in enumerate(METRIC_KEYS)}
     return out
 
-# %% ../nbs/12_metrics.ipynb #795a08f8
+# %% ../nbs/12_metrics.ipynb #7ca45196
 def _verdict(key: str, lo: float, hi: float) -> str:
     "'better' if the interval of A - B lies wholly on A's better side, 'worse' if wholly on the other, else 'within noise'."
     good_lo, good_hi = (-hi, -lo) if key in LOWER_IS_BETTER else (lo, hi)
@@ -350,7 +347,7 @@ def compare(sim_a, sim_b, caption_video=None, n_boot: int = 2000, seed: int = 0,
     a, b = _side(runs_a, caption_video, v2t_protocol), _side(runs_b, caption_video, v2t_protocol)
     out = {}
     for d in ('t2v', 'v2t'):
-        sa, sb = _bootstrap([a[d]['values'], b[d]['values']], n_boot, seed)
+        sa, sb = _bootstrap([a[d]['counts'], b[d]['counts']], n_boot, seed)
         lo, hi = _percentile(sa - sb, level)
         out[d] = {}
         for j, k in enumerate(METRIC_KEYS):
@@ -358,7 +355,7 @@ def compare(sim_a, sim_b, caption_video=None, n_boot: int = 2000, seed: int = 0,
             out[d][k] = dict(a=pa, b=pb, diff=pa - pb, lo=lo[j].item(), hi=hi[j].item(), verdict=_verdict(k, lo[j].item(), hi[j].item()))
     return out
 
-# %% ../nbs/12_metrics.ipynb #c953475d
+# %% ../nbs/12_metrics.ipynb #4b256135
 METRIC_NAMES = dict(R1='R@1', R5='R@5', R10='R@10', R50='R@50', MdR='MdR', MnR='MnR')
 
 def format_compare(result: dict, names=('A', 'B'), level: float = 0.95, title=None) -> str:
