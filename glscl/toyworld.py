@@ -7,7 +7,7 @@ learned, run and tested on a laptop CPU with no download."""
 __all__ = ['log', 'COLOURS', 'SHAPES', 'MOTIONS', 'SHAPE_WORDS', 'MOTION_WORDS', 'WHEN_WORDS', 'BACKGROUNDS', 'TOY_VAL',
            'TOY_FILES', 'Event', 'random_events', 'event_geometry', 'draw_shape', 'render_frame', 'render_video',
            'event_phrase', 'video_captions', 'names_event', 'frame_caption', 'toy_frames', 'make_toy_msrvtt',
-           'toy_events', 'ensure_toy_world', 'read_toy', 'toy_browser', 'parse_caption', 'caption_holds',
+           'toy_events', 'ensure_toy_world', 'toy_params', 'read_toy', 'toy_browser', 'parse_caption', 'caption_holds',
            'caption_matches', 'oracle_ceiling']
 
 # %% ../nbs/03_toy_world.ipynb #9f422a8c
@@ -272,8 +272,12 @@ def toy_events(root) -> dict:
 def ensure_toy_world(cfg) -> Path:
     """Make the toy world of preset `cfg` (a `Config` with dataset 'toy') unless it is already there; return its folder.
     (`glscl.framecache.ensure_data` also builds the preset's frame cache.)"""
+    return make_toy_msrvtt(cfg.anno_dir, **toy_params(cfg))
+
+def toy_params(cfg) -> dict:
+    "The `make_toy_msrvtt` arguments of preset `cfg` (a `Config` with dataset 'toy'): its size, seed and splits."
     if cfg.dataset != 'toy': raise ValueError(f"preset {cfg.name!r} reads {cfg.dataset}, not the toy world")
-    return make_toy_msrvtt(cfg.anno_dir, cfg.toy_videos, cfg.toy_seed, n_test=cfg.toy_test or None, n_val=cfg.toy_val)
+    return dict(n_videos=cfg.toy_videos, seed=cfg.toy_seed, n_test=cfg.toy_test or None, n_val=cfg.toy_val)
 
 def read_toy(anno_dir, split: str) -> list:
     "(video_id, caption) pairs of a toy world's `split`: MSR-VTT's splits, and 'val' (`toy_val.csv`, when the world has one)."
@@ -325,9 +329,10 @@ def parse_caption(caption: str) -> tuple:
         return 'event', None, [_PHRASES[caption]]
     except KeyError: raise ValueError(f"{caption!r} is not a toy caption (see video_captions)") from None
 
-def caption_holds(caption: str, events: list) -> bool:
-    "Whether `caption` is true of a video made of `events`: each named event happens, in the named third, in the named order."
-    kind, when, named = parse_caption(caption)
+def caption_holds(caption, events: list) -> bool:
+    """Whether `caption` (a string, or `parse_caption`'s result) is true of a video made of `events`: each named event
+    happens, in the named third, in the named order."""
+    kind, when, named = parse_caption(caption) if isinstance(caption, str) else caption
     ks = [(e.colour, e.shape, e.motion) for e in events]
     if kind == 'event': return named[0] in ks
     if kind == 'when': return any(k == named[0] and min(i * len(WHEN_WORDS) // len(ks), 2) == when for i, k in enumerate(ks))
@@ -339,7 +344,8 @@ def caption_matches(root, split: str = 'test') -> list:
     videos the caption is true of (its own included)."""
     pairs, evs = read_toy(root, split), toy_events(root)
     gallery = [evs[v] for v in dict.fromkeys(v for v, _ in pairs)]
-    return [(parse_caption(c)[0], sum(caption_holds(c, e) for e in gallery)) for _, c in pairs]
+    parsed = [parse_caption(c) for _, c in pairs]
+    return [(p[0], sum(caption_holds(p, e) for e in gallery)) for p in parsed]
 
 def oracle_ceiling(root, split: str = 'test', ks=(1, 5, 10)) -> dict:
     """The expected R@k (percent) of a model that understands every caption of `split` exactly and breaks ties at random:

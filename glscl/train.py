@@ -488,22 +488,31 @@ def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True, f
     return dict(text=_cat_items(text), video=_cat_items(video), caption_video=torch.tensor(caption_video))
 
 # %% ../nbs/13_training.ipynb #1b751def
-def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, progress: bool = True, features: dict = None) -> tuple:
-    "`encode_split` through the on-disk cache: (encodings, hit). `cache_dir=None` disables the cache."
-    if cache_dir is None: return encode_split(model, cfg, split, progress, features), False
+def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, progress: bool = True, querybank: int = 0,
+                     features: dict = None) -> tuple:
+    """`encode_split` through the on-disk cache: (encodings, hit). `cache_dir=None` disables the cache. `querybank=n`:
+    QB-Norm's bank instead, dict(text=...) of up to n captions of `split` drawn at random (seed 0), cached the same way."""
+    def encode():
+        if not querybank: return encode_split(model, cfg, split, progress, features)
+        caps = split_items(cfg, split)[0]
+        caps = [caps[i] for i in torch.randperm(len(caps), generator=torch.Generator().manual_seed(0))[:querybank].tolist()]
+        return dict(text=encode_texts(model, caps, cfg, 'encoding the querybank', progress))
+    if cache_dir is None: return encode(), False
     key, parts = encoding_key(model, cfg, split)
-    path = Path(cache_dir)/f'enc-{split}-{key}.pt'
+    kind = f'bank{querybank}' if querybank else 'enc'
+    if querybank: parts = dict(parts, querybank=querybank)
+    path = Path(cache_dir)/f'{kind}-{split}-{key}.pt'
     if path.exists():
         try:
             blob = safe_load(path, 'encoding cache')                    # a planted file cannot run code
             if isinstance(blob, dict) and blob.get('parts') == parts: return blob['enc'], True
             log.warning("encoding cache %s does not match its key (foreign or corrupted): rebuilding it", path)
         except Exception as e: log.warning("encoding cache %s is unreadable (%s): rebuilding it", path, e)
-    others = [p.name for p in Path(cache_dir).glob(f'enc-{split}-*.pt') if p != path] if Path(cache_dir).exists() else []
+    others = [p.name for p in Path(cache_dir).glob(f'{kind}-{split}-*.pt') if p != path] if Path(cache_dir).exists() else []
     if others: log.info("%d cached encoding(s) of %s for other weights, settings or data are not used: %s", len(others), split, others[:3])
     main = world()[0] == 0                                             # under torchrun rank 0 writes
     with (folder_lock(cache_dir, 'evaluation cache') if main else contextlib.nullcontext()):   # one writer at a time
-        enc = encode_split(model, cfg, split, progress, features)
+        enc = encode()
         if main: atomic_save(dict(parts=parts, enc=enc), path)
     return enc, False
 
@@ -519,23 +528,26 @@ def block_similarity(model: GLSCL, text: dict, video: dict, block: int = 1024) -
     return torch.cat(rows)
 
 def evaluate(model: GLSCL, cfg: Config = None, split: str = None, cache_dir=None, extra: bool = False,
-             qb_bank: int = 2000, progress: bool = True, features: dict = None) -> dict:
-    """Retrieval metrics of `model` on `split` (default: the preset's test split): dict(metrics, sim, caption_video, cached, seconds).
-    `metrics` holds labelled rows: 'plain', and with `extra=True` also 'DSL' and 'QB-Norm' (querybank: up to `qb_bank`
-    training captions), never mixed into the plain numbers. `features`: a `frozen_features` store shared between runs."""
+             qb_bank: int = 2000, progress: bool = True, v2t_protocol: str = 'family',
+             features: dict = None) -> dict:
+    """Retrieval metrics of `model` on `split` (default: the preset's test split): dict(metrics, sim, caption_video, cached,
+    seconds, v2t_note). `metrics` holds labelled rows: 'plain', and with `extra=True` also 'DSL' and 'QB-Norm' (querybank:
+    up to `qb_bank` training captions, through the same cache), never mixed into the plain numbers. `v2t_note` names the
+    video-to-text protocol when the split has several captions per video ('' otherwise). `features`: a
+    `frozen_features` store shared between runs (`train`'s `memo_features`)."""
+    from glscl.metrics import v2t_note
     cfg = cfg or model.cfg
     split = split or cfg.test_split
     t0 = time.perf_counter()
-    enc, hit = cached_encodings(model, cfg, split, cache_dir, progress, features)
+    enc, hit = cached_encodings(model, cfg, split, cache_dir, progress, features=features)
     sim = block_similarity(model, enc['text'], enc['video'])
     bank = None
     if extra and qb_bank:
-        caps = split_items(cfg, cfg.train_split)[0]
-        caps = [caps[i] for i in torch.randperm(len(caps), generator=torch.Generator().manual_seed(0))[:qb_bank].tolist()]
-        bank = block_similarity(model, encode_texts(model, caps, cfg, 'encoding the querybank', progress), enc['video'])
-    rows = metrics_rows(sim, enc['caption_video'], bank_sim=bank, dsl=extra)
+        bank_enc, bank_hit = cached_encodings(model, cfg, cfg.train_split, cache_dir, progress, querybank=qb_bank)
+        bank, hit = block_similarity(model, bank_enc['text'], enc['video']), hit and bank_hit
+    rows = metrics_rows(sim, enc['caption_video'], bank_sim=bank, dsl=extra, v2t_protocol=v2t_protocol)
     return dict(metrics=rows, sim=sim, caption_video=enc['caption_video'], cached=hit, split=split,
-                seconds=round(time.perf_counter() - t0, 2))
+                seconds=round(time.perf_counter() - t0, 2), v2t_note=v2t_note(enc['caption_video'], v2t_protocol))
 
 # %% ../nbs/13_training.ipynb #e142c48b
 import functools

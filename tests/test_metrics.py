@@ -3,7 +3,9 @@ import math, random, statistics
 import pytest, torch
 import glscl.metrics as metrics
 from glscl.metrics import (retrieval_ranks, recall_at, retrieval_metrics, dual_softmax, qb_norm, activation_set,
-                           metrics_rows, format_metrics)
+                           metrics_rows, format_metrics, per_query_counts, per_query_ranks, metrics_from_counts,
+                           per_video_best, metric_interval, compare, format_compare, format_interval, paper_inside,
+                           v2t_note, V2T_PROTOCOLS)
 
 KEYS = ['R1', 'R5', 'R10', 'R50', 'MdR', 'MnR']
 
@@ -59,7 +61,8 @@ def assert_metrics_close(got, want, tol=1e-9):
 
 def test_exports():
     assert {'retrieval_ranks', 'recall_at', 'retrieval_metrics', 'dual_softmax', 'qb_norm', 'metrics_rows',
-            'format_metrics'} <= set(metrics.__all__)
+            'format_metrics', 'per_query_ranks', 'per_query_counts', 'metric_interval', 'compare', 'format_compare',
+            'V2T_PROTOCOLS'} <= set(metrics.__all__)
 
 
 @pytest.mark.parametrize('levels', [3, 1000])       # 3 levels: many ties; 1000: almost none
@@ -181,8 +184,8 @@ def test_multi_sentence_matches_loops(levels):
     random.Random(1).shuffle(cv)
     sim = torch.randint(0, levels, (T, V)).float()
     want = {'t2v': loop_direction(sim.tolist(), cv), 'v2t': loop_v2t_best(sim, cv)}
-    assert_metrics_close(retrieval_metrics(sim, cv), want)
-    assert_metrics_close(retrieval_metrics(sim, cv, chunk_elems=7), want)
+    assert_metrics_close(retrieval_metrics(sim, cv, v2t_protocol='per-caption'), want)
+    assert_metrics_close(retrieval_metrics(sim, cv, chunk_elems=7, v2t_protocol='per-caption'), want)
 
 
 def test_one_caption_per_video_in_any_order_is_the_square_case():
@@ -334,3 +337,271 @@ def test_format_metrics():
     # a real row formats too, one line per label
     s2 = format_metrics(metrics_rows(torch.rand(5, 5), dsl=True))
     assert [l.split()[0] for l in s2.splitlines()[2:]] == ['plain', 'DSL']
+
+
+# ---------------------------------------------------------------- video-to-text: the family's protocol (issue 24)
+
+def loop_v2t_family_counts(S, cv, V):
+    "Per video j: best score of its own captions; per other video u the best of u's captions; count those above / tied."
+    out = []
+    for j in range(V):
+        own = max(S[i][j] for i in range(len(S)) if cv[i] == j)
+        others = [max(S[i][j] for i in range(len(S)) if cv[i] == u) for u in range(V) if u != j]
+        out.append((sum(1 for x in others if x > own), sum(1 for x in others if x == own)))
+    return out
+
+def loop_summary(counts):
+    "R@K, MdR, MnR from a list of per-query (greater, ties), by enumerating the equally likely positions."
+    ranks, hits = [], {k: 0. for k in (1, 5, 10, 50)}
+    for g, t in counts:
+        positions = range(g + 1, g + t + 2)
+        ranks.append(sum(positions) / len(positions))
+        for k in hits: hits[k] += sum(1 for p in positions if p <= k) / len(positions)
+    return dict({f'R{k}': 100 * h / len(counts) for k, h in hits.items()}, MdR=statistics.median(ranks), MnR=sum(ranks) / len(ranks))
+
+
+@pytest.mark.parametrize('levels', [3, 10_000])          # 3 levels: many ties between videos' best captions
+def test_v2t_family_protocol_matches_loop(levels):
+    V, T = 9, 45
+    cv = list(range(V)) + torch.randint(0, V, (T - V,)).tolist()
+    random.Random(2).shuffle(cv)
+    sim = torch.randint(0, levels, (T, V)).float()
+    want = loop_summary(loop_v2t_family_counts(sim.tolist(), cv, V))
+    for kw in ({}, dict(v2t_protocol='family'), dict(chunk_elems=7)):
+        got = retrieval_metrics(sim, cv, **kw)
+        assert_metrics_close(got, {'t2v': loop_direction(sim.tolist(), cv), 'v2t': want})
+    g, t = per_query_counts(sim, cv)['v2t']
+    assert list(zip(g.tolist(), t.tolist())) == loop_v2t_family_counts(sim.tolist(), cv, V)
+    B = per_video_best(sim, torch.tensor(cv), chunk_elems=10)
+    S = sim.tolist()
+    assert B.tolist() == [[max(S[i][v] for i in range(T) if cv[i] == u) for u in range(V)] for v in range(V)]
+
+
+def test_family_and_per_caption_differ_on_near_duplicates():
+    dup = torch.tensor([[0.70, 0.1, 0.2], [0.80, 0.9, 0.1], [0.79, 0.9, 0.1], [0.78, 0.9, 0.1], [0.77, 0.9, 0.1], [0.75, 0.2, 0.8]])
+    cv = [0, 1, 1, 1, 1, 2]
+    assert per_query_ranks(dup, cv)['v2t'].tolist() == [3.0, 1.0, 1.0]
+    assert per_query_ranks(dup, cv, 'per-caption')['v2t'].tolist() == [6.0, 1.0, 1.0]
+    fam, per = retrieval_metrics(dup, cv)['v2t'], retrieval_metrics(dup, cv, v2t_protocol='per-caption')['v2t']
+    assert fam['R1'] == per['R1'] and fam['R5'] == 100.0 and per['R5'] == pytest.approx(200 / 3)
+    # with ties R@1 differs too: own best tied with 3 captions of one other video = 1 video (family) or 3 captions
+    tie = torch.tensor([[0.5, 0.0], [0.5, 0.9], [0.5, 0.9], [0.5, 0.9]])
+    assert retrieval_metrics(tie, [0, 1, 1, 1])['v2t']['R1'] == pytest.approx(100 * (1 / 2 + 1) / 2)
+    assert retrieval_metrics(tie, [0, 1, 1, 1], v2t_protocol='per-caption')['v2t']['R1'] == pytest.approx(100 * (1 / 4 + 1) / 2)
+    with pytest.raises(ValueError, match="'family', 'per-caption'"): retrieval_metrics(dup, cv, v2t_protocol='per_caption')
+
+
+@pytest.mark.parametrize('levels', [3, 10_000])
+def test_single_caption_and_paragraph_splits_are_unchanged(levels):
+    "MSR-VTT 1k-A (square) and paragraph benchmarks (one pair per video, any order): both protocols = the old per-caption code."
+    sim = torch.randint(0, levels, (15, 15)).float()
+    old = loop_metrics(sim)                                   # the transpose's diagonal, as before issue 24
+    for p in V2T_PROTOCOLS: assert_metrics_close(retrieval_metrics(sim, v2t_protocol=p), old)
+    perm = torch.randperm(15)                                 # a paragraph split: one caption per video, in file order
+    for p in V2T_PROTOCOLS: assert_metrics_close(retrieval_metrics(sim[perm], perm, v2t_protocol=p), old)
+    assert metrics_rows(sim, dsl=True) == metrics_rows(sim, dsl=True, v2t_protocol='per-caption')
+
+
+def test_v2t_note_and_table_label():
+    assert v2t_note(torch.arange(6)) == '' and v2t_note([3, 1, 0, 2]) == ''
+    assert "family's protocol" in v2t_note([0, 0, 1]) and 'per caption' in v2t_note([0, 0, 1], 'per-caption')
+    rows = metrics_rows(HAND, HAND_CV)
+    s = format_metrics(rows, note=v2t_note(HAND_CV))
+    assert s.splitlines()[-1].startswith("v2t: video-to-text by the family's protocol")
+
+
+# ---------------------------------------------------------------- per-query results and the bootstrap (issue 20)
+
+def test_per_query_results_give_the_metrics_exactly():
+    for sim, cv in ((torch.randint(0, 4, (12, 12)).float(), None), (torch.randint(0, 5, (40, 8)).float(), torch.arange(40) % 8)):
+        for p in V2T_PROTOCOLS:
+            counts, ranks = per_query_counts(sim, cv, p), per_query_ranks(sim, cv, p)
+            assert {d: metrics_from_counts(*c) for d, c in counts.items()} == retrieval_metrics(sim, cv, v2t_protocol=p)
+            assert ranks['t2v'].shape == (sim.shape[0],) and ranks['v2t'].shape == (sim.shape[1],)
+            S = sim.tolist(); cvl = list(range(len(S))) if cv is None else cv.tolist()
+            assert ranks['t2v'].tolist() == [loop_rank(S[q], cvl[q]) for q in range(len(S))]
+
+
+def loop_query_counts(S, cv, V):
+    "Per direction, per query: (greater, ties) by loops (v2t: the family's protocol)."
+    return {'t2v': [loop_counts(S[q], cv[q]) for q in range(len(S))], 'v2t': loop_v2t_family_counts(S, cv, V)}
+
+def loop_percentile(xs, p):
+    xs = sorted(xs); x = p * (len(xs) - 1); i = int(x)
+    return xs[i] + (x - i) * (xs[min(i + 1, len(xs) - 1)] - xs[i])
+
+def loop_bootstrap(sides, cv, n_boot, seed, d):
+    """Slow reference of the documented draws: a torch.Generator seeded with `seed`; per draw, run indices for each side
+    in order (a later side with as many runs as the first reuses its indices), then Q query indices, then Q uniforms u
+    that break ties (rank = greater + 1 + floor(u (ties + 1))); the statistic is the mean over the drawn runs of each
+    run's metric on the drawn queries' ranks."""
+    V = sides[0][0].shape[1]
+    counts = [[loop_query_counts(s.tolist(), cv, V)[d] for s in runs] for runs in sides]
+    Q = len(counts[0][0])
+    paired = len({len(r) for r in sides}) == 1
+    g = torch.Generator().manual_seed(seed)
+    out = [[] for _ in sides]
+    for _ in range(n_boot):
+        draws = []
+        for i, runs in enumerate(sides):
+            draws.append(draws[0] if paired and i else torch.randint(len(runs), (len(runs),), generator=g).tolist())
+        q = torch.randint(Q, (Q,), generator=g).tolist()
+        u = torch.rand(Q, generator=g, dtype=torch.float64).tolist()
+        for i in range(len(sides)):
+            per_run = []
+            for r in draws[i]:
+                ranks = [counts[i][r][qj][0] + 1 + math.floor(u[j] * (counts[i][r][qj][1] + 1)) for j, qj in enumerate(q)]
+                per_run.append([100 * sum(x <= k for x in ranks) / Q for k in (1, 5, 10, 50)]
+                               + [statistics.median(ranks), sum(ranks) / Q])
+            out[i].append([sum(x[c] for x in per_run) / len(per_run) for c in range(6)])
+    return out
+
+def loop_point(runs, cv, d):
+    "The value: the mean over runs of each run's exact metrics (expected hits and ranks under random tie-breaking)."
+    V = runs[0].shape[1]
+    ms = [loop_summary(loop_query_counts(s.tolist(), cv, V)[d]) for s in runs]
+    return [sum(m[k] for m in ms) / len(ms) for k in KEYS]
+
+CASES = {
+    'square, ties': (lambda: [torch.randint(0, 4, (14, 14)).float()], lambda: [torch.randint(0, 4, (14, 14)).float()], None),
+    'multi-caption': (lambda: [torch.randn(30, 6)], lambda: [torch.randn(30, 6)], [q % 6 for q in range(30)]),
+    'runs paired 2 v 2': (lambda: [torch.randint(0, 6, (10, 10)).float() for _ in range(2)],
+                          lambda: [torch.randint(0, 6, (10, 10)).float() for _ in range(2)], None),
+    'runs unpaired 2 v 3': (lambda: [torch.randn(24, 8) for _ in range(2)], lambda: [torch.randn(24, 8) for _ in range(3)],
+                            [q % 8 for q in range(24)]),
+}
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_interval_and_compare_match_the_loop_bootstrap(case):
+    torch.manual_seed(11)
+    mk_a, mk_b, cv = CASES[case]
+    A, B = mk_a(), mk_b()
+    cvl = cv if cv is not None else list(range(A[0].shape[0]))
+    n_boot, seed, level = 60, 3, 0.9
+    one = lambda runs: runs[0] if len(runs) == 1 else runs
+    iv = metric_interval(one(A), cv, n_boot=n_boot, seed=seed, level=level)
+    res = compare(one(A), one(B), cv, n_boot=n_boot, seed=seed, level=level)
+    for d in ('t2v', 'v2t'):
+        pa, pb = loop_point(A, cvl, d), loop_point(B, cvl, d)
+        (sa,) = loop_bootstrap([A], cvl, n_boot, seed, d)
+        sa2, sb2 = loop_bootstrap([A, B], cvl, n_boot, seed, d)
+        for c, k in enumerate(KEYS):
+            col = [x[c] for x in sa]
+            want = (pa[c], loop_percentile(col, (1 - level) / 2), loop_percentile(col, (1 + level) / 2))
+            assert iv[d][k] == pytest.approx(want, abs=1e-9), (case, d, k)
+            diffs = [x[c] - y[c] for x, y in zip(sa2, sb2)]
+            lo, hi = loop_percentile(diffs, (1 - level) / 2), loop_percentile(diffs, (1 + level) / 2)
+            r = res[d][k]
+            assert (r['a'], r['b'], r['diff'], r['lo'], r['hi']) == pytest.approx((pa[c], pb[c], pa[c] - pb[c], lo, hi), abs=1e-9), (case, d, k)
+            better = (lo > 0) if k not in ('MdR', 'MnR') else (hi < 0)
+            worse = (hi < 0) if k not in ('MdR', 'MnR') else (lo > 0)
+            assert r['verdict'] == ('better' if better else 'worse' if worse else 'within noise')
+    if len(A) == 1:                                        # one run: the value is the plain metric, exactly
+        m = retrieval_metrics(A[0], cv)
+        assert all(iv[d][k][0] == m[d][k] and res[d][k]['a'] == m[d][k] for d in ('t2v', 'v2t') for k in KEYS)
+
+
+def test_deterministic_for_a_seed():
+    a, b = torch.randn(50, 50), torch.randn(50, 50)
+    assert compare(a, b, n_boot=200, seed=7) == compare(a, b, n_boot=200, seed=7)
+    assert metric_interval(a, n_boot=200, seed=7) == metric_interval(a, n_boot=200, seed=7)
+    assert metric_interval(a, n_boot=200, seed=7) != metric_interval(a, n_boot=200, seed=8)
+    assert metric_interval([a], n_boot=200, seed=7) == metric_interval(a, n_boot=200, seed=7)      # a list of one run
+    import glscl.metrics as M                                                                        # chunked draws: same
+    old = M.BOOT_ELEMS
+    try:
+        M.BOOT_ELEMS = 50 * 7
+        assert metric_interval(a, n_boot=200, seed=7) == metric_interval(a, n_boot=200, seed=7, level=0.95)
+        chunked = metric_interval(a, n_boot=200, seed=7)
+    finally: M.BOOT_ELEMS = old
+    assert chunked == metric_interval(a, n_boot=200, seed=7)
+
+
+def test_interval_width_shrinks_as_one_over_sqrt_queries():
+    V, D = 40, 32
+    g = torch.Generator().manual_seed(0)
+    vids = torch.nn.functional.normalize(torch.randn(V, D, generator=g), dim=-1)
+    def width(Q):
+        cv = torch.arange(Q) % V
+        caps = torch.nn.functional.normalize(vids[cv] + 0.45 * torch.randn(Q, D, generator=g), dim=-1)
+        iv = metric_interval(caps @ vids.T, cv, n_boot=1500)['t2v']
+        return {k: iv[k][2] - iv[k][1] for k in ('R1', 'MnR')}, iv['R1'][0]
+    (w1, r1), (w4, r4) = width(400), width(1600)
+    assert 20 < r1 < 80 and abs(r1 - r4) < 8                 # the same difficulty at both sizes
+    for k in ('R1', 'MnR'): assert 1.7 < w1[k] / w4[k] < 2.3, (k, w1[k], w4[k])
+
+
+def test_a_tied_similarity_never_looks_better_than_chance():
+    V, T = 40, 800
+    cv = torch.arange(T) % V
+    flat = torch.full((T, V), 0.3)
+    iv = metric_interval(flat, cv, n_boot=300)
+    for d in ('t2v', 'v2t'):
+        for k, chance in (('R1', 100 / V), ('R5', 500 / V), ('MnR', (V + 1) / 2)):
+            v, lo, hi = iv[d][k]
+            assert abs(v - chance) < 1e-9 and lo < chance < hi, (d, k, iv[d][k])     # the value is chance; the interval holds it
+    n_better = 0
+    for s in range(20):                                      # a random matrix is chance too, in expectation
+        r = compare(flat, torch.randn(T, V, generator=torch.Generator().manual_seed(s)), cv, n_boot=300)
+        n_better += sum(r[d][k]['verdict'] == 'better' for d in ('t2v', 'v2t') for k in ('R1', 'R10', 'MnR'))
+    assert n_better <= 3                                     # 120 verdicts at ~2.5% each by luck; ties-as-hits would give ~60
+    # the square case: a random model has one hit at R@1 in expectation and none 37% of the time; the tie-breaking draws
+    # keep the all-tied model from looking better than such an unlucky random one
+    sq = torch.zeros(30, 30)
+    for s in range(10):
+        r = compare(sq, torch.randn(30, 30, generator=torch.Generator().manual_seed(s)), n_boot=300)
+        assert all(r[d]['R1']['verdict'] != 'better' for d in ('t2v', 'v2t')), (s, r['t2v']['R1'], r['v2t']['R1'])
+
+
+def test_seeds_combine_as_documented():
+    good = torch.tensor([[1., 0, 0], [0, 1, 0], [0, 0, 1]])                                      # every rank 1
+    bad = torch.tensor([[0., 1, 1], [1, 0, 1], [1, 1, 0]]) + torch.tensor([0., 0.1, 0.2])      # every rank 3, no ties
+    iv = metric_interval([good, bad], n_boot=4000, level=0.4)
+    # only the run draws matter: R@1 is 100 (both draws run 0, 1/4), 50 (1/2) or 0 (1/4); its 30% and 70% points are 50
+    assert iv['t2v']['R1'] == (50.0, 50.0, 50.0)
+    assert iv['t2v']['MdR'][0] == 2.0 and iv['t2v']['MnR'][0] == 2.0       # point: the mean of the runs' metrics
+    wide = metric_interval([good, bad], n_boot=4000, level=0.9)['t2v']['R1']
+    assert wide == (50.0, 0.0, 100.0)
+    # paired by position: the same runs on both sides differ by exactly 0 in every draw
+    same = compare([good, bad], [good, bad], n_boot=500)
+    assert all(same[d][k]['lo'] == same[d][k]['hi'] == 0.0 and same[d][k]['verdict'] == 'within noise' for d in same for k in KEYS)
+    # 2 runs against 3: drawn independently; B's R@1 = 100 * Binomial(3, 1/3) / 3, A's = 100 * Binomial(2, 1/2) / 2
+    r = compare([good, bad], [good, bad, bad], n_boot=4000, level=0.9)['t2v']['R1']
+    assert r['a'] == 50.0 and r['b'] == pytest.approx(100 / 3) and r['diff'] == pytest.approx(50 - 100 / 3)
+    assert r['lo'] == pytest.approx(-200 / 3) and r['hi'] == pytest.approx(100.0) and r['verdict'] == 'within noise'
+    # MdR: per run, then averaged: A's draws of (run 0, run 1) give (1 + 3) / 2
+    assert compare([good, bad], [good, good])['t2v']['MdR']['a'] == 2.0
+
+
+def test_compare_verdicts_and_errors():
+    torch.manual_seed(0)
+    V, D = 200, 32
+    vids = torch.nn.functional.normalize(torch.randn(V, D), dim=-1)
+    good = vids @ vids.T + 0.5 * torch.randn(V, V)
+    worse = vids @ vids.T + 1.5 * torch.randn(V, V)
+    r = compare(good, worse, n_boot=300)
+    assert r['t2v']['R1']['verdict'] == 'better' and r['t2v']['MnR']['verdict'] == 'better' and r['t2v']['MnR']['diff'] < 0
+    r2 = compare(worse, good, n_boot=300)
+    assert r2['t2v']['R1']['verdict'] == 'worse' and r2['t2v']['MnR']['verdict'] == 'worse'
+    with pytest.raises(ValueError, match='same queries'): compare(good, good[:, :10])
+    with pytest.raises(ValueError, match=r'sim_b\[1\]'): compare(good, [good, good[:5]])
+    with pytest.raises(ValueError, match='empty list'): metric_interval([])
+    with pytest.raises(ValueError, match='n_boot'): compare(good, worse, n_boot=0)
+    with pytest.raises(ValueError, match='level'): metric_interval(good, level=1.0)
+    with pytest.raises(ValueError, match='non-finite'): compare(good, worse.masked_fill(torch.eye(V, dtype=torch.bool), float('nan')))
+    s = format_compare(r, names=('ours', 'base'))
+    lines = s.splitlines()
+    assert 'ours - base' in lines[0] and '95% interval' in lines[0] and len(lines) == 2 + 12
+    r1 = next(l for l in lines if l.startswith('t2v R@1'))
+    assert r1.split()[-1] == 'better' and f"{r['t2v']['R1']['a']:.1f}" in r1 and f"[{r['t2v']['R1']['lo']:+.1f}," in r1
+
+
+def test_paper_inside_and_format_interval():
+    iv = {'t2v': {k: (48.0, 46.4, 49.6) for k in KEYS}, 'v2t': {k: (47.0, 45.0, 49.0) for k in KEYS}}
+    got = paper_inside(iv, {'t2v': {'R1': 48.1, 'R5': 51.0}, 'v2t': {'R1': 44.0}})
+    assert got == {'t2v': {'R1': True, 'R5': False}, 'v2t': {'R1': False}}
+    s = format_interval(iv, paper={'t2v': {'R1': 48.1, 'R5': 51.0}})
+    assert '48.1 inside' in next(l for l in s.splitlines() if l.startswith('t2v R@1 '))
+    assert 'outside, ours lower' in next(l for l in s.splitlines() if l.startswith('t2v R@5 '))
+    with pytest.raises(ValueError, match='R2'): paper_inside(iv, {'t2v': {'R2': 1.0}})
+    with pytest.raises(ValueError, match="'t2x'"): paper_inside(iv, {'t2x': {'R1': 1.0}})

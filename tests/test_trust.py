@@ -57,7 +57,7 @@ def test_a_hostile_checkpoint_runs_nothing_anywhere(cfg, tmp_path, capsys, raw):
     for load in (lambda: T.read_checkpoint(bad), lambda: T.model_from_checkpoint(bad),
                  lambda: T.train(cfg, resume=bad, progress=False)):
         with pytest.raises(UnsafeFile, match=r'--trust-pickle'): load()
-    for args in (['eval', '--checkpoint', str(bad)], ['search', 'a red circle', '--index', str(tmp_path/'idx'), '--checkpoint', str(bad)],
+    for args in (['eval', '--checkpoint', str(bad)], ['compare', str(bad)], ['search', 'a red circle', '--index', str(tmp_path/'idx'), '--checkpoint', str(bad)],
                  ['train', *sets(cfg), '--resume', str(bad)]):
         code, err = cli_here(capsys, *args)
         assert code == 2 and str(bad) in err and '--trust-pickle' in err and 'Traceback' not in err, err
