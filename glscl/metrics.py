@@ -256,11 +256,15 @@ def _check_boot(n_boot, level):
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1: raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
 
-def _side(runs: list, caption_video, v2t_protocol: str) -> dict:
-    "Per direction: the per-query counts (greater [R, Q], ties [R, Q]) of each run, each run's metrics, and their mean (the value)."
+def _side(runs: list, caption_video, v2t_protocol: str, queries=None) -> dict:
+    """Per direction: the per-query counts (greater [R, Q], ties [R, Q]) of each run, each run's metrics, and their mean
+    (the value). `queries`: text-query indices to keep (t2v only: each still ranked against every video)."""
     out = {}
     counts = [per_query_counts(s, caption_video, v2t_protocol) for s in runs]
-    for d in ('t2v', 'v2t'):
+    if queries is not None:
+        q = torch.as_tensor(queries).long()
+        counts = [dict(t2v=tuple(x[q] for x in c['t2v'])) for c in counts]
+    for d in counts[0]:
         per_run = [_summary(*c[d]) for c in counts]
         out[d] = dict(counts=tuple(torch.stack([c[d][i].double() for c in counts]) for i in (0, 1)), per_run=per_run,
                       point={k: sum(m[k] for m in per_run) / len(per_run) for k in METRIC_KEYS})
@@ -314,14 +318,15 @@ def _percentile(stats: Tensor, level: float) -> tuple:
 
 # %% ../nbs/12_metrics.ipynb #f78255d8
 def metric_interval(sim, caption_video=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                    v2t_protocol: str = 'family') -> dict:
+                    v2t_protocol: str = 'family', queries=None) -> dict:
     """{'t2v': {'R1': (value, lo, hi), ..., 'MnR': (...)}, 'v2t': {...}}: every metric of `retrieval_metrics` with a
     percentile interval from a query bootstrap (t2v resamples captions, v2t videos). `sim` may be a list of runs
-    (training seeds): the value is the mean of the runs' metrics and each draw resamples runs, then queries."""
+    (training seeds): the value is the mean of the runs' metrics and each draw resamples runs, then queries. `queries`:
+    score only these text queries (indices), t2v only, each against every video (e.g. one kind of caption)."""
     _check_boot(n_boot, level)
-    side = _side(_as_runs(sim, 'sim'), caption_video, v2t_protocol)
+    side = _side(_as_runs(sim, 'sim'), caption_video, v2t_protocol, queries)
     out = {}
-    for d in ('t2v', 'v2t'):
+    for d in side:
         lo, hi = _percentile(_bootstrap([side[d]['counts']], n_boot, seed)[0], level)
         out[d] = {k: (side[d]['point'][k], lo[j].item(), hi[j].item()) for j, k in enumerate(METRIC_KEYS)}
     return out
@@ -333,20 +338,21 @@ def _verdict(key: str, lo: float, hi: float) -> str:
     return 'better' if good_lo > 0 else 'worse' if good_hi < 0 else 'within noise'
 
 def compare(sim_a, sim_b, caption_video=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-            v2t_protocol: str = 'family') -> dict:
+            v2t_protocol: str = 'family', queries=None) -> dict:
     """{'t2v': {'R1': dict(a, b, diff, lo, hi, verdict), ...}, 'v2t': {...}}: A's and B's metrics, A - B, and a paired
     bootstrap interval of A - B (every draw scores both on the same resampled queries). `verdict` is 'better' when the
     interval lies wholly on A's better side (above 0 for R@K, below for MdR and MnR), 'worse' on the other, else
     'within noise'. `sim_a`, `sim_b`: a matrix each, or lists of runs (training seeds): runs are resampled, paired by
-    position when both sides have as many runs, then queries; the values are the means over runs."""
+    position when both sides have as many runs, then queries; the values are the means over runs. `queries`: compare
+    on these text queries only (indices; t2v only, each still ranked against every video)."""
     _check_boot(n_boot, level)
     runs_a, runs_b = _as_runs(sim_a, 'sim_a'), _as_runs(sim_b, 'sim_b')
     if runs_a[0].shape != runs_b[0].shape:
         raise ValueError(f"sim_a {tuple(runs_a[0].shape)} and sim_b {tuple(runs_b[0].shape)} must score the same queries "
                          "and videos (the same split, in the same order)")
-    a, b = _side(runs_a, caption_video, v2t_protocol), _side(runs_b, caption_video, v2t_protocol)
+    a, b = _side(runs_a, caption_video, v2t_protocol, queries), _side(runs_b, caption_video, v2t_protocol, queries)
     out = {}
-    for d in ('t2v', 'v2t'):
+    for d in a:
         sa, sb = _bootstrap([a[d]['counts'], b[d]['counts']], n_boot, seed)
         lo, hi = _percentile(sa - sb, level)
         out[d] = {}

@@ -145,3 +145,18 @@ def test_the_pinned_weights_are_this_recipes_and_serve_the_cache(tmp_path):
     ck = torch.load(tiny_clip_checkpoint(tmp_path/'t.pt'), weights_only=True)
     assert ck['glscl_recipe'] == _recipe() and all(torch.equal(ck[k], sd[k]) for k in sd)
     assert sd['token_embedding.weight'].shape == (49408, 128) and all(torch.isfinite(v).all() for v in sd.values())
+
+def test_compare_on_a_subset_of_queries():
+    "The study's by-kind comparisons: t2v on some queries, each ranked against every video; v2t not reported."
+    from glscl.metrics import compare, metric_interval, retrieval_ranks
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(60, 60, generator=g), torch.randn(60, 60, generator=g) + 10 * torch.eye(60)
+    q = [2, 3, 11, 17, 40, 41, 59]
+    r = compare(a, b, queries=q, n_boot=300)
+    assert list(r) == ['t2v']
+    ranks = lambda s: retrieval_ranks(s[q], torch.tensor(q)).double()
+    for k in (1, 5, 10):
+        assert r['t2v'][f'R{k}']['b'] == pytest.approx(100 * (ranks(b) <= k).double().mean().item(), abs=1e-9)
+    assert r['t2v']['MnR']['a'] == pytest.approx(ranks(a).mean().item(), abs=1e-9)
+    assert r['t2v']['R1']['verdict'] == 'worse'                       # b has its targets boosted
+    assert list(metric_interval([a, b], queries=q, n_boot=50)) == ['t2v']
