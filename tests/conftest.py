@@ -9,3 +9,10 @@ def _seed():
 @pytest.fixture(scope='session')
 def root():
     return ROOT
+
+
+def cli_here(capsys, *args):
+    "The console script's `main` in this process (the same code path, without the start-up cost): (exit code, stderr)."
+    from glscl.cli import main
+    with pytest.raises(SystemExit) as e: main(list(args))
+    return e.value.code, capsys.readouterr().err

@@ -25,11 +25,7 @@ def cli(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args], capture_output=True, text=True,
                           env=env, cwd=cwd)
 
-def cli_here(capsys, *args):
-    "The console script's `main` in this process (the same code path, without the start-up cost): (exit code, stderr)."
-    from glscl.cli import main
-    with pytest.raises(SystemExit) as e: main(list(args))
-    return e.value.code, capsys.readouterr().err
+from conftest import cli_here
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):

@@ -28,11 +28,7 @@ def plant(path, marker, raw: bool = False):
     else: torch.save(obj, path)
     return path
 
-def cli_here(capsys, *args):
-    "The console script's `main` in this process: (exit code, stderr)."
-    from glscl.cli import main
-    with pytest.raises(SystemExit) as e: main(list(args))
-    return e.value.code, capsys.readouterr().err
+from conftest import cli_here
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -207,13 +203,16 @@ def test_two_cache_builds_at_once_one_is_refused(cache, tmp_path):
     cmd = [sys.executable, '-c', 'from glscl.cli import main; main()', 'cache-frames', '--quiet', '--out', str(folder),
            '--set', f'anno_dir={c.anno_dir}', '--set', f'video_dir={c.video_dir}', '--set', 'toy_videos=24', '--set', 'toy_seed=3', '--set', 'max_frames=3',
            '--set', 'image_size=32', '--set', 'clip_pretrained=none']
-    slow = [sys.executable, '-c', 'import time, glscl.framecache as F; g = F._Decode.__getitem__; '    # 0.7 s a video: still busy
-            'F._Decode.__getitem__ = lambda s, i: (time.sleep(0.7), g(s, i))[1]; from glscl.cli import main; main()', *cmd[3:]]
+    go = tmp_path/'go'                  # the first writer decodes nothing until the second has tried (no race with a slow start)
+    slow = [sys.executable, '-c', 'import os, time, glscl.framecache as F; g = F._Decode.__getitem__; '
+            f'wait = lambda: [time.sleep(0.05) for _ in range(2400) if not os.path.exists({str(go)!r})]; '
+            'F._Decode.__getitem__ = lambda s, i: (wait(), g(s, i))[1]; from glscl.cli import main; main()', *cmd[3:]]
     p = subprocess.Popen(slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(600):                                                       # until the first one holds the folder
+    for _ in range(2400):                                                      # until the first one holds the folder
         if (folder/'.lock').exists() and (folder/'meta.json').exists(): break
         time.sleep(0.05)
     r = subprocess.run(cmd, capture_output=True, text=True)
+    go.write_text('')
     out, err = p.communicate()
     codes = sorted([p.returncode, r.returncode])
     assert codes == [0, 2], (out, err, r.stderr)
@@ -357,13 +356,16 @@ def test_two_trainings_at_once_one_is_refused_and_overwrite_replaces(cfg):
     out = Path(cfg.out_dir); out.mkdir(parents=True)
     (out/'best.pt').write_bytes(b'the run of yesterday'); (out/'.last.pt.k1l2.tmp').write_bytes(b'half')
     args = ['train', *sets(cfg.replace(eval_batch_size=16)), '--set', 'max_steps=2', '--quiet']
-    slow = [sys.executable, '-c', 'import time, glscl.train as T; s = T.train_step; '                # 2 s a step: still busy
-            'T.train_step = lambda *a, **k: (time.sleep(2), s(*a, **k))[1]; from glscl.cli import main; main()', *args, '--overwrite']
+    go = out.parent/'go'                # the first trainer takes no step until the second has tried (no race with a slow start)
+    slow = [sys.executable, '-c', 'import os, time, glscl.train as T; s = T.train_step; '
+            f'wait = lambda: [time.sleep(0.05) for _ in range(2400) if not os.path.exists({str(go)!r})]; '
+            'T.train_step = lambda *a, **k: (wait(), s(*a, **k))[1]; from glscl.cli import main; main()', *args, '--overwrite']
     p = subprocess.Popen(slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(1200):                                                      # until the first one holds the folder
         if (out/'.lock').exists() and not (out/'best.pt').exists(): break
         time.sleep(0.05)
     r = subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args, '--overwrite'], capture_output=True, text=True)
+    go.write_text('')
     o, e = p.communicate()
     assert p.returncode == 0 and 'final checkpoint, step 2' in o, e
     assert r.returncode == 2 and f'run folder {out} is being written by process {p.pid}' in r.stderr, r.stderr
