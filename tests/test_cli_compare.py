@@ -116,7 +116,7 @@ def test_cli_tables_name_the_v2t_protocol_on_multi_caption_splits(monkeypatch, c
     import glscl.cli as C
     from glscl.metrics import metrics_rows, v2t_note
     sim, cv = torch.rand(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
-    def fake(path, split=None, sets=None, extra=False, progress=True, v2t_protocol='family'):
+    def fake(path, split=None, sets=None, extra=False, progress=True, v2t_protocol='family', trust_pickle=False):
         return dict(metrics=metrics_rows(sim, cv, v2t_protocol=v2t_protocol), sim=sim, caption_video=cv, cached=True,
                     split='test', v2t_note=v2t_note(cv, v2t_protocol), checkpoint=path)
     monkeypatch.setattr(C, 'evaluate_checkpoint', fake)
