@@ -132,6 +132,7 @@ def pinned_tiny_clip():
     p = Path(glscl.__file__).parent/'assets'/'glscl-tiny-toy.safetensors'
     return p if p.is_file() else None
 
+# %% ../nbs/06_tiny_clip.ipynb #87477ef8
 def pin_tiny_clip(sd: dict, path, recipe: dict = None) -> Path:
     "Write the state dict `sd` of `recipe` (default: the course's) as a pinned file: every tensor but the token rows the replay gives."
     from safetensors.torch import save_file
@@ -144,6 +145,7 @@ def pin_tiny_clip(sd: dict, path, recipe: dict = None) -> Path:
     save_file(out, str(path), metadata=dict(recipe=json.dumps(recipe, sort_keys=True)))
     return path
 
+# %% ../nbs/06_tiny_clip.ipynb #5db0f49a
 def unpin_tiny_clip(path, recipe: dict = None) -> dict:
     "The full state dict of a pinned file; an error naming the file when it was made by another recipe."
     from safetensors import safe_open
@@ -160,6 +162,7 @@ def unpin_tiny_clip(path, recipe: dict = None) -> dict:
     sd['token_embedding.weight'] = w
     return sd
 
+# %% ../nbs/06_tiny_clip.ipynb #7a89d1b2
 def verify_pinned(progress: bool = True) -> dict:
     """Run the recipe on this machine and compare its weights with the pinned ones: whether they are bit for bit equal,
     and the largest absolute difference of any weight (another CPU's arithmetic makes them differ)."""

@@ -329,6 +329,7 @@ def parse_caption(caption: str) -> tuple:
         return 'event', None, [_PHRASES[caption]]
     except KeyError: raise ValueError(f"{caption!r} is not a toy caption (see video_captions)") from None
 
+# %% ../nbs/03_toy_world.ipynb #6ddaf5ca
 def caption_holds(caption, events: list) -> bool:
     """Whether `caption` (a string, or `parse_caption`'s result) is true of a video made of `events`: each named event
     happens, in the named third, in the named order."""
@@ -347,6 +348,7 @@ def caption_matches(root, split: str = 'test') -> list:
     parsed = [parse_caption(c) for _, c in pairs]
     return [(p[0], sum(caption_holds(p, e) for e in gallery)) for p in parsed]
 
+# %% ../nbs/03_toy_world.ipynb #4855682d
 def oracle_ceiling(root, split: str = 'test', ks=(1, 5, 10)) -> dict:
     """The expected R@k (percent) of a model that understands every caption of `split` exactly and breaks ties at random:
     {'all': {'R1': ..}, 'event': .., 'when': .., 'pair': .., 'share': {kind: fraction of the queries}}."""
