@@ -354,6 +354,13 @@ def atomic_write(path, write) -> Path:
 
 
 # %% ../nbs/00_config.ipynb #a9c0f1d2
+# Appendix: files from elsewhere, and one writer per folder
+#
+# Plumbing that every module shares. `safe_load` reads a torch file that may have come from someone else: only
+# tensors, numbers, strings, lists, tuples and dicts (`torch.load(..., weights_only=True)`), never a pickle that runs
+# code. `folder_lock` makes one process the only writer of a folder (a run, a frame cache, an index, an evaluation
+# cache): a second one is refused with the holder's pid, a lock left by a dead process is taken over, and the
+# temporary files of atomic writes that a kill left behind are removed.
 import atexit, json as _json, logging, pickle, re, socket, sys, time
 try: import fcntl
 except ImportError: fcntl = None                          # Windows: an O_EXCL lock file and a pid check instead
