@@ -449,7 +449,7 @@ def _gc_grads(cfg, rows=slice(None), world_size=1):
     out = T.forward_backward(m, b, cfg, gather=T.make_gather(cfg), forward=ddp)
     return {k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
-def assert_same_grads(got: dict, want: dict, rel: float = 1e-10):
+def assert_same_grads(got: dict, want: dict, rel: float = 1e-13):
     """Every parameter's gradient equal up to float64 rounding: each entry within `rel` of itself, or of its tensor's largest
     entry (entries that cancel to nearly 0 carry rounding of the tensor's size, never more)."""
     assert set(got) == set(want) and len(want) > 20
@@ -466,7 +466,7 @@ GC_LAYOUTS = {    # the corrected recipe's layout (image tower trained), the toy
 
 def _gc_cfg(layout: str, **kw):
     preset, own = GC_LAYOUTS[layout]
-    return load_config(preset, clip_pretrained='none', lim_dropout=0.1, max_frames=4, **{**own, **kw})    # LIM's dropout on
+    return load_config(preset, **{'clip_pretrained': 'none', 'lim_dropout': 0.1, 'max_frames': 4, **own, **kw})   # LIM's dropout on
 
 def _gc_step(cfg, seed: int = 1, model=None):
     "One float64 `forward_backward` of the fixed batch under `cfg` (dropout drawn from `seed`): (parts, grads, rng after, model)."
@@ -547,29 +547,26 @@ def test_grad_cache_replays_the_towers_random_state(monkeypatch):
 
 @pytest.mark.parametrize('precision', ['amp-bf16', 'amp-fp16', 'released-fp16'])
 def test_grad_cache_in_every_precision(precision):
-    """16-bit modes (a GradScaler under amp-fp16: its scale must reach the towers' gradients too) give the plain step's
-    loss and gradients up to 16-bit rounding; float64 above is where they are equal exactly."""
+    """The 16-bit modes, amp-fp16 with a GradScaler (whose scale must reach the towers' gradients too): the cached step's
+    loss is the plain step's and its gradient differs from the plain step's by less than half of what the mode's own
+    rounding moves the plain step away from fp32 (measured: about a seventh). Float64 above is where they are equal."""
     base = _gc_cfg('plain', precision=precision, lim_dropout=0.0, max_frames=3)
     b = {k: v[:6, :3] if k in ('frames', 'frame_mask') else v[:6] for k, v in _ddp_batch().items()}
     runs = {}
-    for chunk in (0, 4):
-        cfg = base.replace(grad_cache_chunk=chunk)
+    for name, cfg in (('fp32', base.replace(precision='fp32')), ('plain', base), ('cached', base.replace(grad_cache_chunk=4))):
         torch.manual_seed(0); m = GLSCL(cfg).train()
-        scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10) if precision == 'amp-fp16' else None
+        scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10) if cfg.precision == 'amp-fp16' else None
         out = T.forward_backward(m, b, cfg, scaler=scaler)
-        runs[chunk] = out['loss'].item(), {n: p.grad.float().clone() for n, p in m.named_parameters() if p.grad is not None}
-    (l0, g0), (l4, g4) = runs[0], runs[4]
-    assert l4 == pytest.approx(l0, rel=1e-3) and set(g4) == set(g0)
-    assert any(n.startswith('clip.model.visual.') for n in g0)
-    for n in g0:
-        assert torch.isfinite(g4[n]).all(), n
-        err = (g4[n] - g0[n]).norm() / g0[n].norm().clamp_min(1e-30)
-        assert err < 0.05, (n, float(err))                  # a relative error of the whole tensor, at 16-bit rounding
-    if precision == 'amp-fp16':                              # scaled: 2^10 times the fp32 step's gradients
-        torch.manual_seed(0); m = GLSCL(base.replace(precision='fp32')).train()
-        T.forward_backward(m, b, base.replace(precision='fp32'))
-        w = m.clip.model.transformer.resblocks[0].mlp.c_fc.weight.grad
-        assert (g4['clip.model.transformer.resblocks.0.mlp.c_fc.weight'] / 2 ** 10 - w).norm() < 0.05 * w.norm()
+        s = scaler.get_scale() if scaler else 1.0                      # the gradients come scaled: unscale to compare
+        runs[name] = out['loss'].item(), {n: p.grad.double() / s for n, p in m.named_parameters() if p.grad is not None}
+    flat = lambda g: torch.cat([v.flatten() for v in g.values()])
+    (l32, g32), (l0, g0), (lc, gc) = runs['fp32'], runs['plain'], runs['cached']
+    assert set(gc) == set(g0) == set(g32) and any(n.startswith('clip.model.visual.') for n in g0)
+    assert all(torch.isfinite(v).all() for v in gc.values())
+    assert lc == pytest.approx(l0, rel=1e-6) and l0 == pytest.approx(l32, rel=1e-2)
+    mode = (flat(g0) - flat(g32)).norm() / flat(g32).norm()
+    assert 0 < mode < 0.05                                              # the 16-bit mode's own rounding
+    assert (flat(gc) - flat(g0)).norm() / flat(g0).norm() < 0.5 * mode
 
 def test_grad_cache_settings_and_errors():
     from glscl.config import SettingError
