@@ -21,12 +21,14 @@ the extra compute, and the CPU time of the same step at the micro batch, measure
   losses), the inputs of the towers' blocks (what checkpointing keeps), the tower outputs a cached step holds; the
   FLOPs of one plain and one cached step (`FlopCounterMode` counts the second tower pass and any recomputation); and
   the CPU seconds of each, side by side.
-- Extrapolated to the batch: every per-pair quantity times the batch (or the chunk), then the peak model
-      plain step:   static + B * (towers + rest)
-      cached step:  static + B * cached outputs + max(B * rest, chunk * towers)
+- Extrapolated to the batch: each byte count is measured at the micro batch and at twice it, which separates what
+  grows with the pairs from what does not (under autocast, the 16-bit copies of the weights each forward saves),
+  then the peak model
+      plain step:   static + towers(B) + rest(B)
+      cached step:  static + B * cached outputs and their gradients + max(rest(B), towers(chunk))
   (the rest's graph is freed by its backward before the chunks are encoded again); with checkpointing the towers
-  hold their blocks' inputs and one block's activations at a time (recomputed in the backward). Allocator slack and
-  the CUDA context (about 0.5-1 GiB) are not included.
+  hold their blocks' inputs and one block's activations at a time (recomputed in the backward). Allocator slack,
+  temporaries that are not saved for the backward and the CUDA context (about 0.5-1 GiB) are not included.
 
     python benchmarks/step_cost.py --preset msrvtt-vitb32-1gpu --micro 4 --chunks 0,64,32,16,8
 """
@@ -141,20 +143,30 @@ def _step(model, cfg, x, chunk: int):
         loss.backward()
 
 
+def _fit(small: dict, large: dict, n: int) -> tuple:
+    "Per-pair slope and batch-independent part of each byte count, from measurements at n and 2n pairs."
+    pp = {k: (large[k] - small[k]) / n for k in small}
+    return pp, {k: max(0.0, small[k] - n * pp[k]) for k in small}
+
+
 def grad_cache_costs(preset: str = 'msrvtt-vitb32-1gpu', micro: int = 4, chunks=(0, 32, 16, 8), batch: int = None, **overrides) -> dict:
     """Peak memory (estimated for the batch), extra FLOPs and CPU time (both measured at `micro` pairs) of a step for each
-    chunk in `chunks` (0: no gradient caching), without and with gradient checkpointing."""
+    chunk in `chunks` (0: no gradient caching), without and with gradient checkpointing. Bytes are measured at `micro`
+    and 2 x `micro` pairs: what grows with the batch, and what does not (under autocast, the 16-bit copies of the weights
+    that each forward saves: about 0.3 GiB for ViT-B/32, once per forward whatever the batch or the chunk)."""
     cfg = load_config(preset, clip_pretrained='none', lim_dropout=0.0, **overrides)
     B = batch or cfg.batch_size
     torch.manual_seed(0)
     model = GLSCL(cfg).train()
     x = micro_batch(cfg, micro)
-    by = tower_bytes(model, cfg, x)
-    pp = {k: v / micro for k, v in by.items()}                     # per pair; the largest block is per pair too
+    pp, fixed = _fit(tower_bytes(model, cfg, x), tower_bytes(model, cfg, micro_batch(cfg, 2 * micro, seed=1)), micro)
     trainable = [p for g in param_groups(model, cfg) for p in g['params']]
     static = (sum(p.numel() * p.element_size() for p in model.parameters())
               + sum(3 * p.numel() * p.element_size() for p in trainable))     # weights, gradients, two moments
-    towers = {False: pp['outside'] + pp['blocks'], True: pp['outside'] + pp['block_inputs'] + pp['largest_block']}
+    def towers(n, ckpt):                                           # what the towers hold for the backward of n pairs
+        if not ckpt: return fixed['outside'] + fixed['blocks'] + n * (pp['outside'] + pp['blocks'])
+        return fixed['outside'] + fixed['largest_block'] + n * (pp['outside'] + pp['block_inputs'] + pp['largest_block'])
+    rest = fixed['rest'] + B * pp['rest']
     rows, measured = [], {}
     for ckpt in (False, True):
         model.clip.model.set_grad_checkpointing(ckpt)
@@ -164,29 +176,30 @@ def grad_cache_costs(preset: str = 'msrvtt-vitb32-1gpu', micro: int = 4, chunks=
                 with FlopCounterMode(display=False) as fc: _step(model, cfg, x, c)
                 t0 = time.perf_counter(); _step(model, cfg, x, c); sec = time.perf_counter() - t0
                 measured[ckpt, bool(chunk)] = (fc.get_total_flops(), sec)
-            if chunk: peak = static + B * 2 * pp['outputs'] + max(B * pp['rest'], min(chunk, B) * towers[ckpt])
-            else: peak = static + B * (towers[ckpt] + pp['rest'])
+            if chunk: peak = static + B * 2 * pp['outputs'] + max(rest, towers(min(chunk, B), ckpt))
+            else: peak = static + towers(B, ckpt) + rest
             rows.append(dict(chunk=chunk, checkpointing=ckpt, peak_bytes=peak))
     model.clip.model.set_grad_checkpointing(False)
     f0, s0 = measured[False, False]
     for r in rows:
         f, sec = measured[r['checkpointing'], bool(r['chunk'])]
         r.update(flops=f / micro * B, extra_flops=f / f0 - 1, cpu_time_ratio=sec / s0)
-    return dict(preset=preset, batch=B, micro=micro, precision=cfg.precision, static_bytes=static, per_pair=pp, rows=rows,
-                cpu_seconds_plain=s0)
+    return dict(preset=preset, batch=B, micro=micro, precision=cfg.precision, static_bytes=static, per_pair=pp, fixed=fixed,
+                rows=rows, cpu_seconds_plain=s0)
 
 
 def grad_cache_report(c: dict, mfu: float = 0.35, pairs: int = MSRVTT_TRAIN_PAIRS, gpu: str = 'A100 (312 TFLOP/s bf16/fp16)') -> str:
     GiB, steps = 1024 ** 3, pairs // c['batch']
     pp = c['per_pair']
     lines = [f"{c['preset']} ({c['precision']}), batch {c['batch']} on ONE GPU, gradient caching: peak memory ESTIMATED from a micro "
-             f"batch of {c['micro']} measured on this CPU and scaled; extra FLOPs counted and CPU time measured at the micro batch "
+             f"batch of {c['micro']} and {2 * c['micro']} measured on this CPU and scaled; extra FLOPs counted and CPU time measured at the micro batch "
              f"(side by side, CPU, {c['cpu_seconds_plain']:.1f} s for the plain micro step); GPU time ESTIMATED as FLOPs / "
              f"({gpu.split(' (')[0]} peak x {mfu:.0%})",
              f"  measured per pair (MiB): towers' saved activations {(pp['outside'] + pp['blocks']) / 2**20:.1f} (largest block "
              f"{pp['largest_block'] / 2**20:.2f}, block inputs {pp['block_inputs'] / 2**20:.2f}), rest of the model "
-             f"{pp['rest'] / 2**20:.2f}, tower outputs {pp['outputs'] / 2**20:.3f}; weights+grads+optimizer "
-             f"{c['static_bytes'] / GiB:.2f} GiB",
+             f"{pp['rest'] / 2**20:.2f}, tower outputs {pp['outputs'] / 2**20:.3f}; whatever the batch: towers "
+             f"{(c['fixed']['outside'] + c['fixed']['blocks']) / 2**20:.0f}, rest {c['fixed']['rest'] / 2**20:.0f}; "
+             f"weights+grads+optimizer {c['static_bytes'] / GiB:.2f} GiB",
              f"  {'chunk':>5} {'checkpointing':>13} {'peak GiB (est.)':>15} {'extra FLOPs':>11} {'CPU time x (meas.)':>18} "
              f"{'GPU s/step (est.)':>17} {'min/epoch (est.)':>16}"]
     peak = PEAKS[gpu]

@@ -26,12 +26,14 @@ def test_grad_cache_costs(sc):
     """The chunk table: the towers' and the rest's saved bytes add up to the plain step's; caching lowers the estimated peak
     (more for smaller chunks, more again with checkpointing) and costs a second pass of the towers (counted FLOPs)."""
     c = sc.grad_cache_costs('toy', micro=2, chunks=(0, 4, 2), batch=8, freeze_visual=False)
-    plain = sc.step_cost('toy', micro=2, batch=8, freeze_visual=False)
-    pp, B = c['per_pair'], 8
-    assert B * (pp['outside'] + pp['blocks'] + pp['rest']) == pytest.approx(plain['activation_bytes'], rel=1e-9)
+    pp, fixed = c['per_pair'], c['fixed']
+    for m in (2, 4):       # the split (towers, rest) and the fit (per pair + fixed) give back the plain step's saved bytes
+        plain = sc.step_cost('toy', micro=m, batch=m, freeze_visual=False)
+        assert sum(fixed[k] + m * pp[k] for k in ('outside', 'blocks', 'rest')) == pytest.approx(plain['activation_bytes'], rel=1e-6)
     assert c['static_bytes'] == plain['static_bytes']
     rows = {(r['chunk'], r['checkpointing']): r for r in c['rows']}
-    assert rows[0, False]['peak_bytes'] == pytest.approx(plain['static_bytes'] + plain['activation_bytes'], rel=1e-9)
+    want = plain['static_bytes'] + sum(fixed[k] + 8 * pp[k] for k in ('outside', 'blocks', 'rest'))
+    assert rows[0, False]['peak_bytes'] == pytest.approx(want, rel=1e-9)
     assert rows[0, False]['extra_flops'] == 0 and rows[0, False]['cpu_time_ratio'] == 1
     assert rows[2, False]['peak_bytes'] < rows[4, False]['peak_bytes'] < rows[0, False]['peak_bytes']
     for chunk in (0, 2, 4): assert rows[chunk, True]['peak_bytes'] < rows[chunk, False]['peak_bytes']

@@ -584,7 +584,7 @@ def test_grad_cache_settings_and_errors():
     for one, base in (('msrvtt-vitb32-1gpu', 'msrvtt-vitb32-amp'), ('msrvtt-vitb32-released-1gpu', 'msrvtt-vitb32')):
         a, b = load_config(one).to_dict(), load_config(base).to_dict()
         assert {k for k in a if a[k] != b[k]} - {'name', 'description', 'out_dir'} == {'grad_cache_chunk'}, one
-        assert (a['grad_cache_chunk'], a['batch_size'], a['grad_checkpointing']) == (16, 128, False)
+        assert (a['grad_cache_chunk'], a['batch_size'], a['grad_checkpointing']) == (32, 128, False)
     assert load_config('msrvtt-vitb32').grad_cache_chunk == 0 and load_config('toy').grad_cache_chunk == 0
 
 def test_ddp_grad_cache_matches_one_process_without(ddp_runs):
