@@ -600,3 +600,14 @@ def test_ddp_grad_cache_matches_one_process_without(ddp_runs):
         assert any(n.startswith('clip.model.visual.') for n in grads)
         assert_same_grads(ranks[0]['grads'], want)
         for n in grads: assert torch.equal(ranks[0]['grads'][n], ranks[1]['grads'][n]), n     # every rank the same
+
+def test_train_with_grad_cache_and_a_chunk_that_saves_nothing(cfg, caplog):
+    "`train` takes cached steps; a chunk not below each process's share of the batch is pointed out (it only costs time)."
+    with caplog.at_level(logging.WARNING, logger='glscl.train'):
+        r = T.train(cfg.replace(grad_cache_chunk=16), progress=False, stop_after=1)
+    assert r['stopped_at'] == 1
+    assert 'grad_cache_chunk=16 is not below the 16 pairs each process encodes' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='glscl.train'):
+        T.train(cfg.replace(grad_cache_chunk=5), progress=False, stop_after=1)
+    assert 'grad_cache_chunk' not in caplog.text
