@@ -36,7 +36,8 @@ LIMITS = dict(max_words=(3, 77, False, False), max_frames=(1, INF, False, True),
               grad_clip=(0, INF, False, True), seed=(0, 2**32 - 1, False, False), num_workers=(0, INF, False, True),
               eval_batch_size=(1, INF, False, True), toy_videos=(0, INF, False, True), toy_seed=(0, 2**32 - 1, False, False),
               toy_val=(0, INF, False, True), toy_test=(0, INF, False, True),
-              eval_every=(0, INF, False, True), max_steps=(0, INF, False, True), max_skip_frac=(0, 1, False, False))
+              eval_every=(0, INF, False, True), max_steps=(0, INF, False, True), max_skip_frac=(0, 1, False, False),
+              grad_cache_chunk=(0, INF, False, True))
 
 def _within(v, lo, hi, lo_open, hi_open) -> bool:
     "Whether `v` is a finite number in the interval (NaN and infinities never are)."
@@ -94,6 +95,9 @@ class Config:
     freeze_conv1: bool = False; ddp_gather: str = 'exact'
     # a folder of decoded frames (`glscl cache-frames`): read instead of the videos when it holds a finished cache
     frame_cache: Optional[Path] = None
+    # memory, not maths (13_training): the CLIP towers encode the batch N items at a time with cached gradients
+    # (gradient caching; 0: the whole batch at once), and open_clip's gradient checkpointing inside the towers
+    grad_cache_chunk: int = 0; grad_checkpointing: bool = False
 
     def __post_init__(self):
         types = self._types()

@@ -33,6 +33,7 @@ class GLSCL(nn.Module):
             else: raise ValueError(f"tt_init={cfg.tt_init!r}: use 'clip' or 'random'")
         if cfg.precision == 'released-fp16' and self.clip.model.visual.conv1.weight.dtype != torch.float16:
             cast_released_fp16(self.clip)                # CLIP's weights in fp16 the released way; the heads stay fp32
+        if cfg.grad_checkpointing: self.clip.model.set_grad_checkpointing(True)   # open_clip recomputes each tower block in the backward
         if cfg.freeze_visual:                            # frame features then depend on the video only
             for p in self.clip.model.visual.parameters(): p.requires_grad_(False)
         if cfg.freeze_conv1: self.clip.model.visual.conv1.weight.requires_grad_(False)   # the released recipe
@@ -60,10 +61,11 @@ class GLSCL(nn.Module):
 
 # %% ../nbs/11_model.ipynb #4a78e8f3
 @patch
-def encode_text(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor, queries: bool = True) -> dict:
-    "Per-text cache: eos [T,D], tokens [T,L,D], mask [T,L], query [T,K,D] (no query when LIM is unused or `queries=False`)."
-    tokens, eos = self.clip.encode_text(ids, mask if self.cfg.official_compat else None)   # the released text mask hides pads
-    out = dict(eos=eos.float(), tokens=tokens.float(), mask=mask)
+def encode_text(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor, queries: bool = True, tower: dict = None) -> dict:
+    """Per-text cache: eos [T,D], tokens [T,L,D], mask [T,L], query [T,K,D] (no query when LIM is unused or `queries=False`).
+    `tower`: `text_tower`'s output for these texts, computed beforehand (gradient caching), used instead of running it."""
+    t = tower if tower is not None else self.text_tower(ids, mask)
+    out = dict(eos=t['eos'], tokens=t['tokens'], mask=mask)
     return self.add_queries(out, 'text') if queries else out
 
 @patch
@@ -94,11 +96,37 @@ def pad_frame_slots(frames: torch.Tensor, mask: torch.Tensor, n: int) -> tuple:
 
 @patch
 def encode_video(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, features: torch.Tensor = None,
-                 queries: bool = True) -> dict:
+                 queries: bool = True, tower: dict = None) -> dict:
     """Per-video cache: frames [V,N,D] (after the temporal transformer), mask [V,N], query [V,K,D] (no query when LIM is
     unused or `queries=False`). `features` [V,N,D]: CLIP frame features computed beforehand (a frozen image tower),
     used instead of encoding `frames`. With `official_compat` every video has `max_frames` slots and padded slots hold
-    CLIP's features of a zero image, carried through the temporal transformer (the released code)."""
+    CLIP's features of a zero image, carried through the temporal transformer (the released code). `tower`:
+    `frame_tower`'s output for these videos, computed beforehand (gradient caching), used instead of running it."""
+    t = tower if tower is not None else self.frame_tower(frames, frame_mask, features)
+    f, frame_mask = t['frames'], t['mask']
+    if self.temporal is not None: f = self.temporal(f, frame_mask, zero_pads=not self.cfg.official_compat)
+    out = dict(frames=f, mask=frame_mask)
+    return self.add_queries(out, 'video') if queries else out
+
+
+# %% ../nbs/11_model.ipynb #6d9a81a3
+def _head_float(x: torch.Tensor) -> torch.Tensor:
+    "A tower's output in the heads' precision: 16-bit floats (the half CLIP, autocast) become float32; float32 and float64 stay."
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+# %% ../nbs/11_model.ipynb #240ddbf4
+@patch
+def text_tower(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    "CLIP's text tower alone: tokens [T,L,D] and eos [T,D] of token ids [T,L]. Each caption's output depends on it alone."
+    tokens, eos = self.clip.encode_text(ids, mask if self.cfg.official_compat else None)   # the released text mask hides pads
+    return dict(tokens=_head_float(tokens), eos=_head_float(eos))
+
+# %% ../nbs/11_model.ipynb #07fc5960
+@patch
+def frame_tower(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, features: torch.Tensor = None) -> dict:
+    """CLIP's image tower alone: frame features [V,N,D] (padded slots 0) and the frame mask [V,N], what the temporal
+    transformer reads. `features` [V,N,D]: the frozen tower's features computed beforehand, read instead. With
+    `official_compat`, `max_frames` slots and zero images' features in the padded ones. Each video's output depends on it alone."""
     vis = self.clip.model.visual
     if frames.dtype == torch.uint8:                                      # uint8 pixels: CLIP's input, padded slots zero
         from glscl.video import normalize_frames
@@ -111,18 +139,22 @@ def encode_video(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, fe
         features = torch.where(frame_mask[..., None], features, features.new_zeros(()))
     if features is not None and any(p.requires_grad for p in vis.parameters()):
         raise ValueError("precomputed frame features need a frozen image tower (freeze_visual = true)")
-    oc = self.cfg.official_compat
-    if not oc: f = (features if features is not None else self.clip.encode_frames(frames, frame_mask)).float()   # padded slots are 0
-    else:
-        if features is not None: features, _ = pad_frame_slots(features, frame_mask, self.cfg.max_frames)
-        frames, frame_mask = pad_frame_slots(frames, frame_mask, self.cfg.max_frames)
-        if features is None: f = self.clip.encode_frames(frames).float()           # zero images through CLIP too
-        else:
-            zero = self.clip.encode_frames(frames.new_zeros(1, 1, *frames.shape[2:])).float()[0, 0]
-            f = torch.where(frame_mask[..., None], features.float(), zero)
-    if self.temporal is not None: f = self.temporal(f, frame_mask, zero_pads=not oc)
-    out = dict(frames=f, mask=frame_mask)
-    return self.add_queries(out, 'video') if queries else out
+    if not self.cfg.official_compat:                                     # padded slots are 0
+        return dict(frames=_head_float(features if features is not None else self.clip.encode_frames(frames, frame_mask)), mask=frame_mask)
+    if features is not None: features, _ = pad_frame_slots(features, frame_mask, self.cfg.max_frames)
+    frames, frame_mask = pad_frame_slots(frames, frame_mask, self.cfg.max_frames)
+    if features is None: return dict(frames=_head_float(self.clip.encode_frames(frames)), mask=frame_mask)   # zero images through CLIP too
+    zero = _head_float(self.clip.encode_frames(frames.new_zeros(1, 1, *frames.shape[2:])))[0, 0]
+    return dict(frames=torch.where(frame_mask[..., None], _head_float(features), zero), mask=frame_mask)
+
+# %% ../nbs/11_model.ipynb #d9a9aa55
+@patch
+def tower_parameters(self: GLSCL, tower: str) -> list:
+    "The parameters that `text_tower` ('text') or `frame_tower` ('video') reads: CLIP's text or image tower (the logit scale is in neither)."
+    m = self.clip.model
+    if tower == 'video': return list(m.visual.parameters())
+    if tower == 'text': return [p for n, p in m.named_parameters() if not n.startswith('visual.') and n not in ('logit_scale', 'logit_bias')]
+    raise ValueError(f"tower={tower!r}: use 'text' or 'video'")
 
 # %% ../nbs/11_model.ipynb #08e51252
 def check_finite_rows(x: torch.Tensor, what: str, item: str = 'item'):
@@ -153,13 +185,15 @@ def similarity(self: GLSCL, text: dict, video: dict, use_lim: bool = True, chunk
 
 # %% ../nbs/11_model.ipynb #7c756fad
 @patch
-def forward(self: GLSCL, batch: dict, gather=None) -> dict:
+def forward(self: GLSCL, batch: dict, gather=None, towers: dict = None) -> dict:
     """Losses of a batch of matched pairs: dict(loss, nce, icl, idl), and with LIM the query outputs' collapse gauges
-    `qcos_t`, `qcos_v` (`query_cosine` of each modality, detached: for the log, not the loss)."""
-    c = self.cfg
+    `qcos_t`, `qcos_v` (`query_cosine` of each modality, detached: for the log, not the loss). `towers`: dict(text=...,
+    video=...) of `text_tower` / `frame_tower` outputs for this batch computed beforehand (gradient caching, notebook 13)."""
+    c, towers = self.cfg, towers or {}
     lim_after = gather is not None and c.ddp_gather == 'released'    # the released code runs LIM on the gathered batch
-    text = self.encode_text(batch['ids'], batch['mask'], queries=not lim_after)
-    video = self.encode_video(batch['frames'], batch['frame_mask'], features=batch.get('frame_features'), queries=not lim_after)
+    text = self.encode_text(batch['ids'], batch['mask'], queries=not lim_after, tower=towers.get('text'))
+    video = self.encode_video(batch['frames'], batch['frame_mask'], features=batch.get('frame_features'), queries=not lim_after,
+                              tower=towers.get('video'))
     if gather is not None:
         video = dict(video, **dict(zip(('frames', 'mask'), pad_frame_slots(video['frames'], video['mask'], c.max_frames))))
         text, video = gather(text), gather(video)                    # every rank sees the global batch

@@ -12,9 +12,9 @@ __all__ = ['log', 'OPTIMIZERS', 'TRUST_HINT', 'RESUME_FREE_KEYS', 'AMP_DTYPES', 
            'autocast', 'make_scaler', 'world', 'init_distributed', 'all_gather_objects', 'GatherRows', 'gather_batch',
            'make_gather', 'on_shards', 'model_fingerprint', 'split_items', 'data_fingerprint', 'encoding_key',
            'encode_texts', 'encode_videos', 'encode_split', 'cached_encodings', 'block_similarity', 'evaluate',
-           'probe_device', 'pick_device', 'NonFiniteLoss', 'train_step', 'train_loader', 'RunLog', 'read_log',
-           'frozen_features', 'frame_features', 'with_features', 'count_unreadable', 'check_frame_positions', 'train',
-           'plot_run']
+           'probe_device', 'pick_device', 'row_chunks', 'torch_rng', 'set_torch_rng', 'GradCache', 'average_gradients',
+           'NonFiniteLoss', 'forward_backward', 'train_step', 'train_loader', 'RunLog', 'read_log', 'frozen_features',
+           'frame_features', 'with_features', 'count_unreadable', 'check_frame_positions', 'train', 'plot_run']
 
 # %% ../nbs/13_training.ipynb #ea6d8c40
 import contextlib, hashlib, json, logging, math, os, random, tempfile, time
@@ -248,7 +248,8 @@ def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng:
     return ckpt
 
 RESUME_FREE_KEYS = ('name', 'description', 'out_dir', 'anno_dir', 'video_dir', 'frame_cache', 'num_workers', 'eval_batch_size',
-                    'eval_every', 'max_skip_frac', 'epochs', 'max_steps')
+                    'eval_every', 'max_skip_frac', 'epochs', 'max_steps',
+                    'grad_cache_chunk', 'grad_checkpointing')      # memory and time only: the same loss and gradients
 
 def check_resume(ckpt: dict, cfg: Config, path):
     "A resume must continue the same run: refuse a checkpoint without optimizer state or with other settings."
@@ -634,19 +635,111 @@ def pick_device(name=None):
                              "to run the missing ops on the CPU")
     return torch.device(name)
 
+# %% ../nbs/13_training.ipynb #eb14e4f7
+def row_chunks(n: int, size: int) -> list:
+    "Slices of `range(n)`, `size` rows each (the last one may be shorter); one slice of all when `size` is 0 or at least `n`."
+    if size < 0: raise ValueError(f"chunk size {size}: use a positive number of rows, or 0 for one chunk")
+    if not size or size >= n: return [slice(0, n)]
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+# %% ../nbs/13_training.ipynb #15d08a4e
+def torch_rng(device) -> tuple:
+    "The state of torch's generators a forward on `device` draws from (dropout): the CPU's, and the GPU's or MPS's."
+    dev = torch.device(device)
+    if dev.type == 'cuda': return torch.get_rng_state(), torch.cuda.get_rng_state(dev)
+    if dev.type == 'mps': return torch.get_rng_state(), torch.mps.get_rng_state()
+    return (torch.get_rng_state(),)
+
+def set_torch_rng(state: tuple, device):
+    "Restore a `torch_rng(device)` state."
+    dev = torch.device(device)
+    torch.set_rng_state(state[0])
+    if dev.type == 'cuda': torch.cuda.set_rng_state(state[1], dev)
+    elif dev.type == 'mps': torch.mps.set_rng_state(state[1])
+
+# %% ../nbs/13_training.ipynb #d61132c5
+class GradCache:
+    """Gradient caching of GLSCL's CLIP towers, `chunk` items at a time (`amp`: a function returning the autocast context).
+    `forward(batch, gather)` runs the towers chunk by chunk without a graph, remembering torch's random state before each
+    chunk, then the rest of the model and the losses on the whole batch from their outputs (leaf tensors); it returns the
+    model's output. `backward(loss)` backpropagates `loss` into the heads and the tower outputs, then for each chunk
+    restores its random state, encodes it again with a graph and backpropagates the cached gradient of its outputs.
+    The gradients are those of one forward of the whole batch; the towers' activations exist for one chunk at a time."""
+    def __init__(self, model: GLSCL, chunk: int, amp=contextlib.nullcontext):
+        if chunk < 1: raise ValueError(f"grad_cache_chunk = {chunk}: use a positive number of items per chunk, or 0 to switch gradient caching off")
+        bn = [n for n, m in model.clip.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if bn: raise ValueError(f"grad_cache_chunk = {chunk} with CLIP {model.cfg.clip_model}: its BatchNorm layers ({bn[0]}, ...) would "
+                                "normalise each chunk with the chunk's statistics, so the gradients would not be the batch's; "
+                                "use a ViT CLIP, or grad_cache_chunk = 0")
+        self.model, self.chunk, self.amp, self.jobs = model, chunk, amp, []
+
+    def forward(self, batch: dict, gather=None) -> dict:
+        m, dev, feats = self.model, _device(self.model), batch.get('frame_features')
+        towers = dict(text=lambda s: m.text_tower(batch['ids'][s], batch['mask'][s]),
+                      video=lambda s: m.frame_tower(batch['frames'][s], batch['frame_mask'][s], None if feats is None else feats[s]))
+        self.slices, self.jobs, outs = row_chunks(len(batch['ids']), self.chunk), [], {}
+        for name, fn in towers.items():
+            learns = torch.is_grad_enabled() and any(p.requires_grad for p in m.tower_parameters(name))
+            states, parts = [], []
+            with torch.no_grad():
+                for s in self.slices:
+                    states.append(torch_rng(dev))
+                    with self.amp(): parts.append(fn(s))
+            out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            if learns:                                                   # leaves: the heads' backward stops here
+                out = {k: x.requires_grad_() if x.is_floating_point() else x for k, x in out.items()}
+                self.jobs.append((fn, states, out))
+            outs[name] = out
+        with self.amp(): return m(batch, gather=gather, towers=outs)
+
+    def backward(self, loss: torch.Tensor):
+        dev = _device(self.model)
+        loss.backward()                                                  # the heads' gradients, and dL/dz of the tower outputs
+        after = torch_rng(dev)
+        try:
+            for fn, states, out in self.jobs:
+                keys = [k for k, x in out.items() if x.requires_grad and x.grad is not None]
+                for s, state in zip(self.slices, states if keys else []):
+                    set_torch_rng(state, dev)                            # the same dropout masks as the first pass
+                    with self.amp(): part = fn(s)
+                    torch.autograd.backward([part[k] for k in keys], [out[k].grad[s] for k in keys])
+        finally:
+            set_torch_rng(after, dev); self.jobs = []
+
+# %% ../nbs/13_training.ipynb #3d5cdbb7
+def average_gradients(model: torch.nn.Module):
+    """Average every parameter's gradient over the processes (dividing first, then one all-reduce per dtype), as DDP's
+    hooks do after a backward through its wrapper. A cached step runs several backward passes outside the wrapper
+    (DDP would reduce after the first), so it averages once, after the last."""
+    W = world()[1]
+    if W == 1: return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    for dt in dict.fromkeys(g.dtype for g in grads):
+        gs = [g for g in grads if g.dtype == dt]
+        flat = torch.cat([g.reshape(-1) for g in gs]).div_(W)
+        dist.all_reduce(flat)
+        i = 0
+        for g in gs: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
+
 # %% ../nbs/13_training.ipynb #b5091dff
 class NonFiniteLoss(RuntimeError):
     "The loss or the gradient norm became NaN or inf."
 
 LOG_STEP_KEYS = ('loss', 'nce', 'icl', 'idl')
 
-def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, gather=None, scaler=None, forward=None) -> dict:
-    """One optimisation step on `batch` (the `step`-th, from 0); returns the logged numbers. Raises `NonFiniteLoss` before
-    touching the weights. `forward`: the DDP wrapper of `model` under torchrun; `scaler`: amp-fp16's gradient scaler."""
+def forward_backward(model: GLSCL, batch: dict, cfg: Config, step: int = 0, gather=None, scaler=None, forward=None) -> dict:
+    """The loss of `batch` (the `step`-th, from 0) and its gradients, written anew into every parameter's `.grad`; returns the
+    forward's output, detached. Raises `NonFiniteLoss` before any gradient is written. `forward`: the DDP wrapper of
+    `model` under torchrun; `scaler`: amp-fp16's gradient scaler (the gradients are then scaled). With
+    `cfg.grad_cache_chunk` the towers go through `GradCache`, outside the DDP wrapper, and the gradients are averaged
+    over the processes after its last backward (`average_gradients`)."""
     dev = _device(model)
     batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    cache = GradCache(model, cfg.grad_cache_chunk, lambda: autocast(cfg, dev)) if cfg.grad_cache_chunk else None
     try:
-        with autocast(cfg, dev): out = (forward or model)(batch, gather=gather)
+        if cache is not None: out = cache.forward(batch, gather)
+        else:
+            with autocast(cfg, dev): out = (forward or model)(batch, gather=gather)
     except ValueError as e:                                            # the model's checks saw NaN or inf: from the data or the weights?
         inputs_ok = all(bool(torch.isfinite(v).all()) for v in batch.values() if torch.is_tensor(v) and v.is_floating_point())
         if 'NaN or inf' not in str(e) or not inputs_ok: raise
@@ -656,13 +749,22 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
                             + (f"hold NaN or inf ({', '.join(bad[:4])})" if bad else f"diverged (largest |weight| {big:.3g})")
                             + "; training stopped before this step's update: the run's last.pt is the last good checkpoint. Lower lr and "
                             "resume from it, or start again.") from e
+    loss = out['loss'].item()
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"step {step + 1}: the loss is {loss} (" + ', '.join(f"{k}={out[k].item():.4g}" for k in LOG_STEP_KEYS if k != 'loss')
+                            + "); training stopped before this step's update. Lower lr, check the data, or resume from the last checkpoint.")
+    model.zero_grad(set_to_none=True)
+    scaled = out['loss'] if scaler is None else scaler.scale(out['loss'])
+    if cache is None: scaled.backward()
+    else: cache.backward(scaled); average_gradients(model)
+    return {k: v.detach() for k, v in out.items()}
+
+def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, gather=None, scaler=None, forward=None) -> dict:
+    """One optimisation step on `batch` (the `step`-th, from 0); returns the logged numbers. Raises `NonFiniteLoss` before
+    touching the weights. `forward`: the DDP wrapper of `model` under torchrun; `scaler`: amp-fp16's gradient scaler."""
+    out = forward_backward(model, batch, cfg, step, gather, scaler, forward)
     parts = {k: out[k].item() for k in LOG_STEP_KEYS}
     gauges = {k: out[k].item() for k in ('qcos_t', 'qcos_v') if k in out}     # LIM's collapse gauges, when it has queries
-    if not math.isfinite(parts['loss']):
-        raise NonFiniteLoss(f"step {step + 1}: the loss is {parts['loss']} (" + ', '.join(f"{k}={v:.4g}" for k, v in parts.items() if k != 'loss')
-                            + "); training stopped before this step's update. Lower lr, check the data, or resume from the last checkpoint.")
-    opt.zero_grad(set_to_none=True)
-    (out['loss'] if scaler is None else scaler.scale(out['loss'])).backward()
     if scaler is not None: scaler.unscale_(opt)
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float('inf')).item()
     if not math.isfinite(gnorm) and scaler is None:
@@ -842,6 +944,9 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     if cfg.freeze_visual and cfg.augment:
         raise ValueError(f"augment={cfg.augment!r} with freeze_visual = true would do nothing (frame features are computed once, "
                          "unaugmented): set augment = none, or freeze_visual = false")
+    if main and cfg.grad_cache_chunk and cfg.grad_cache_chunk >= cfg.batch_size // W:
+        log.warning("grad_cache_chunk=%d is not below the %d pairs each process encodes: it saves no memory and costs a second "
+                    "pass of the towers; set it lower, or 0", cfg.grad_cache_chunk, cfg.batch_size // W)
     out = Path(cfg.out_dir)
     if main: out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)                                          # the same initial weights on every rank

@@ -21,3 +21,24 @@ def test_step_cost_scales_from_the_micro_batch(sc):
     assert sc.step_cost('toy', micro=2, batch=8)['static_bytes'] < a['static_bytes']
     text = sc.report(a)
     assert 'ESTIMATES' in text and 'min/epoch' in text
+
+def test_grad_cache_costs(sc):
+    """The chunk table: the towers' and the rest's saved bytes add up to the plain step's; caching lowers the estimated peak
+    (more for smaller chunks, more again with checkpointing) and costs a second pass of the towers (counted FLOPs)."""
+    c = sc.grad_cache_costs('toy', micro=2, chunks=(0, 4, 2), batch=8, freeze_visual=False)
+    pp, fixed = c['per_pair'], c['fixed']
+    for m in (2, 4):       # the split (towers, rest) and the fit (per pair + fixed) give back the plain step's saved bytes
+        plain = sc.step_cost('toy', micro=m, batch=m, freeze_visual=False)
+        assert sum(fixed[k] + m * pp[k] for k in ('outside', 'blocks', 'rest')) == pytest.approx(plain['activation_bytes'], rel=1e-6)
+    assert c['static_bytes'] == plain['static_bytes']
+    rows = {(r['chunk'], r['checkpointing']): r for r in c['rows']}
+    want = plain['static_bytes'] + sum(fixed[k] + 8 * pp[k] for k in ('outside', 'blocks', 'rest'))
+    assert rows[0, False]['peak_bytes'] == pytest.approx(want, rel=1e-9)
+    assert rows[0, False]['extra_flops'] == 0 and rows[0, False]['cpu_time_ratio'] == 1
+    assert rows[2, False]['peak_bytes'] < rows[4, False]['peak_bytes'] < rows[0, False]['peak_bytes']
+    for chunk in (0, 2, 4): assert rows[chunk, True]['peak_bytes'] < rows[chunk, False]['peak_bytes']
+    # a second forward of the towers: between a fifth and a half more FLOPs (their forward is about a third of a step)
+    assert 0.2 < rows[2, False]['extra_flops'] < 0.5 and rows[2, False]['extra_flops'] == rows[4, False]['extra_flops']
+    assert rows[0, True]['extra_flops'] > 0.1                       # checkpointing recomputes the blocks' forward
+    text = sc.grad_cache_report(c)
+    assert 'ESTIMATED' in text and 'measured' in text and 'ONE GPU' in text

@@ -390,6 +390,9 @@ def _ddp_worker(rank, world_size, rdv, out_dir):
             wrap = lambda m: torch.nn.parallel.DistributedDataParallel(m)
             parts, grads = _grads(cfg, T.make_gather(cfg), slice(rank * b, (rank + 1) * b), wrap)
             torch.save(dict(loss=parts['loss'], parts=parts, grads=grads), f'{out_dir}/{mode}{rank}.pt')
+            # gradient caching: each rank encodes its 4 pairs in chunks of 3 (not a divisor), float64, under DDP as `train` runs it
+            parts, grads = _gc_grads(_gc_ddp_cfg(mode, grad_cache_chunk=3), slice(rank * b, (rank + 1) * b), world_size)
+            torch.save(dict(parts=parts, grads=grads), f'{out_dir}/gc-{mode}{rank}.pt')
     finally: dist.destroy_process_group()
 
 @pytest.fixture(scope='module')
@@ -398,7 +401,7 @@ def ddp_runs(tmp_path_factory):
     import torch.multiprocessing as mp
     d = tmp_path_factory.mktemp('ddp')
     mp.spawn(_ddp_worker, args=(2, str(d/'rdv'), str(d)), nprocs=2, join=True)
-    return {m: [torch.load(d/f'{m}{r}.pt') for r in range(2)] for m in ('exact', 'released')}
+    return {m: [torch.load(d/f'{m}{r}.pt') for r in range(2)] for m in ('exact', 'released', 'gc-exact', 'gc-released')}
 
 @pytest.fixture(scope='module')
 def one_process():
@@ -430,3 +433,181 @@ def test_ddp_released_gather_scales_encoders_by_one_over_w(ddp_runs, one_process
     for n in grads:
         want = grads[n] if n in full else grads[n] / 2
         assert torch.allclose(g2[n], want, rtol=1e-3, atol=1e-6), (n, (g2[n] - want).abs().max())
+
+# --- gradient caching: CLIP's towers in chunks, everything else on the whole batch -------------------------------------
+
+def _gc_ddp_cfg(mode='exact', **kw):
+    "The DDP tests' toy model with the image tower trained too (gradient caching re-encodes it), no dropout (ranks draw apart)."
+    return _ddp_cfg().replace(ddp_gather=mode, freeze_visual=False, **kw)
+
+def _gc_grads(cfg, rows=slice(None), world_size=1):
+    "Loss parts and gradients of `T.forward_backward` on rows of `_ddp_batch`, the model in float64 (DDP-wrapped with 2 processes)."
+    torch.manual_seed(0)
+    m = GLSCL(cfg).double().train()
+    ddp = torch.nn.parallel.DistributedDataParallel(m) if world_size > 1 else None
+    b = {k: v[rows] for k, v in _ddp_batch().items()}
+    out = T.forward_backward(m, b, cfg, gather=T.make_gather(cfg), forward=ddp)
+    return {k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+def assert_same_grads(got: dict, want: dict, rel: float = 1e-13):
+    """Every parameter's gradient equal up to float64 rounding: each entry within `rel` of itself, or of its tensor's largest
+    entry (entries that cancel to nearly 0 carry rounding of the tensor's size, never more)."""
+    assert set(got) == set(want) and len(want) > 20
+    for n, w in want.items():
+        assert w.dtype == torch.float64 and w.abs().max() > 0, n
+        torch.testing.assert_close(got[n], w, rtol=rel, atol=rel * float(w.abs().max()), msg=lambda m: f"{n}: {m}")
+
+GC_LAYOUTS = {    # the corrected recipe's layout (image tower trained), the toy run's (stored features of a frozen image
+                  # tower), and the released recipe's (compat padding through CLIP, pads hidden in the text tower, conv1 frozen)
+    'plain': ('toy', dict(freeze_visual=False)),
+    'frozen': ('toy', dict(freeze_visual=True)),
+    'released': ('msrvtt-vitb32', dict(clip_model='glscl-tiny', image_size=64, precision='fp32', augment='none', lim_heads=4, lim_ff_dim=512)),
+}
+
+def _gc_cfg(layout: str, **kw):
+    preset, own = GC_LAYOUTS[layout]
+    return load_config(preset, **{'clip_pretrained': 'none', 'lim_dropout': 0.1, 'max_frames': 4, **own, **kw})   # LIM's dropout on
+
+def _gc_step(cfg, seed: int = 1, model=None):
+    "One float64 `forward_backward` of the fixed batch under `cfg` (dropout drawn from `seed`): (parts, grads, rng after, model)."
+    torch.manual_seed(0)
+    m = model if model is not None else GLSCL(cfg).double().train()
+    b = _ddp_batch()
+    if cfg.freeze_visual:                                         # the toy run's way: the frozen tower's features, computed once
+        with torch.no_grad(): b = dict(b, frame_features=m.clip.encode_frames(b['frames'].double(), b['frame_mask']))
+    torch.manual_seed(seed)
+    out = T.forward_backward(m, b, cfg)
+    return ({k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None},
+            torch.get_rng_state(), m)
+
+_GC_PLAIN = {}
+def _gc_plain(layout):
+    if layout not in _GC_PLAIN: _GC_PLAIN[layout] = _gc_step(_gc_cfg(layout))
+    return _GC_PLAIN[layout]
+
+@pytest.mark.parametrize('layout', list(GC_LAYOUTS))
+@pytest.mark.parametrize('chunk', [1, 3, 5, 8])
+def test_grad_cache_equals_the_whole_batch(layout, chunk):
+    """Chunks of 1, 3, 5 (neither divides the batch of 8) and 8 pairs: the loss parts and every parameter's gradient equal
+    the plain step's (float64, LIM's dropout on), and the random stream continues as after the plain step."""
+    parts, grads, rng, m = _gc_plain(layout)
+    got, ggot, rgot, _ = _gc_step(_gc_cfg(layout, grad_cache_chunk=chunk))
+    for k in ('loss', 'nce', 'icl', 'idl'):
+        assert parts[k] > 0 and got[k] == pytest.approx(parts[k], rel=1e-12, abs=0), k
+    assert_same_grads(ggot, grads)
+    assert torch.equal(rgot, rng)
+    visual = any(n.startswith('clip.model.visual.') for n in grads)
+    assert visual == (layout != 'frozen') and any(n.startswith('clip.model.transformer.') for n in grads)
+    if layout == 'released': assert 'clip.model.visual.conv1.weight' not in grads        # frozen, as released
+
+@pytest.mark.parametrize('chunk', [0, 3])
+def test_grad_checkpointing_keeps_the_gradients(chunk):
+    "open_clip's gradient checkpointing, alone and with chunks of 3: the plain step's loss and gradients (float64)."
+    parts, grads, rng, _ = _gc_plain('plain')
+    cfg = _gc_cfg('plain', grad_cache_chunk=chunk, grad_checkpointing=True)
+    got, ggot, rgot, m = _gc_step(cfg)
+    assert m.clip.model.transformer.grad_checkpointing and m.clip.model.visual.transformer.grad_checkpointing
+    assert got['loss'] == pytest.approx(parts['loss'], rel=1e-12, abs=0)
+    assert_same_grads(ggot, grads)
+    assert torch.equal(rgot, rng)
+
+def _tower_dropout(m, p=0.2):
+    "Attention dropout inside every block of both CLIP towers (open_clip's CLIP has none): the towers draw random numbers."
+    for blk in list(m.clip.model.transformer.resblocks) + list(m.clip.model.visual.transformer.resblocks): blk.attn.dropout = p
+    return m
+
+def _chunked_reference(m, cfg, b, chunk: int, seed: int = 1):
+    "Slow and obvious: each chunk through the towers with its graph kept, in the cached step's order; the rest on the whole batch."
+    torch.manual_seed(seed); m.zero_grad(set_to_none=True)
+    rows = T.row_chunks(len(b['ids']), chunk)
+    text = [m.text_tower(b['ids'][s], b['mask'][s]) for s in rows]
+    video = [m.frame_tower(b['frames'][s], b['frame_mask'][s]) for s in rows]
+    cat = lambda parts: {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out = m(b, towers=dict(text=cat(text), video=cat(video)))
+    out['loss'].backward()
+    return out['loss'].item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+def test_grad_cache_replays_the_towers_random_state(monkeypatch):
+    """With dropout inside the towers, the cached step's gradients are those of a graph through the same chunks, because
+    each chunk's second pass replays its random state; without the replay they are not."""
+    cfg = _gc_cfg('plain', grad_cache_chunk=3)
+    torch.manual_seed(0)
+    m = _tower_dropout(GLSCL(cfg).double().train())
+    b = _ddp_batch()
+    loss, grads = _chunked_reference(m, cfg, b, 3)
+    got, ggot, _, _ = _gc_step(cfg, model=m)
+    assert got['loss'] == pytest.approx(loss, rel=1e-12, abs=0)
+    assert_same_grads(ggot, grads)
+    torch.manual_seed(2); a = m.text_tower(b['ids'][:3], b['mask'][:3])['eos']
+    assert not torch.equal(a, m.text_tower(b['ids'][:3], b['mask'][:3])['eos'])     # the towers do draw
+    monkeypatch.setattr(T, 'set_torch_rng', lambda state, device: None)              # no replay: other masks in the second pass
+    _, gbad, _, _ = _gc_step(cfg, model=m)
+    assert not torch.allclose(gbad['clip.model.transformer.resblocks.0.mlp.c_fc.weight'],
+                              grads['clip.model.transformer.resblocks.0.mlp.c_fc.weight'], rtol=1e-6)
+
+@pytest.mark.parametrize('precision', ['amp-bf16', 'amp-fp16', 'released-fp16'])
+def test_grad_cache_in_every_precision(precision):
+    """The 16-bit modes, amp-fp16 with a GradScaler (whose scale must reach the towers' gradients too): the cached step's
+    loss is the plain step's and its gradient differs from the plain step's by less than half of what the mode's own
+    rounding moves the plain step away from fp32 (measured: about a seventh). Float64 above is where they are equal."""
+    base = _gc_cfg('plain', precision=precision, lim_dropout=0.0, max_frames=3)
+    b = {k: v[:6, :3] if k in ('frames', 'frame_mask') else v[:6] for k, v in _ddp_batch().items()}
+    runs = {}
+    for name, cfg in (('fp32', base.replace(precision='fp32')), ('plain', base), ('cached', base.replace(grad_cache_chunk=4))):
+        torch.manual_seed(0); m = GLSCL(cfg).train()
+        scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10) if cfg.precision == 'amp-fp16' else None
+        out = T.forward_backward(m, b, cfg, scaler=scaler)
+        s = scaler.get_scale() if scaler else 1.0                      # the gradients come scaled: unscale to compare
+        runs[name] = out['loss'].item(), {n: p.grad.double() / s for n, p in m.named_parameters() if p.grad is not None}
+    flat = lambda g: torch.cat([v.flatten() for v in g.values()])
+    (l32, g32), (l0, g0), (lc, gc) = runs['fp32'], runs['plain'], runs['cached']
+    assert set(gc) == set(g0) == set(g32) and any(n.startswith('clip.model.visual.') for n in g0)
+    assert all(torch.isfinite(v).all() for v in gc.values())
+    assert lc == pytest.approx(l0, rel=1e-6) and l0 == pytest.approx(l32, rel=1e-2)
+    mode = (flat(g0) - flat(g32)).norm() / flat(g32).norm()
+    assert 0 < mode < 0.05                                              # the 16-bit mode's own rounding
+    assert (flat(gc) - flat(g0)).norm() / flat(g0).norm() < 0.5 * mode
+
+def test_grad_cache_settings_and_errors():
+    from glscl.config import SettingError
+    with pytest.raises(SettingError, match=r'grad_cache_chunk = -1: must be in \[0, inf\)'): load_config('toy', grad_cache_chunk=-1)
+    with pytest.raises(SettingError, match='grad_cache_chunk'): load_config('toy', grad_cache_chunk='2.5')
+    torch.manual_seed(0)
+    m = GLSCL(_gc_cfg('plain'))
+    with pytest.raises(ValueError, match='grad_cache_chunk = 0: use a positive number'): T.GradCache(m, 0)
+    m.clip.model.visual.bn = torch.nn.BatchNorm1d(4)                  # as in the ResNet CLIPs' image towers
+    with pytest.raises(ValueError, match=r'grad_cache_chunk = 2 with CLIP glscl-tiny: its BatchNorm layers \(model.visual.bn'): T.GradCache(m, 2)
+    # memory and time only: a run may resume with another chunk; the evaluation cache does not depend on it
+    assert {'grad_cache_chunk', 'grad_checkpointing'} <= set(T.RESUME_FREE_KEYS)
+    assert not {'grad_cache_chunk', 'grad_checkpointing'} & set(T.ENCODING_KEYS)
+    # the one-GPU presets: their base recipe, batch 128, gradient caching on and nothing else changed
+    for one, base in (('msrvtt-vitb32-1gpu', 'msrvtt-vitb32-amp'), ('msrvtt-vitb32-released-1gpu', 'msrvtt-vitb32')):
+        a, b = load_config(one).to_dict(), load_config(base).to_dict()
+        assert {k for k in a if a[k] != b[k]} - {'name', 'description', 'out_dir'} == {'grad_cache_chunk'}, one
+        assert (a['grad_cache_chunk'], a['batch_size'], a['grad_checkpointing']) == (32, 128, False)
+    assert load_config('msrvtt-vitb32').grad_cache_chunk == 0 and load_config('toy').grad_cache_chunk == 0
+
+def test_ddp_grad_cache_matches_one_process_without(ddp_runs):
+    """2 processes x 4 pairs, each in chunks of 3, under DDP (the cached step averages after its last backward): the loss
+    and every gradient of one process holding all 8 pairs without chunks (float64); the released gather's 1/W as well."""
+    for mode in ('exact', 'released'):
+        parts, grads = _gc_grads(_gc_ddp_cfg(mode))
+        ranks = ddp_runs[f'gc-{mode}']
+        for r in ranks:
+            for k in ('loss', 'nce', 'icl', 'idl'): assert parts[k] > 0 and r['parts'][k] == pytest.approx(parts[k], rel=1e-12, abs=0), k
+        full = {n for n in grads if n.startswith('lim.') or n == 'clip.model.logit_scale'}
+        want = grads if mode == 'exact' else {n: g if n in full else g / 2 for n, g in grads.items()}
+        assert any(n.startswith('clip.model.visual.') for n in grads)
+        assert_same_grads(ranks[0]['grads'], want)
+        for n in grads: assert torch.equal(ranks[0]['grads'][n], ranks[1]['grads'][n]), n     # every rank the same
+
+def test_train_with_grad_cache_and_a_chunk_that_saves_nothing(cfg, caplog):
+    "`train` takes cached steps; a chunk not below each process's share of the batch is pointed out (it only costs time)."
+    with caplog.at_level(logging.WARNING, logger='glscl.train'):
+        r = T.train(cfg.replace(grad_cache_chunk=16), progress=False, stop_after=1)
+    assert r['stopped_at'] == 1
+    assert 'grad_cache_chunk=16 is not below the 16 pairs each process encodes' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='glscl.train'):
+        T.train(cfg.replace(grad_cache_chunk=5), progress=False, stop_after=1)
+    assert 'grad_cache_chunk' not in caplog.text
