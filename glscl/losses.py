@@ -7,13 +7,15 @@ same thing in a video and in its caption."""
 __all__ = ['contrastive_loss', 'consistency_matrix', 'inter_consistency_loss', 'intra_diversity_loss', 'query_cosine']
 
 # %% ../nbs/09_inter_consistency.ipynb #4a27bba3
+import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 # %% ../nbs/09_inter_consistency.ipynb #45223787
 def contrastive_loss(sim: Tensor, logit_scale, max_scale: float = 100.0) -> Tensor:
-    "Symmetric InfoNCE on square logits `sim [B, B]` (matched pairs on the diagonal), scale exp(logit_scale) clamped at `max_scale`."
+    """Symmetric InfoNCE on square logits `sim [B, B]` (matched pairs on the diagonal) at scale exp(logit_scale), the logit
+    scale capped at ln `max_scale`: the cap is compared in log space, so the float nearest ln 100 passes with its gradient."""
     if not isinstance(sim, Tensor) or sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
         raise ValueError(f"sim must be a square [B, B] matrix with matched pairs on the diagonal, got {getattr(sim, 'shape', type(sim))}")
     if len(sim) == 0: raise ValueError("contrastive_loss got an empty batch (sim is [0, 0])")
@@ -21,7 +23,9 @@ def contrastive_loss(sim: Tensor, logit_scale, max_scale: float = 100.0) -> Tens
         import warnings
         warnings.warn("contrastive_loss on a batch of one pair is exactly 0 (there is no negative to push away) and teaches nothing; "
                       "use batches of at least 2 pairs", RuntimeWarning, stacklevel=2)
-    scale = torch.as_tensor(logit_scale, dtype=sim.dtype, device=sim.device).exp().clamp(max=max_scale)
+    ls = torch.as_tensor(logit_scale, dtype=sim.dtype, device=sim.device)
+    cap = ls.new_tensor(math.log(max_scale))                          # rounded as the scale is, so the float nearest ln 100 equals it
+    scale = torch.where(ls > cap, cap, ls).exp()                      # at the cap itself the scale keeps its whole gradient
     labels = torch.arange(len(sim), device=sim.device)
     return 0.5 * (F.cross_entropy(scale * sim, labels) + F.cross_entropy(scale * sim.T, labels))
 

@@ -53,6 +53,22 @@ def test_contrastive_matches_loop(ls):
     assert abs(contrastive_loss(sim, ls).item() - loop_nce(sim, ls)) < 1e-4
 
 
+def test_the_cap_keeps_the_gradient_at_ln_100():
+    """At the float nearest ln 100 (where the training loop's clamp leaves the parameter) the scale gets the gradient
+    of the released loss, which has no clamp in the forward; past the cap it gets none and acts as 100."""
+    sim = torch.rand(6, 6, dtype=torch.float64) * 2 - 1
+    def grad(f, ls):
+        x = torch.tensor(ls, dtype=torch.float32, requires_grad=True)
+        f(sim.float(), x).backward(); return x.grad.item()
+    released = lambda S, x: 0.5 * (F.cross_entropy(x.exp() * S, torch.arange(6)) + F.cross_entropy(x.exp() * S.T, torch.arange(6)))
+    at_cap = torch.tensor(math.log(100), dtype=torch.float32).item()
+    assert math.exp(at_cap) > 100                                    # float32 rounds ln 100 up: exp(s) > 100
+    g = grad(contrastive_loss, at_cap)
+    assert g != 0 and g == pytest.approx(grad(released, at_cap), rel=1e-6, abs=0)
+    assert grad(contrastive_loss, math.log(200)) == 0
+    assert contrastive_loss(sim.float(), math.log(200)).item() == pytest.approx(loop_nce(sim, math.log(100)), rel=1e-5)
+
+
 def test_contrastive_is_symmetric_and_clamped():
     sim = torch.rand(5, 5)
     torch.testing.assert_close(contrastive_loss(sim, 2.0), contrastive_loss(sim.T, 2.0))
