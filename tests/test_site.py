@@ -118,6 +118,20 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     assert not (tmp_path/'site'/'stale.html').exists()
 
 
+def test_repository_documents_become_pages(tmp_path):
+    "A page's link to a document at the repository's top (`../RELEASED_RECIPE.md`) points to that document, rendered."
+    ex, nbs = _course(tmp_path)
+    nb = nbformat.read(ex/'02_second.ipynb', as_version=4)
+    nb.cells.append(new_markdown_cell('The facts: [RELEASED_RECIPE.md](../RELEASED_RECIPE.md).'))
+    nbformat.write(nb, ex/'02_second.ipynb')
+    pages = bs.build_site(ex, tmp_path/'site', nbs)
+    assert [p.name for p in pages] == ['index.html', '01_first.html', '02_second.html', 'RELEASED_RECIPE.html']
+    second, doc = pages[2].read_text(), pages[3].read_text()
+    assert 'href="RELEASED_RECIPE.html"' in second and '.md"' not in second
+    assert 'The released GLSCL recipe' in doc and 'href="02_data.html"' in doc and '.ipynb"' not in doc
+    assert 'href="index.html"' in doc
+
+
 @pytest.fixture(scope='module')
 def browser():
     missing = []

@@ -190,12 +190,19 @@ def _nav(pages: list, k: int) -> str:
             f'{link(k + 1, "next", "→")}</nav>')
 
 
-def _rewrite(soup, stem: str, links: dict, anchors: dict):
-    "Post-process one page: `.ipynb` links, anchors at defining cells, links on inline code of markdown cells."
+def _rewrite(soup, stem: str, links: dict, anchors: dict, docs: dict = None):
+    """Post-process one page: `.ipynb` links, links to the repository's own markdown documents (`../NAME.md`: rendered
+    into the site as NAME.html, collected in `docs`), anchors at defining cells, links on inline code of markdown cells."""
     for a in soup.find_all('a', href=True):
         u = urlsplit(a['href'])
-        if not u.scheme and not u.netloc and u.path.endswith('.ipynb'):
+        if u.scheme or u.netloc: continue
+        if u.path.endswith('.ipynb'):
             a['href'] = urlunsplit(u._replace(path=u.path[:-len('.ipynb')] + '.html'))
+        elif u.path.startswith('../') and u.path.endswith('.md') and docs is not None:
+            doc = (ROOT/'nbs'/u.path).resolve()
+            if doc.is_file() and doc.parent == ROOT:
+                docs[doc.stem] = doc
+                a['href'] = urlunsplit(u._replace(path=doc.stem + '.html'))
     cells = soup.select('main > div.jp-Cell')
     for i, ids in anchors.get(stem, {}).items():
         if i < len(cells):
@@ -243,7 +250,7 @@ def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
     titles = [(stem, _title(nb, stem)) for stem, nb in nbs.items()]
     for src in (nbs_dir/'images', Path(executed_dir)/'images', Path(executed_dir)/'figures'):
         if src.is_dir(): shutil.copytree(src, out/src.name, dirs_exist_ok=True)
-    ex, written = _exporter(), []
+    ex, written, docs = _exporter(), [], {}
     for k, (stem, title) in enumerate(titles):
         nb = nbs[stem]
         nb.metadata['title'] = title
@@ -254,7 +261,7 @@ def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
             (out/name).parent.mkdir(parents=True, exist_ok=True)
             (out/name).write_bytes(data)
         soup = BeautifulSoup(body, 'html.parser')
-        _rewrite(soup, stem, links, anchors)
+        _rewrite(soup, stem, links, anchors, docs)
         nav = _nav(titles, k)
         soup.head.append(BeautifulSoup(NAV_CSS, 'html.parser'))
         soup.body.insert(0, BeautifulSoup(nav, 'html.parser'))
@@ -265,6 +272,19 @@ def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
         soup.body.append(BeautifulSoup(nav, 'html.parser'))
         (out/f'{stem}.html').write_text(str(soup), encoding='utf-8')
         written.append(out/f'{stem}.html')
+    for name, doc in docs.items():                   # the repository's documents the pages link to, as pages of the site
+        from nbconvert.filters import markdown2html
+        soup = BeautifulSoup(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(name)}</title>{NAV_CSS}</head>'
+                             f'<body><main>{markdown2html(doc.read_text(encoding="utf-8"))}</main></body></html>', 'html.parser')
+        for a in soup.find_all('a', href=True):          # links into the repository: notebooks become pages, other files text
+            u = urlsplit(a['href'])
+            if u.scheme or u.netloc or not u.path: continue
+            if u.path.startswith('nbs/') and u.path.endswith('.ipynb') and (ROOT/u.path).is_file():
+                a['href'] = urlunsplit(u._replace(path=Path(u.path).stem + '.html'))
+            else: a.unwrap()
+        soup.body.insert(0, BeautifulSoup('<nav class="glscl-nav"><a href="index.html">index</a></nav>', 'html.parser'))
+        (out/f'{name}.html').write_text(str(soup), encoding='utf-8')
+        written.append(out/f'{name}.html')
     return written
 
 
