@@ -458,6 +458,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'glscl.train.train_step': ('training.html#train_step', 'glscl/train.py'),
                              'glscl.train.uses_quick_gelu': ('training.html#uses_quick_gelu', 'glscl/train.py'),
                              'glscl.train.warmup_cosine': ('training.html#warmup_cosine', 'glscl/train.py'),
+                             'glscl.train.weights_finite': ('training.html#weights_finite', 'glscl/train.py'),
                              'glscl.train.with_features': ('training.html#with_features', 'glscl/train.py'),
                              'glscl.train.world': ('training.html#world', 'glscl/train.py')},
             'glscl.video': { 'glscl.video.VideoError': ('video.html#videoerror', 'glscl/video.py'),

@@ -221,8 +221,11 @@ def _default_paths(video_dir: Path, ext: Optional[str]) -> Callable:
 class _VideoItems:
     """Shared video loading with logged, counted skips. Set `memo = {}` to keep decoded videos in memory (small data
     sets): it holds the raw uint8 frames and mask of each video file and sampling, so augmentation and
-    preprocessing happen after it, and one memo can be shared by datasets of any image size."""
+    preprocessing happen after it, and one memo can be shared by datasets of any image size (and, for caption
+    datasets, each caption's tokens). Set `pixels = False` when the frames' CLIP features are computed beforehand
+    (a frozen image tower): an item's frames are then an empty [n, 0] tensor, its frame count and mask without pixels."""
     memo = frame_cache = None
+    pixels = True
     def _load_raw(self, vid: str):
         """(frames uint8 [n,H,W,3], mask bool [max_frames]) of video `vid`, or None (logged, counted) if unreadable.
         With a `frame_cache` (glscl.framecache.FrameCache) the frames come from it, already resized and cropped."""
@@ -249,6 +252,7 @@ class _VideoItems:
         video = self._load_raw(vid)
         if video is None: return None
         frames, mask = video
+        if not self.pixels: return torch.zeros(len(frames), 0, dtype=torch.uint8), torch.tensor(mask)
         if aug_seed is not None: frames = augment_clip(frames, self.augment, aug_seed, self.image_size)
         x = resize_crop(frames, self.image_size)
         return (x.to(torch.uint8) if self.uint8 else normalize_frames(x)), torch.tensor(mask)
@@ -288,8 +292,12 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
         vid, cap = self.pairs[i]
         video = self._load(vid, self.aug_seed(i))
         if video is None: return None
-        ids, mask = tokenize(cap, self.max_words)
-        return dict(ids=ids[0], mask=mask[0], frames=video[0], frame_mask=video[1], index=i, video_index=self.video_index[i])
+        key = ('tokens', cap, self.max_words)                           # a caption's tokens, kept in the memo like its video
+        if self.memo is not None and key in self.memo: ids, mask = self.memo[key]
+        else:
+            ids, mask = (x[0] for x in tokenize(cap, self.max_words))
+            if self.memo is not None: self.memo[key] = ids, mask
+        return dict(ids=ids, mask=mask, frames=video[0], frame_mask=video[1], index=i, video_index=self.video_index[i])
 
 class VideoDataset(_VideoItems, torch.utils.data.Dataset):
     "Unique videos -> dict(frames, frame_mask, video_index); None for an unreadable video."

@@ -128,7 +128,8 @@ def frame_tower(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, fea
     transformer reads. `features` [V,N,D]: the frozen tower's features computed beforehand, read instead. With
     `official_compat`, `max_frames` slots and zero images' features in the padded ones. Each video's output depends on it alone."""
     vis = self.clip.model.visual
-    if frames.dtype == torch.uint8:                                      # uint8 pixels: CLIP's input, padded slots zero
+    if features is not None and not self.cfg.official_compat: frames = None   # the pixels are not read: the features stand for them
+    elif frames.dtype == torch.uint8:                                    # uint8 pixels: CLIP's input, padded slots zero
         from glscl.video import normalize_frames
         frames = normalize_frames(frames) * frame_mask[..., None, None, None]
     elif features is None:                                               # float pixels: real frames finite, padded slots zero

@@ -13,8 +13,9 @@ __all__ = ['log', 'OPTIMIZERS', 'TRUST_HINT', 'RESUME_FREE_KEYS', 'AMP_DTYPES', 
            'make_gather', 'on_shards', 'model_fingerprint', 'split_items', 'data_fingerprint', 'encoding_key',
            'encode_texts', 'encode_videos', 'encode_split', 'cached_encodings', 'block_similarity', 'evaluate',
            'probe_device', 'pick_device', 'row_chunks', 'torch_rng', 'set_torch_rng', 'GradCache', 'average_gradients',
-           'NonFiniteLoss', 'forward_backward', 'train_step', 'train_loader', 'RunLog', 'read_log', 'frozen_features',
-           'frame_features', 'with_features', 'count_unreadable', 'check_frame_positions', 'train', 'plot_run']
+           'weights_finite', 'NonFiniteLoss', 'forward_backward', 'train_step', 'train_loader', 'RunLog', 'read_log',
+           'frozen_features', 'frame_features', 'with_features', 'count_unreadable', 'check_frame_positions', 'train',
+           'plot_run']
 
 # %% ../nbs/13_training.ipynb #ea6d8c40
 import contextlib, hashlib, json, logging, math, os, random, tempfile, time
@@ -721,6 +722,12 @@ def average_gradients(model: torch.nn.Module):
         i = 0
         for g in gs: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
 
+# %% ../nbs/13_training.ipynb #58af89cd
+def weights_finite(params: list) -> bool:
+    "Whether every tensor of `params` is finite: one fused norm of them all, confirmed tensor by tensor when it is not."
+    if not params or math.isfinite(torch.nn.utils.get_total_norm(params).item()): return True
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
 # %% ../nbs/13_training.ipynb #b5091dff
 class NonFiniteLoss(RuntimeError):
     "The loss or the gradient norm became NaN or inf."
@@ -774,7 +781,7 @@ def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, ga
     else: scaler.step(opt); scaler.update()                     # an overflowed step is skipped and the scale lowered
     sched.step()
     with torch.no_grad(): model.logit_scale.clamp_(max=math.log(100))
-    if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):   # one check, one sync
+    if not weights_finite([p for g in opt.param_groups for p in g['params']]):   # the weights this update changed
         raise NonFiniteLoss(f"step {step + 1}: the update made weights NaN or inf ({', '.join(nonfinite_tensors(model.state_dict())[:4])}; "
                             f"loss {parts['loss']:.4g}, gradient norm {gnorm:.4g}): the run diverged and stopped before saving them; its "
                             "last.pt is the last good checkpoint. Lower lr and resume from it, or start again.")
@@ -984,6 +991,7 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
         if main: save_checkpoint(path, model, *((opt, sched, scaler) if full else ()), state=state, rng_ranks=rngs)
     store = frozen_features(memo_features, model, cfg) if memo_features is not None and cfg.freeze_visual else None
     feats = frame_features(model, ds, cfg, progress, store=store) if cfg.freeze_visual else None
+    ds.pixels = feats is None or cfg.official_compat                   # the features stand for the pixels (the released padding reads their size)
     def run_eval(final=False):
         r = evaluate(model, cfg, cache_dir=None, extra=final and final_extra, progress=progress and main, features=store)
         flat = _flat(r['metrics'])

@@ -611,3 +611,36 @@ def test_train_with_grad_cache_and_a_chunk_that_saves_nothing(cfg, caplog):
     with caplog.at_level(logging.WARNING, logger='glscl.train'):
         T.train(cfg.replace(grad_cache_chunk=5), progress=False, stop_after=1)
     assert 'grad_cache_chunk' not in caplog.text
+
+# --- the loop's cheap paths give the same numbers -------------------------------------------------------------------
+
+def test_weights_finite_against_a_check_of_every_element():
+    "The fused-norm check equals `isfinite` over every element, including weights whose norm overflows."
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        ts = [torch.randn(*torch.randint(1, 6, (2,), generator=g).tolist(), generator=g) * 10.0 ** float(torch.randint(0, 35, (1,), generator=g))
+              for _ in range(3)]
+        if trial % 3:
+            t = ts[trial % len(ts)]; t.view(-1)[trial % t.numel()] = (float('nan'), float('inf'), -float('inf'))[trial % 3]
+        slow = all(math.isfinite(x) for t in ts for x in t.flatten().tolist())
+        assert T.weights_finite(ts) == slow, trial
+    assert T.weights_finite([torch.full((8,), 3e38)]) and T.weights_finite([])
+
+def test_training_on_features_reads_no_pixels_and_changes_nothing(cfg):
+    """With a frozen image tower the loop's items carry no pixels (frames [n, 0]) and their tokens come from the memo:
+    the loss and every gradient equal those of items with pixels and freshly tokenized captions."""
+    m = GLSCL(cfg)
+    ds = T.dataset_from_config(cfg, cfg.train_split); ds.uint8 = True
+    feats = T.frame_features(m, ds, cfg, progress=False)
+    def step(pixels, memo):
+        ds.pixels, ds.memo = pixels, memo
+        items = [ds[i * 7] for i in range(6)]
+        if not pixels: assert all(it['frames'].shape == (it['frame_mask'].sum(), 0) for it in items)
+        torch.manual_seed(5); m.zero_grad(set_to_none=True)
+        out = m(T.with_features(T.collate_videos(items), feats, ds)); out['loss'].backward()
+        return out['loss'].item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    memo = {}
+    ref, with_memo = step(True, None), step(False, memo)
+    assert any(k[0] == 'tokens' for k in memo) and step(False, memo)[0] == ref[0]     # the second read: tokens from the memo
+    assert with_memo[0] == ref[0] and with_memo[1].keys() == ref[1].keys()
+    for n, gr in ref[1].items(): assert torch.equal(gr, with_memo[1][n]), n
