@@ -173,8 +173,9 @@ def check_site(site_dir, start: str = 'index.html', strict: bool = True, timeout
                 n_requests += 1
                 if not req.startswith(base):
                     broken.append(dict(kind='request', page=page, target=req, detail='fetched from outside the site'))
+            shown = {unquote(urlsplit(img['url']).path) for img in info['images']}     # reported as images below
             for served, status in sorted(httpd.status.items()):
-                if status not in (200, 304) and served != path:      # 304: the browser's cached copy is current
+                if status not in (200, 304) and served != path and served not in shown:   # 304: cached copy is current
                     broken.append(dict(kind='request', page=page, target=served.lstrip('/'), detail=f'HTTP {status}'))
             if info['imports']:
                 broken.append(dict(kind='request', page=page, target='<script>',
