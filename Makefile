@@ -42,7 +42,8 @@ platforms: venv
 distclean:
 	rm -rf $(VENV) runs
 
-# Static website of the executed course (runs the course first when runs/course has no executed notebooks).
+# Static website of the executed course (runs the course first when runs/course has no executed notebooks). Math is
+# typeset by the MathJax copied into the site from the dev extra jupyter-server-mathjax: the site reads offline.
 docs: venv
 	@ls runs/course/[0-9][0-9]_*.ipynb >/dev/null 2>&1 || $(MAKE) reproduce
 	$(PY) tools/build_site.py --executed runs/course --out runs/site

@@ -38,6 +38,12 @@ def _course(tmp: Path, broken: bool = False) -> tuple:
                           '![diagram](images/diagram.svg)\n\n```python\nglobal_interaction(t, v)\n```\n\n'
                           '[next: the second page](02_second.ipynb)'),
         new_code_cell('#| export\ndef global_interaction(t, v): return t @ v.T'),
+        new_markdown_cell('## Scores of $t_a$\n\nText $a$ scores frame $i$ of video $b$ at temperature $\\tau$:\n\n'
+                          '$$s_{a,b,i} = t_a \\cdot f_{b,i}, \\qquad w_{a,b,i} = \\operatorname{softmax}_i\\!\\left('
+                          '\\frac{s_{a,b,i}}{\\tau}\\right).$$\n\nA GPU hour costs $5 (one dollar sign: not math).\n\nIn code: `label = "$x$"`.'),
+        new_code_cell('label = "$x$ and $$y$$"', execution_count=2, outputs=[
+            new_output('display_data', data={'text/markdown': 'Measured: $\\alpha = 0.5$.', 'text/plain': '<Markdown>'}),
+            new_output('stream', name='stdout', text='cost: $3 $x$\n')]),
         new_code_cell('plot()', execution_count=3, outputs=[
             new_output('stream', name='stdout', text='drawing\n'),
             new_output('display_data', data={'image/png': _png(), 'text/plain': '<Figure>'}),
@@ -97,6 +103,30 @@ def test_inline_code_links_to_defining_cell(site):
     assert first.count('class="glscl-sym"') == 2                  # not the name inside the code block
 
 
+def test_math_served_from_the_site(site):
+    "The pages load MathJax from the site's own copy; no page names a script or stylesheet on another host."
+    out, pages = site
+    assert (out/bs.MATHJAX_DIR/'MathJax.js').is_file() and (out/bs.MATHJAX_DIR/'fonts').is_dir()
+    from bs4 import BeautifulSoup
+    for page in pages:
+        soup = BeautifulSoup(page.read_text(), 'html.parser')
+        srcs = [t.get('src') or t.get('href') for t in soup.select('script[src], link[href], img[src]')]
+        assert not [u for u in srcs if u.startswith(('http:', 'https:', '//'))], (page.name, srcs)
+        assert not [t for t in soup.find_all('script') if 'import(' in t.text and 'http' in t.text], page.name
+    first = pages[1].read_text()
+    assert f'src="{bs.MATHJAX_SCRIPT}"' in first and 'cdnjs' not in first
+    assert '$$s_{a,b,i} = t_a \\cdot f_{b,i}' in first       # the TeX stays for MathJax to typeset in the browser
+
+
+def test_raw_math_is_tex_between_delimiters():
+    "Display and inline math left as typed; dollars of prose (pandoc's rule) are not math."
+    assert sc.raw_math('text $a$ with $t_a$ and $$x^2$$') == ['$a$', '$t_a$', '$$x^2$$']
+    assert sc.raw_math(r'\[ \sum_i w_i \] and \(x\)') == [r'\[ \sum_i w_i \]', r'\(x\)']
+    assert sc.raw_math(r'an \begin{align} block') == [r'\begin{align}']
+    for prose in ('A GPU hour costs $5 and a day $100.', 'US$ 3 or $4', 'a $ b $ c', r'escaped \$x\$', '$x$5'):
+        assert sc.raw_math(prose) == [], prose
+
+
 def test_missing_or_empty_course_fails_loudly(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match='nowhere'): bs.build_site(tmp_path/'nowhere', tmp_path/'site')
     (tmp_path/'empty').mkdir()
@@ -148,6 +178,31 @@ def test_site_loads_in_headless_chromium(site, browser):
     assert r['broken'] == []
     assert r['pages'] == 3 and r['images'] >= 2     # the png output and the svg from nbs/images
     assert r['links'] >= 5                          # pages, nav, anchors of the defining cells
+    assert r['math'] == 7                           # heading, four inline, display, the markdown output; not code
+    assert r['requests'] > 3                        # MathJax's scripts and fonts, all from the site
+
+
+def test_headless_check_finds_untypeset_and_outside_math(tmp_path, browser):
+    "Without the site's MathJax the TeX stays as typed; a script from a CDN is a request outside; hidden math has no size."
+    ex, nbs = _course(tmp_path)
+    bs.build_site(ex, tmp_path/'site', nbs)
+    shutil.rmtree(tmp_path/'site'/bs.MATHJAX_DIR)                      # as a CDN copy is, offline
+    page = tmp_path/'site'/'02_second.html'
+    page.write_text(page.read_text().replace('</head>', '<script src="https://cdn.example.org/x.js"></script>'
+                                             '<style>.MathJax {display: none !important}</style></head>'))
+    r = sc.check_site(tmp_path/'site', strict=False)
+    raw = sorted(b['target'] for b in r['broken'] if b['kind'] == 'math' and b['page'] == '01_first.html')
+    assert raw == sorted(['$t_a$', '$a$', '$i$', '$b$', '$\\tau$', '$\\alpha = 0.5$', '$$s_{a,b,i} = t_a \\cdot f_{b,i}, '
+                          '\\qquad w_{a,b,i} = \\operatorname{softmax}_i\\!\\left(\\frac{s_{a,b,i}}{\\tau}\\right).$$'[:80]]), raw
+    assert {b['target'] for b in r['broken'] if b['kind'] == 'request'} >= {
+        'https://cdn.example.org/x.js', f'{bs.MATHJAX_DIR}/MathJax.js'}
+    with pytest.raises(sc.SiteCheckError, match='TeX shown as typed'): sc.check_site(tmp_path/'site')
+    bs.build_site(ex, tmp_path/'site', nbs)                            # typeset, but the formulas are hidden
+    page.write_text(page.read_text().replace('</head>', '<style>.MathJax {display: none !important}</style></head>'))
+    page = tmp_path/'site'/'01_first.html'
+    page.write_text(page.read_text().replace('</head>', '<style>.MathJax {display: none !important}</style></head>'))
+    r = sc.check_site(tmp_path/'site', strict=False)
+    assert r['math'] == 7 and [b['detail'] for b in r['broken']] == ['formula has no size (0 x 0 px)'] * 7, r['broken']
 
 
 def test_headless_check_finds_broken_links_and_images(tmp_path, browser):

@@ -4,8 +4,9 @@
     python tools/build_site.py --executed runs/course --out runs/site [--nbs nbs]
 
 Every page is plain HTML from nbconvert's `lab` template: the CSS is inlined and output images are separate files
-(`NN_name_files/*.png`), so the site reads offline (MathJax alone comes from a CDN; without network the TeX stays
-as typed). On each page, relative `*.ipynb` links become `*.html`; inline code in markdown that names an exported
+(`NN_name_files/*.png`), so the site reads offline. Math is typeset in the browser by MathJax 2.7 copied into the
+site (`mathjax/`, from the PyPI package `jupyter-server-mathjax`, the MathJax tree Jupyter itself serves): nbconvert's
+CDN script is replaced by that local copy, so nothing is fetched from outside when a page is read. On each page, relative `*.ipynb` links become `*.html`; inline code in markdown that names an exported
 symbol (`global_interaction`, `glscl.gim.global_interaction`) links to the cell of the notebook that defines it;
 a nav bar gives previous / index / next. `index.html` is the landing page (`index.ipynb`) plus the list of pages.
 Check the result in a real browser with `tools/site_check.py`.
@@ -29,7 +30,35 @@ section.glscl-toc {padding: 0 1em 0 calc(var(--jp-cell-prompt-width, 64px) + 24p
 ol.glscl-toc {font: 15px/1.7 system-ui, sans-serif}
 </style>"""
 
-__all__ = ['course_pages', 'exports_of', 'symbol_links', 'build_site']
+MATHJAX_DIR = 'mathjax'        # the site's folder holding the local MathJax
+# tex2jax's delimiters are the ones nbconvert's template gives MathJax (what mistune leaves as math); HTML-CSS output with
+# the STIX-Web web fonts of the local tree (it ships no other fonts), never the reader's installed fonts or image fonts
+MATHJAX_CONFIG = """MathJax.Hub.Config({
+  tex2jax: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
+            processEscapes: true, processEnvironments: true},
+  TeX: {equationNumbers: {autoNumber: 'AMS', useLabelIds: true}},
+  'HTML-CSS': {availableFonts: [], preferredFont: null, webFont: 'STIX-Web', imageFont: null,
+               linebreaks: {automatic: true}},
+  displayAlign: 'center', messageStyle: 'none', showMathMenu: false, menuSettings: {zoom: 'None'}
+});"""
+MATHJAX_SCRIPT = f'{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe'
+# the hidden MathML copy of each formula (for screen readers) would ask for MathJax's TeX fonts, which the tree does not
+# ship (404s); it is clipped to one pixel, so it keeps the page's font
+MATHJAX_CSS = '.MJX_Assistive_MathML [mathvariant], .MJX_Assistive_MathML [class^="MJX-tex"] {font-family: inherit}'
+
+__all__ = ['course_pages', 'exports_of', 'symbol_links', 'mathjax_source', 'build_site']
+
+
+def mathjax_source() -> Path:
+    """The folder of the MathJax 2.7 tree (`MathJax.js`, `jax/`, `fonts/`) that the PyPI package `jupyter-server-mathjax`
+    ships. Raises when it is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec('jupyter_server_mathjax')
+    src = Path(spec.origin).parent/'static' if spec and spec.origin else None
+    if src is None or not (src/'MathJax.js').is_file():
+        raise RuntimeError("the site's math needs MathJax from the PyPI package jupyter-server-mathjax: "
+                           "pip install jupyter-server-mathjax (it is in glscl's dev extras: `make venv`)")
+    return src
 
 
 # ---------------------------------------------------------------- which notebooks, which symbols
@@ -217,9 +246,22 @@ def _rewrite(soup, stem: str, links: dict, anchors: dict, docs: dict = None):
             href = (f'{page}.html' if page != stem or not anchor else '') + (f'#{anchor}' if anchor else '')
             a = soup.new_tag('a', href=href, attrs={'class': 'glscl-sym'})
             code.wrap(a)
-    for s in soup.find_all('script', src=True):     # offline: no require.js (no widgets), MathJax must not block
-        if 'require' in s['src']: s.decompose()
-        else: s['defer'] = ''
+    for s in soup.find_all('script'):        # offline: no require.js (no widgets), no MathJax from a CDN or its config
+        src, kind = s.get('src', ''), s.get('type', '')
+        if 'require' in src or 'mathjax' in src.lower() or kind == 'text/x-mathjax-config' or 'init_mathjax' in s.text:
+            s.decompose()
+        elif src: s['defer'] = ''
+        elif 'mermaid' in s.text and not soup.select('.jp-Mermaid'): s.decompose()  # its loader imports from a CDN
+    if soup.head is not None:                   # the site's own MathJax (build_site copies it to MATHJAX_DIR)
+        config = soup.new_tag('script', attrs={'type': 'text/x-mathjax-config'})
+        config.string = MATHJAX_CONFIG
+        soup.head.append(config)
+        soup.head.append(soup.new_tag('script', attrs={'src': MATHJAX_SCRIPT}))
+        style = soup.new_tag('style', attrs={'type': 'text/css'})
+        style.string = MATHJAX_CSS
+        soup.head.append(style)
+        if not soup.head.find('link', rel='icon'):   # no icon: the browser would ask the server for /favicon.ico
+            soup.head.append(soup.new_tag('link', attrs={'rel': 'icon', 'href': 'data:,'}))
 
 
 def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
@@ -248,6 +290,7 @@ def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
             except Exception as e: raise RuntimeError(f"cannot read notebook {path}: {e}") from e
     links, anchors = symbol_links(nbs, nbs_dir, modidx)
     titles = [(stem, _title(nb, stem)) for stem, nb in nbs.items()]
+    shutil.copytree(mathjax_source(), out/MATHJAX_DIR)
     for src in (nbs_dir/'images', Path(executed_dir)/'images', Path(executed_dir)/'figures'):
         if src.is_dir(): shutil.copytree(src, out/src.name, dirs_exist_ok=True)
     ex, written, docs = _exporter(), [], {}
@@ -274,7 +317,7 @@ def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
         written.append(out/f'{stem}.html')
     for name, doc in docs.items():                   # the repository's documents the pages link to, as pages of the site
         from nbconvert.filters import markdown2html
-        soup = BeautifulSoup(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(name)}</title>{NAV_CSS}</head>'
+        soup = BeautifulSoup(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(name)}</title><link rel="icon" href="data:,">{NAV_CSS}</head>'
                              f'<body><main>{markdown2html(doc.read_text(encoding="utf-8"))}</main></body></html>', 'html.parser')
         for a in soup.find_all('a', href=True):          # links into the repository: notebooks become pages, other files text
             u = urlsplit(a['href'])
