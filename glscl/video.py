@@ -24,10 +24,7 @@ PathLike = Union[str, os.PathLike]
 
 
 # %% auto #0
-__all__ = ['PathLike', 'FRAME_RULES', 'VIDEO_BACKENDS', 'VIDEO_BACKEND_ENV', 'MAX_PIXELS', 'VIDEO_EXTS', 'OPENAI_MEAN',
-           'OPENAI_STD', 'RELEASED_AUGMENT', 'frame_indices', 'VideoError', 'write_video', 'video_backend',
-           'check_frame_size', 'sample_frames', 'compress_video', 'compress_videos', 'resize_crop', 'normalize_frames',
-           'clip_preprocess', 'augment_seed', 'augment_clip']
+__all__ = ['PathLike', 'FRAME_RULES', 'VIDEO_BACKENDS', 'VIDEO_BACKEND_ENV', 'MAX_PIXELS', 'OPENAI_MEAN', 'OPENAI_STD', 'RELEASED_AUGMENT', 'frame_indices', 'VideoError', 'write_video', 'video_backend', 'check_frame_size', 'sample_frames', 'resize_crop', 'normalize_frames', 'clip_preprocess', 'augment_seed', 'augment_clip', 'VIDEO_EXTS', 'compress_video', 'compress_videos']
 
 # %% ../nbs/01_video.ipynb #f97513e9
 FRAME_RULES = ("glscl", "released")
@@ -261,84 +258,6 @@ def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Option
     except Exception as e: raise _video_error(path, f"PyAV cannot open it ({str(e).strip()[:200]})") from e
     return np.stack([got[t] for t in want])
 
-# %% ../nbs/01_video.ipynb #9f99826c
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
-
-def _resized(h: int, w: int, short_side: int) -> tuple:
-    "(height, width) with the short side `short_side`, the aspect kept, both even."
-    even = lambda x: max(2, int(round(x / 2)) * 2)
-    return (short_side, even(w * short_side / h)) if h <= w else (even(h * short_side / w), short_side)
-
-def _fps_scale_graph(frame: av.VideoFrame, time_base, fps: float, size: tuple, rounding: str = "up") -> av.filter.Graph:
-    """ffmpeg's filters for frames like `frame` (its size and pixel format, timestamps in `time_base`):
-    buffer -> fps (`fps` frames per second, `rounding` 'up': each tick shows the latest frame at or before it)
-    -> scale (to `size` (height, width), bicubic; to limited-range BT.601, what decoders assume of an untagged stream:
-    a full-range MJPEG source would otherwise come out too dark) -> yuv420p -> buffersink."""
-    g = av.filter.Graph()
-    chain = [g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name, time_base=time_base),
-             g.add("fps", f"fps={_rate(fps)}:round={rounding}"),
-             g.add("scale", f"{size[1]}:{size[0]}:flags=bicubic:out_range=tv:out_color_matrix=bt601"),
-             g.add("format", "yuv420p"), g.add("buffersink")]
-    for a, b in zip(chain, chain[1:]): a.link_to(b)
-    g.configure()
-    return g
-
-def _filtered(container, fps: float, short_side: int, rounding: str = "up") -> Iterable:
-    "The yuv420p frames of `container`'s first video stream after `_fps_scale_graph`, in order (none if it has none)."
-    vs = container.streams.video[0]
-    src_rate = float(vs.average_rate or vs.guessed_rate or 25)
-    graph, tb, first = None, None, None
-    def pulled():
-        while True:
-            try: yield graph.vpull()
-            except (av.BlockingIOError, av.EOFError): return         # wants more input / has flushed everything
-    for i, fr in enumerate(container.decode(vs)):
-        if graph is None:
-            tb, first = fr.time_base or vs.time_base, (fr.width, fr.height, fr.format.name)
-            graph = _fps_scale_graph(fr, tb, fps, _resized(fr.height, fr.width, short_side), rounding)
-        if fr.pts is None: fr.pts = int(round(i / src_rate / tb))            # no timestamp: the i-th at the nominal rate
-        if (fr.width, fr.height, fr.format.name) != first:                    # a mid-stream size change: as the first
-            fr = fr.reformat(width=first[0], height=first[1], format=first[2])
-        graph.vpush(fr)
-        yield from pulled()
-    if graph is None: return
-    graph.vpush(None)                                                          # end of stream: fps fills the last ticks
-    yield from pulled()
-
-def compress_video(src: PathLike, dst: PathLike, fps: float = 3, short_side: int = 224) -> Path:
-    """Re-encode `src` to H.264 mp4 `dst` at `fps` frames per second with short side `short_side` (even, aspect kept),
-    through ffmpeg's `fps` (round=up) and bicubic `scale` filters."""
-    src, dst = Path(src), Path(dst)
-    if not src.is_file(): raise FileNotFoundError(f"video file {src} does not exist")
-    if short_side < 2 or short_side % 2: raise ValueError(f"short_side must be even and >= 2, got {short_side}")
-    _rate(fps)
-    def frames_out(container):
-        n = 0
-        for f in _filtered(container, fps, short_side): n += 1; yield f
-        if n == 0: raise _video_error(src, "it has no video frames")
-    try:
-        with av.open(str(src)) as container:
-            if not container.streams.video: raise _video_error(src, "it has no video stream")
-            return _write_h264(dst, frames_out(container), fps)
-    except av.FFmpegError as e: raise _video_error(src, f"PyAV cannot decode it ({e})") from e
-
-def compress_videos(src_dir: PathLike, dst_dir: PathLike, fps: float = 3, short_side: int = 224,
-                    overwrite: bool = False) -> dict:
-    "`compress_video` every video in `src_dir` into `dst_dir/<stem>.mp4`; failures are logged, counted and skipped."
-    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
-    if not src_dir.is_dir(): raise FileNotFoundError(f"video folder {src_dir} does not exist")
-    if src_dir.resolve() == dst_dir.resolve(): raise ValueError("dst_dir must differ from src_dir (it would overwrite the sources)")
-    files = sorted(p for p in src_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
-    done, skipped, failed = 0, 0, []
-    for src in tqdm(files, desc="compress", unit="video"):
-        dst = dst_dir / f"{src.stem}.mp4"
-        if dst.exists() and not overwrite: skipped += 1; continue
-        try: compress_video(src, dst, fps, short_side); done += 1
-        except Exception as e:
-            _log.warning("compress_videos: skipping %s: %s", src, e)
-            failed.append(str(src))
-    return dict(done=done, skipped=skipped, failed=failed)
-
 # %% ../nbs/01_video.ipynb #41cc3048
 OPENAI_MEAN, OPENAI_STD = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
 
@@ -406,3 +325,83 @@ def augment_clip(frames: np.ndarray, spec: str, seed: int, image_size: int = 224
     finally:
         random.setstate(saved_py); np.random.set_state(saved_np)
     return out
+
+# %% ../nbs/04_frame_cache.ipynb #9f99826c
+def _resized(h: int, w: int, short_side: int) -> tuple:
+    "(height, width) with the short side `short_side`, the aspect kept, both even."
+    even = lambda x: max(2, int(round(x / 2)) * 2)
+    return (short_side, even(w * short_side / h)) if h <= w else (even(h * short_side / w), short_side)
+
+def _fps_scale_graph(frame: av.VideoFrame, time_base, fps: float, size: tuple, rounding: str = "up") -> av.filter.Graph:
+    """ffmpeg's filters for frames like `frame` (its size and pixel format, timestamps in `time_base`):
+    buffer -> fps (`fps` frames per second, `rounding` 'up': each tick shows the latest frame at or before it)
+    -> scale (to `size` (height, width), bicubic; to limited-range BT.601, what decoders assume of an untagged stream:
+    a full-range MJPEG source would otherwise come out too dark) -> yuv420p -> buffersink."""
+    g = av.filter.Graph()
+    chain = [g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name, time_base=time_base),
+             g.add("fps", f"fps={_rate(fps)}:round={rounding}"),
+             g.add("scale", f"{size[1]}:{size[0]}:flags=bicubic:out_range=tv:out_color_matrix=bt601"),
+             g.add("format", "yuv420p"), g.add("buffersink")]
+    for a, b in zip(chain, chain[1:]): a.link_to(b)
+    g.configure()
+    return g
+
+def _filtered(container, fps: float, short_side: int, rounding: str = "up") -> Iterable:
+    "The yuv420p frames of `container`'s first video stream after `_fps_scale_graph`, in order (none if it has none)."
+    vs = container.streams.video[0]
+    src_rate = float(vs.average_rate or vs.guessed_rate or 25)
+    graph, tb, first = None, None, None
+    def pulled():
+        while True:
+            try: yield graph.vpull()
+            except (av.BlockingIOError, av.EOFError): return         # wants more input / has flushed everything
+    for i, fr in enumerate(container.decode(vs)):
+        if graph is None:
+            tb, first = fr.time_base or vs.time_base, (fr.width, fr.height, fr.format.name)
+            graph = _fps_scale_graph(fr, tb, fps, _resized(fr.height, fr.width, short_side), rounding)
+        if fr.pts is None: fr.pts = int(round(i / src_rate / tb))            # no timestamp: the i-th at the nominal rate
+        if (fr.width, fr.height, fr.format.name) != first:                    # a mid-stream size change: as the first
+            fr = fr.reformat(width=first[0], height=first[1], format=first[2])
+        graph.vpush(fr)
+        yield from pulled()
+    if graph is None: return
+    graph.vpush(None)                                                          # end of stream: fps fills the last ticks
+    yield from pulled()
+
+# %% ../nbs/04_frame_cache.ipynb #c0a1b2c4
+def compress_video(src: PathLike, dst: PathLike, fps: float = 3, short_side: int = 224) -> Path:
+    """Re-encode `src` to H.264 mp4 `dst` at `fps` frames per second with short side `short_side` (even, aspect kept),
+    through ffmpeg's `fps` (round=up) and bicubic `scale` filters."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_file(): raise FileNotFoundError(f"video file {src} does not exist")
+    if short_side < 2 or short_side % 2: raise ValueError(f"short_side must be even and >= 2, got {short_side}")
+    _rate(fps)
+    def frames_out(container):
+        n = 0
+        for f in _filtered(container, fps, short_side): n += 1; yield f
+        if n == 0: raise _video_error(src, "it has no video frames")
+    try:
+        with av.open(str(src)) as container:
+            if not container.streams.video: raise _video_error(src, "it has no video stream")
+            return _write_h264(dst, frames_out(container), fps)
+    except av.FFmpegError as e: raise _video_error(src, f"PyAV cannot decode it ({e})") from e
+
+# %% ../nbs/04_frame_cache.ipynb #c0a1b2c6
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
+
+def compress_videos(src_dir: PathLike, dst_dir: PathLike, fps: float = 3, short_side: int = 224,
+                    overwrite: bool = False) -> dict:
+    "`compress_video` every video in `src_dir` into `dst_dir/<stem>.mp4`; failures are logged, counted and skipped."
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    if not src_dir.is_dir(): raise FileNotFoundError(f"video folder {src_dir} does not exist")
+    if src_dir.resolve() == dst_dir.resolve(): raise ValueError("dst_dir must differ from src_dir (it would overwrite the sources)")
+    files = sorted(p for p in src_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+    done, skipped, failed = 0, 0, []
+    for src in tqdm(files, desc="compress", unit="video"):
+        dst = dst_dir / f"{src.stem}.mp4"
+        if dst.exists() and not overwrite: skipped += 1; continue
+        try: compress_video(src, dst, fps, short_side); done += 1
+        except Exception as e:
+            _log.warning("compress_videos: skipping %s: %s", src, e)
+            failed.append(str(src))
+    return dict(done=done, skipped=skipped, failed=failed)
