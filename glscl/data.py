@@ -172,6 +172,7 @@ def _check_sampling(frame_sampling: str):
     if frame_sampling not in FRAME_RULES:
         raise ValueError(f"unknown frame_sampling {frame_sampling!r}; allowed values are {FRAME_RULES}")
 
+# %% ../nbs/02_data.ipynb #35d1e163
 def same_stem(vid: str) -> tuple:
     "The file stems of a video id: the id itself (MSR-VTT, MSVD, LSMDC, DiDeMo)."
     return (vid,)
@@ -209,6 +210,7 @@ class VideoLookup:
         raise FileNotFoundError(f"video {vid!r} not found: looked for {' or '.join(stems)} with extension "
                                 f"{'/'.join(VIDEO_EXTS)} in {self.video_dir} and its subfolders")
 
+# %% ../nbs/02_data.ipynb #e93091c9
 class _FixedNaming:
     "`video_dir/<id><ext>`: one fixed extension (picklable, for DataLoader workers started by spawn)."
     def __init__(self, video_dir: Path, ext: str): self.video_dir, self.ext = Path(video_dir), ext
@@ -257,6 +259,7 @@ class _VideoItems:
         x = resize_crop(frames, self.image_size)
         return (x.to(torch.uint8) if self.uint8 else normalize_frames(x)), torch.tensor(mask)
 
+# %% ../nbs/02_data.ipynb #b7f2903d
 class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
     "(caption, video) pairs -> dict(ids, mask, frames, frame_mask, index, video_index); None for an unreadable video."
     def __init__(self, pairs: Sequence, video_dir: PathLike, max_words: int = 32, max_frames: int = 12,
@@ -299,6 +302,7 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
             if self.memo is not None: self.memo[key] = ids, mask
         return dict(ids=ids, mask=mask, frames=video[0], frame_mask=video[1], index=i, video_index=self.video_index[i])
 
+# %% ../nbs/02_data.ipynb #f5f393f6
 class VideoDataset(_VideoItems, torch.utils.data.Dataset):
     "Unique videos -> dict(frames, frame_mask, video_index); None for an unreadable video."
     def __init__(self, video_ids: Sequence, video_dir: PathLike, max_frames: int = 12, fps: float = 1.0,

@@ -208,6 +208,7 @@ def _temp_dir(out_dir: Path, kind: str) -> Path:
     except OSError as e:
         raise PermissionError(f"cannot write the toy world to {out_dir}: {e.strerror or e}; choose a folder you can write") from None
 
+# %% ../nbs/03_toy_world.ipynb #093960a4
 def make_toy_msrvtt(out_dir, n_videos: int = 240, seed: int = 0, n_test: int = None, size: int = 96,
                     fps: float = 4.0, duration: float = 12.0, captions_per_video: int = 10, overwrite: bool = False,
                     n_val: int = 0) -> Path:
@@ -264,6 +265,7 @@ def make_toy_msrvtt(out_dir, n_videos: int = 240, seed: int = 0, n_test: int = N
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
+# %% ../nbs/03_toy_world.ipynb #bf964e03
 def toy_events(root) -> dict:
     "The ground-truth events of every video of the toy world at `root`: {video_id: [Event, ...]}."
     d = json.loads((Path(root)/'toy_events.json').read_text())
