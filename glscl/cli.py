@@ -10,7 +10,7 @@ __all__ = ['KERNEL', 'EVAL_SETTABLE', 'course_notebooks', 'course_kernel', 'run_
 # %% ../nbs/19_cli.ipynb #89b47308
 import argparse, os, sys
 from pathlib import Path
-from .config import load_config, list_presets, settings_path
+from .config import load_config, list_presets, settings_path, keys_affecting
 from .train import pick_device
 
 # %% ../nbs/19_cli.ipynb #7daf29bf
@@ -242,8 +242,7 @@ def _cache_frames(a):
     print(f"frame cache {r['folder']}: {r['videos']} videos, {r['bytes'] / 2**20:.1f} MiB ({r['bytes_per_video'] / 1024:.0f} KiB a video)"
           + (f"; {len(r['unreadable'])} unreadable: {', '.join(r['unreadable'][:10])}" if r['unreadable'] else ''))
 
-EVAL_SETTABLE = ('anno_dir', 'video_dir', 'test_split', 'train_split', 'eval_batch_size', 'num_workers',
-                 'sim_lambda', 'gim_temp', 'official_compat', 'max_frames', 'fps', 'max_words')
+EVAL_SETTABLE = keys_affecting('eval_override')      # the settings declared so in 00_config
 
 def _eval(a):
     from glscl.metrics import format_metrics

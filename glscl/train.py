@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .config import Config, load_config, atomic_save, safe_load, UnsafeFile, folder_lock, lock_folder, unlock_folder
+from .config import Config, load_config, keys_affecting, keys_free_of, atomic_save, safe_load, UnsafeFile, folder_lock, lock_folder, unlock_folder
 from .data import VideoTextDataset, VideoDataset, collate_videos, count_skips, read_msrvtt, tokenize, MSRVTT_FILES
 from .framecache import ensure_data, dataset_from_config, videos_from_config
 from .model import GLSCL
@@ -248,17 +248,15 @@ def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng:
     if restore_rng: set_rng_state(ckpt['rng'])
     return ckpt
 
-RESUME_FREE_KEYS = ('name', 'description', 'out_dir', 'anno_dir', 'video_dir', 'frame_cache', 'num_workers', 'eval_batch_size',
-                    'eval_every', 'max_skip_frac', 'epochs', 'max_steps',
-                    'grad_cache_chunk', 'grad_checkpointing')      # memory and time only: the same loss and gradients
+RESUME_FREE_KEYS = keys_free_of('training')      # paths, workers, evaluation, length, memory: the same loss and gradients
 
 def check_resume(ckpt: dict, cfg: Config, path):
     "A resume must continue the same run: refuse a checkpoint without optimizer state or with other settings."
     if ckpt.get('optimizer') is None:
         raise ValueError(f"{path} holds no optimizer state (best.pt is a model snapshot): resume from the run's last.pt")
-    mine = _plain(cfg.to_dict())
+    mine, free = _plain(cfg.to_dict()), keys_free_of('training', cfg)
     diff = [f"{k}={ckpt['config'][k]} (now {mine[k]})" for k in mine
-            if k in ckpt['config'] and k not in RESUME_FREE_KEYS and str(ckpt['config'][k]) != str(mine[k])]
+            if k in ckpt['config'] and k not in free and str(ckpt['config'][k]) != str(mine[k])]
     if diff: raise ValueError(f"cannot resume from {path}: the run was made with other settings: {', '.join(diff[:8])}. "
                               "Resume with the run's own settings (only paths, workers, evaluation and the length may change).")
 
@@ -366,9 +364,7 @@ def on_shards(fn, n: int) -> list:
     return [r for r, _ in got if r is not None]
 
 # %% ../nbs/13_training.ipynb #53e4698c
-ENCODING_KEYS = ('dataset', 'clip_model', 'precision', 'frame_sampling', 'max_words', 'max_frames', 'fps', 'image_size', 'head', 'tt_layers',
-                 'tt_init', 'n_queries', 'lim_layers', 'lim_heads', 'lim_ff_dim', 'share_queries', 'share_decoder',
-                 'official_compat', 'sim_lambda', 'icl_weight', 'idl_alpha')
+ENCODING_KEYS = keys_affecting('encodings')       # the settings declared to change what the model encodes (00_config)
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     "sha256 of every state-dict tensor (name, dtype, shape, bytes)."
@@ -403,7 +399,7 @@ def data_fingerprint(cfg: Config, split: str) -> str:
 def encoding_key(model: GLSCL, cfg: Config, split: str) -> tuple:
     "(key, parts): the cache key of `split`'s encodings and what it is made of."
     import glscl
-    parts = dict(model=model_fingerprint(model), settings={k: str(getattr(cfg, k)) for k in ENCODING_KEYS},
+    parts = dict(model=model_fingerprint(model), settings={k: str(getattr(cfg, k)) for k in keys_affecting('encodings', cfg)},
                  data=data_fingerprint(cfg, split), split=split, version=glscl.__version__,
                  quick_gelu=uses_quick_gelu(model), device=_device(model).type)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24], parts
