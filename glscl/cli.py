@@ -8,14 +8,14 @@ __all__ = ['KERNEL', 'EVAL_SETTABLE', 'course_notebooks', 'course_kernel', 'run_
            'evaluate_checkpoint', 'parse_paper', 'compare_checkpoints', 'parse_sets', 'parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #89b47308
-import argparse, os, sys
+import argparse, os, re, sys
 from pathlib import Path
 from .config import load_config, list_presets, settings_path, keys_affecting
-from .train import pick_device
+from .step import pick_device
 
 # %% ../nbs/19_cli.ipynb #7daf29bf
 def course_notebooks(nbs_dir=None) -> list:
-    "The course's notebooks in order (`NN_name.ipynb`)."
+    "The course's notebooks in order (`NN_name.ipynb`, and `NNa_name.ipynb` for the parts of one that is split: 13a ... 13h)."
     if nbs_dir is None:
         from glscl.config import checkout_settings
         home = checkout_settings()                                       # not a $GLSCL_SETTINGS file's folder, nor the package's
@@ -23,7 +23,7 @@ def course_notebooks(nbs_dir=None) -> list:
                                                  "installed package: clone the repository and run `glscl course` inside it")
         nbs_dir = home.parent/'nbs'
     nbs_dir = Path(nbs_dir)
-    return sorted(p for p in nbs_dir.glob('[0-9][0-9]_*.ipynb'))
+    return sorted(p for p in nbs_dir.glob('[0-9][0-9]*_*.ipynb') if re.fullmatch(r'\d\d[a-z]?_\w+\.ipynb', p.name))
 
 # %% ../nbs/19_cli.ipynb #b7611887
 import json, time

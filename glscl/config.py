@@ -131,7 +131,7 @@ class Config:
     ddp_gather: str = setting('exact', affects='training', choices=('exact', 'released'))
     # a folder of decoded frames (`glscl cache-frames`): read instead of the videos when it holds a finished cache
     frame_cache: Optional[Path] = setting(None, affects='')
-    # memory, not maths (13_training): the CLIP towers encode the batch N items at a time with cached gradients
+    # memory, not maths (13f_step): the CLIP towers encode the batch N items at a time with cached gradients
     # (gradient caching; 0: the whole batch at once), and open_clip's gradient checkpointing inside the towers
     grad_cache_chunk: int = setting(0, affects='', range='[0, inf)')
     grad_checkpointing: bool = setting(False, affects='')
