@@ -5,8 +5,8 @@ world, and a resume that gives the same bits: `glscl.train`."""
 
 # %% auto #0
 __all__ = ['log', 'RUN_FILES', 'train_loader', 'RunLog', 'read_log', 'count_unreadable', 'with_features', 'check_frame_positions',
-           'TrainState', 'Run', 'train', 'plot_run', 'check_run_settings', 'training_set', 'resume_state',
-           'init_distributed']
+           'TrainState', 'Run', 'check_run_settings', 'training_set', 'resume_state', 'init_distributed', 'train',
+           'plot_run']
 
 # %% ../nbs/13g_training.ipynb #0b02e1a3
 import functools, json, logging, os, time
@@ -227,6 +227,57 @@ def _one_writer(fn):
             return fn(cfg, resume, *a, **kw)
     return run
 
+# %% ../nbs/13g_training.ipynb #315e553d
+# The run's checks and set-up (hidden plumbing, before `train` so that the run below can call it). The settings a run cannot start with are refused before any work; the training set is read (decoded videos kept in memory for a
+# small one); a resume loads last.pt into every part and restores each rank's random streams.
+def check_run_settings(cfg: Config, W: int = 1):
+    "Refuse, before any work, the settings a run of `W` processes cannot train with; warn about a chunk that saves nothing."
+    if cfg.batch_size < 2: raise ValueError(f"batch_size={cfg.batch_size}: the contrastive loss needs at least 2 pairs a batch")
+    if cfg.batch_size % W: raise ValueError(f"batch_size={cfg.batch_size} is the global batch: it must be a multiple of the {W} processes")
+    if cfg.freeze_visual and cfg.augment:
+        raise ValueError(f"augment={cfg.augment!r} with freeze_visual = true would do nothing (frame features are computed once, "
+                         "unaugmented): set augment = none, or freeze_visual = false")
+    if world()[0] == 0 and cfg.grad_cache_chunk and cfg.grad_cache_chunk >= cfg.batch_size // W:
+        log.warning("grad_cache_chunk=%d is not below the %d pairs each process encodes: it saves no memory and costs a second "
+                    "pass of the towers; set it lower, or 0", cfg.grad_cache_chunk, cfg.batch_size // W)
+
+def training_set(cfg: Config, memo_videos=None) -> VideoTextDataset:
+    "The training pairs (uint8 pixels; decoded videos kept in `memo_videos`, a dict, or by default for small data read in the main process)."
+    ds = dataset_from_config(cfg, cfg.train_split)
+    ds.uint8 = True                                                    # pixels stay uint8 until the model (less to move)
+    if isinstance(memo_videos, dict): ds.memo = memo_videos                       # shared between runs
+    elif memo_videos or (memo_videos is None and cfg.num_workers == 0 and len(ds.video_ids) <= 2000): ds.memo = {}
+    if len(ds) < cfg.batch_size:                                       # no full batch: nothing would be trained
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(ds)} training pairs of split {cfg.train_split!r} "
+                         f"in {cfg.anno_dir}: lower batch_size (at most {len(ds)})")
+    return ds
+
+def resume_state(path, cfg: Config, model: GLSCL, opt, sched, scaler, trust_pickle: bool = False) -> TrainState:
+    "Load last.pt `path` into the model, optimizer, schedule, scaler and random generators (each rank's); the run's `TrainState`."
+    rank, W = world()
+    ckpt = read_checkpoint(path, trust_pickle)
+    check_resume(ckpt, cfg, path)
+    if rank == 0 and (cfg.max_steps, cfg.epochs) != (ckpt['config']['max_steps'], ckpt['config']['epochs']):
+        log.warning("resuming with another length (max_steps %s, epochs %s): the schedule is stretched from here on",
+                    cfg.max_steps, cfg.epochs)
+    state = TrainState(**load_checkpoint(path, model, opt, sched, scaler, restore_rng=True, ckpt=ckpt)['state'])
+    ranks = ckpt.get('rng_ranks')
+    if W > 1 and ranks and len(ranks) == W: set_rng_state(ranks[rank])
+    elif W > 1: seed_everything(cfg.seed + rank + 1_000_003 * state.step)      # another world size: fresh, distinct streams
+    return state
+
+def init_distributed(device=None) -> torch.device:
+    """Join the process group that `torchrun` describes (WORLD_SIZE, RANK, MASTER_ADDR, ...) when there is one, and
+    return this process's device: GPU LOCAL_RANK with NCCL, else the CPU with gloo."""
+    device = pick_device(device)
+    n = int(os.environ.get('WORLD_SIZE', '1'))
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) if n > 1 else torch.cuda.current_device())
+    if device.type == 'cuda': torch.cuda.set_device(device)
+    if n > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return device
+
 # %% ../nbs/13g_training.ipynb #37ed6262
 @_one_writer
 def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, stop_after: int = None,
@@ -302,54 +353,3 @@ def plot_run(log_path, out_png=None):
     fig.tight_layout()
     if out_png: fig.savefig(out_png, dpi=100, bbox_inches='tight')
     return fig
-
-# %% ../nbs/13g_training.ipynb #315e553d
-# Appendix: the run's checks and set-up. The settings a run cannot start with are refused before any work; the training set is read (decoded videos kept in memory for a
-# small one); a resume loads last.pt into every part and restores each rank's random streams.
-def check_run_settings(cfg: Config, W: int = 1):
-    "Refuse, before any work, the settings a run of `W` processes cannot train with; warn about a chunk that saves nothing."
-    if cfg.batch_size < 2: raise ValueError(f"batch_size={cfg.batch_size}: the contrastive loss needs at least 2 pairs a batch")
-    if cfg.batch_size % W: raise ValueError(f"batch_size={cfg.batch_size} is the global batch: it must be a multiple of the {W} processes")
-    if cfg.freeze_visual and cfg.augment:
-        raise ValueError(f"augment={cfg.augment!r} with freeze_visual = true would do nothing (frame features are computed once, "
-                         "unaugmented): set augment = none, or freeze_visual = false")
-    if world()[0] == 0 and cfg.grad_cache_chunk and cfg.grad_cache_chunk >= cfg.batch_size // W:
-        log.warning("grad_cache_chunk=%d is not below the %d pairs each process encodes: it saves no memory and costs a second "
-                    "pass of the towers; set it lower, or 0", cfg.grad_cache_chunk, cfg.batch_size // W)
-
-def training_set(cfg: Config, memo_videos=None) -> VideoTextDataset:
-    "The training pairs (uint8 pixels; decoded videos kept in `memo_videos`, a dict, or by default for small data read in the main process)."
-    ds = dataset_from_config(cfg, cfg.train_split)
-    ds.uint8 = True                                                    # pixels stay uint8 until the model (less to move)
-    if isinstance(memo_videos, dict): ds.memo = memo_videos                       # shared between runs
-    elif memo_videos or (memo_videos is None and cfg.num_workers == 0 and len(ds.video_ids) <= 2000): ds.memo = {}
-    if len(ds) < cfg.batch_size:                                       # no full batch: nothing would be trained
-        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(ds)} training pairs of split {cfg.train_split!r} "
-                         f"in {cfg.anno_dir}: lower batch_size (at most {len(ds)})")
-    return ds
-
-def resume_state(path, cfg: Config, model: GLSCL, opt, sched, scaler, trust_pickle: bool = False) -> TrainState:
-    "Load last.pt `path` into the model, optimizer, schedule, scaler and random generators (each rank's); the run's `TrainState`."
-    rank, W = world()
-    ckpt = read_checkpoint(path, trust_pickle)
-    check_resume(ckpt, cfg, path)
-    if rank == 0 and (cfg.max_steps, cfg.epochs) != (ckpt['config']['max_steps'], ckpt['config']['epochs']):
-        log.warning("resuming with another length (max_steps %s, epochs %s): the schedule is stretched from here on",
-                    cfg.max_steps, cfg.epochs)
-    state = TrainState(**load_checkpoint(path, model, opt, sched, scaler, restore_rng=True, ckpt=ckpt)['state'])
-    ranks = ckpt.get('rng_ranks')
-    if W > 1 and ranks and len(ranks) == W: set_rng_state(ranks[rank])
-    elif W > 1: seed_everything(cfg.seed + rank + 1_000_003 * state.step)      # another world size: fresh, distinct streams
-    return state
-
-def init_distributed(device=None) -> torch.device:
-    """Join the process group that `torchrun` describes (WORLD_SIZE, RANK, MASTER_ADDR, ...) when there is one, and
-    return this process's device: GPU LOCAL_RANK with NCCL, else the CPU with gloo."""
-    device = pick_device(device)
-    n = int(os.environ.get('WORLD_SIZE', '1'))
-    if device.type == 'cuda' and device.index is None:
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) if n > 1 else torch.cuda.current_device())
-    if device.type == 'cuda': torch.cuda.set_device(device)
-    if n > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return device
