@@ -8,14 +8,14 @@ __all__ = ['KERNEL', 'EVAL_SETTABLE', 'course_notebooks', 'course_kernel', 'run_
            'evaluate_checkpoint', 'parse_paper', 'compare_checkpoints', 'parse_sets', 'parser', 'main']
 
 # %% ../nbs/19_cli.ipynb #89b47308
-import argparse, os, sys
+import argparse, os, re, sys
 from pathlib import Path
-from .config import load_config, list_presets, settings_path
-from .train import pick_device
+from .config import load_config, list_presets, settings_path, keys_affecting
+from .step import pick_device
 
 # %% ../nbs/19_cli.ipynb #7daf29bf
 def course_notebooks(nbs_dir=None) -> list:
-    "The course's notebooks in order (`NN_name.ipynb`)."
+    "The course's notebooks in order (`NN_name.ipynb`, and `NNa_name.ipynb` for the parts of one that is split: 13a ... 13h)."
     if nbs_dir is None:
         from glscl.config import checkout_settings
         home = checkout_settings()                                       # not a $GLSCL_SETTINGS file's folder, nor the package's
@@ -23,7 +23,7 @@ def course_notebooks(nbs_dir=None) -> list:
                                                  "installed package: clone the repository and run `glscl course` inside it")
         nbs_dir = home.parent/'nbs'
     nbs_dir = Path(nbs_dir)
-    return sorted(p for p in nbs_dir.glob('[0-9][0-9]_*.ipynb'))
+    return sorted(p for p in nbs_dir.glob('[0-9][0-9]*_*.ipynb') if re.fullmatch(r'\d\d[a-z]?_\w+\.ipynb', p.name))
 
 # %% ../nbs/19_cli.ipynb #b7611887
 import json, time
@@ -242,8 +242,7 @@ def _cache_frames(a):
     print(f"frame cache {r['folder']}: {r['videos']} videos, {r['bytes'] / 2**20:.1f} MiB ({r['bytes_per_video'] / 1024:.0f} KiB a video)"
           + (f"; {len(r['unreadable'])} unreadable: {', '.join(r['unreadable'][:10])}" if r['unreadable'] else ''))
 
-EVAL_SETTABLE = ('anno_dir', 'video_dir', 'test_split', 'train_split', 'eval_batch_size', 'num_workers',
-                 'sim_lambda', 'gim_temp', 'official_compat', 'max_frames', 'fps', 'max_words')
+EVAL_SETTABLE = keys_affecting('eval_override')      # the settings declared so in 00_config
 
 def _eval(a):
     from glscl.metrics import format_metrics

@@ -148,7 +148,8 @@ class ClipEncoder(nn.Module):
         return out.view(B, N, -1)
 
 # %% ../nbs/05_clip_encoding.ipynb #ce3b4e5e
-PRECISIONS = ('fp32', 'amp-bf16', 'amp-fp16', 'released-fp16')
+from .config import CHOICES
+PRECISIONS = CHOICES['precision']                 # declared with the setting `precision` (00_config)
 
 def check_precision(precision: str) -> str:
     "`precision` if it is one of `PRECISIONS`, else a clear error."

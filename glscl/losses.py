@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .config import CHOICES
 
 # %% ../nbs/09_inter_consistency.ipynb #45223787
 def contrastive_loss(sim: Tensor, logit_scale, max_scale: float = 100.0) -> Tensor:
@@ -39,7 +40,7 @@ def consistency_matrix(qv: Tensor, qt: Tensor, norm: str = "k") -> Tensor:
     _check_queries('qv', qv); _check_queries('qt', qt)
     if qv.shape != qt.shape:
         raise ValueError(f"qv and qt must both be [B, K, D] for the B matched pairs, got {tuple(qv.shape)} and {tuple(qt.shape)}")
-    if norm not in ('k', 'batch'): raise ValueError(f"norm must be 'k' (released code) or 'batch', got {norm!r}")
+    if norm not in CHOICES['icl_norm']: raise ValueError(f"norm must be one of {CHOICES['icl_norm']} ('k': released code; the setting icl_norm), got {norm!r}")
     B, K, _ = qv.shape
     return torch.einsum('bkd,bjd->kj', qv, qt) / (K if norm == 'k' else B)
 

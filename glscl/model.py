@@ -16,7 +16,8 @@ from .lim import LocalInteraction, query_similarity
 from .losses import contrastive_loss, inter_consistency_loss, intra_diversity_loss, query_cosine
 
 # %% ../nbs/11_model.ipynb #262bdfb7
-HEADS = ('glscl', 'meanp', 'seqtransf')     # GLSCL; CLIP4Clip's meanP; CLIP4Clip's seqTransf (meanP after the temporal transformer)
+from .config import CHOICES
+HEADS = CHOICES['head']     # GLSCL; CLIP4Clip's meanP; CLIP4Clip's seqTransf (meanP after the temporal transformer), declared with `head`
 
 class GLSCL(nn.Module):
     "GLSCL: CLIP + temporal transformer + GIM (Sim1) + shared LIM (Sim2), trained with NCE + ICL + IDL."

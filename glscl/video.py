@@ -27,7 +27,8 @@ PathLike = Union[str, os.PathLike]
 __all__ = ['PathLike', 'FRAME_RULES', 'VIDEO_BACKENDS', 'VIDEO_BACKEND_ENV', 'MAX_PIXELS', 'OPENAI_MEAN', 'OPENAI_STD', 'RELEASED_AUGMENT', 'frame_indices', 'VideoError', 'write_video', 'video_backend', 'check_frame_size', 'sample_frames', 'resize_crop', 'normalize_frames', 'clip_preprocess', 'augment_seed', 'augment_clip', 'VIDEO_EXTS', 'compress_video', 'compress_videos']
 
 # %% ../nbs/01_video.ipynb #f97513e9
-FRAME_RULES = ("glscl", "released")
+from .config import CHOICES
+FRAME_RULES = CHOICES['frame_sampling']          # declared with the setting `frame_sampling` (00_config)
 
 def frame_indices(n_frames: int, video_fps: float, max_frames: int = 12, fps: float = 1.0,
                   rule: str = "glscl") -> np.ndarray:

@@ -3,6 +3,7 @@ errors, and QB-Norm's query bank going through the same encoding cache as the te
 import subprocess, sys, shutil, json
 import pytest, torch
 import glscl.train as T
+import glscl.evaluation as E                      # where the encoders that the cache calls live
 from glscl.cli import main, parse_paper
 
 SETS = dict(toy_videos=24, toy_seed=5, clip_pretrained='none', batch_size=16, max_steps=2, eval_every=0)
@@ -37,7 +38,7 @@ def test_compare_two_runs_then_from_the_cache(runs, capsys, monkeypatch):
             assert row.rstrip().endswith(('better', 'worse', 'within noise')), row
     assert any(l.startswith('A ') for l in lines) and any(l.startswith('B ') for l in lines)      # both rows
     # the second compare reads both checkpoints' encodings from the cache: encoding anything would raise
-    monkeypatch.setattr(T, 'encode_split', no_encoding); monkeypatch.setattr(T, 'encode_texts', no_encoding)
+    monkeypatch.setattr(E, 'encode_split', no_encoding); monkeypatch.setattr(E, 'encode_texts', no_encoding)
     main(['compare', str(runs['a']), str(runs['b']), '--n-boot', '300', '--quiet'])
     second = capsys.readouterr().out
     assert second.count('encodings from the cache') == 2
@@ -99,14 +100,14 @@ def test_querybank_goes_through_the_cache(runs, monkeypatch, tmp_path):
     model = T.model_from_checkpoint(runs['a']/'last.pt')
     r1 = T.evaluate(model, cache_dir=tmp_path, extra=True, qb_bank=50, progress=False)
     assert len(list(tmp_path.glob('bank50-train-*.pt'))) == 1 and len(list(tmp_path.glob('enc-test-*.pt'))) == 1
-    monkeypatch.setattr(T, 'encode_split', no_encoding); monkeypatch.setattr(T, 'encode_texts', no_encoding)
+    monkeypatch.setattr(E, 'encode_split', no_encoding); monkeypatch.setattr(E, 'encode_texts', no_encoding)
     r2 = T.evaluate(model, cache_dir=tmp_path, extra=True, qb_bank=50, progress=False)
     assert (r1['cached'], r2['cached']) == (False, True) and r2['metrics'] == r1['metrics'] and 'QB-Norm' in r2['metrics']
     monkeypatch.undo()
     n = dict(texts=0)
     real = T.encode_texts
     def counting(*a, **k): n['texts'] += 1; return real(*a, **k)
-    monkeypatch.setattr(T, 'encode_texts', counting)
+    monkeypatch.setattr(E, 'encode_texts', counting)
     T.evaluate(model, cache_dir=tmp_path, extra=True, qb_bank=40, progress=False)    # another bank size: its own file
     assert n['texts'] == 1 and len(list(tmp_path.glob('bank*-train-*.pt'))) == 2
 

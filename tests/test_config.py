@@ -64,3 +64,49 @@ def test_errors(tmp_path):
 def test_course_notebooks_in_order():
     names = [p.name for p in course_notebooks()]
     assert names == sorted(names) and names[0].startswith('00_')
+
+# --- each setting declared once: its range, its choices and what it affects, on the Config field ----------------------
+
+from dataclasses import dataclass, fields
+from glscl.config import setting, keys_affecting, keys_free_of, EFFECTS, LIMITS, CHOICES, SettingError
+
+def test_every_field_is_declared_with_what_it_affects():
+    undeclared = [f.name for f in fields(Config) if 'affects' not in f.metadata]
+    assert not undeclared, f"declare these with setting(..., affects=...): {undeclared}"
+    assert LIMITS == {f.name: f.metadata['range'] for f in fields(Config) if f.metadata['range']}
+    assert CHOICES == {f.name: f.metadata['choices'] for f in fields(Config) if f.metadata['choices']}
+    assert LIMITS['seed'] == (0, 2**32 - 1, False, False) and LIMITS['lim_dropout'] == (0, 1, False, True)
+
+def test_the_old_lists_are_derived_from_the_declarations():
+    import glscl.train as T, glscl.cli as cli, glscl.clip as clip, glscl.model as model, glscl.video as video, glscl.datasets as ds
+    assert T.ENCODING_KEYS == keys_affecting('encodings') and 'gim_temp' not in T.ENCODING_KEYS and 'sim_lambda' in T.ENCODING_KEYS
+    assert T.RESUME_FREE_KEYS == keys_free_of('training') and {'out_dir', 'max_steps', 'grad_cache_chunk'} <= set(T.RESUME_FREE_KEYS)
+    assert cli.EVAL_SETTABLE == keys_affecting('eval_override') and 'lr' not in cli.EVAL_SETTABLE
+    assert (clip.PRECISIONS, model.HEADS, video.FRAME_RULES) == (CHOICES['precision'], CHOICES['head'], CHOICES['frame_sampling'])
+    assert set(T.OPTIMIZERS) == set(CHOICES['optimizer']) and set(ds.BENCHMARKS) == set(CHOICES['dataset'])
+    import glscl.search as S                       # its index id must key on the declared settings (until it reads them itself)
+    assert set(getattr(S, 'ID_KEYS', keys_affecting('index'))) == set(keys_affecting('index'))
+
+def test_what_changes_an_encoding_changes_the_run():
+    assert set(keys_affecting('encodings')) | set(keys_affecting('index')) <= set(keys_affecting('training'))
+    assert set(keys_free_of('training')) == set(f.name for f in fields(Config)) - set(keys_affecting('training'))
+
+@dataclass(frozen=True)
+class Wider(Config):
+    "A new setting in one line: its range and its effects are checked and derived with no other file touched."
+    new_knob: int = setting(2, affects='training encodings', range='[1, 8]')
+    new_mode: str = setting('a', affects='', choices=('a', 'b'))
+
+def test_a_new_setting_is_checked_and_derived_everywhere():
+    w = Wider(**load_config('toy').to_dict())
+    assert 'new_knob' in keys_affecting('encodings', w) and 'new_knob' not in keys_affecting('encodings')
+    assert 'new_mode' in keys_free_of('training', Wider) and 'new_knob' not in keys_free_of('training', Wider)
+    with pytest.raises(SettingError, match=r"setting new_knob = 9: must be in \[1, 8\]"): w.replace(new_knob=9)
+    with pytest.raises(SettingError, match=r"setting new_mode = 'c': use one of \('a', 'b'\)"): w.replace(new_mode='c')
+    assert w.replace(new_knob='3').new_knob == 3
+
+def test_a_declaration_names_known_effects_and_a_real_interval():
+    with pytest.raises(ValueError, match=r"\['encoding'\] are not effects"): setting(affects='training encoding')
+    with pytest.raises(ValueError, match="write an interval"): setting(affects='', range='0 to 1')
+    with pytest.raises(ValueError, match="effect 'speed' is not known"): keys_affecting('speed')
+    assert set(EFFECTS) == {'training', 'encodings', 'index', 'eval_override'}

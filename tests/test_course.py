@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
-COURSE = sorted(NBS.glob('[0-9][0-9]_*.ipynb'))
+from glscl.cli import course_notebooks
+COURSE = course_notebooks(NBS)                 # NN_name, and NNa_name for the parts of a split notebook (13a ... 13h)
 LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)\)')
 
 def cells(nb: Path) -> list: return json.loads(nb.read_text())['cells']
@@ -16,8 +17,22 @@ def text(c) -> str: return ''.join(c['source'])
 def relative_links(md: str) -> list:
     return [u for u in LINK.findall(md) if not re.match(r'[a-z]+:', u) and not u.startswith('#')]
 
+def numbers(names: list) -> list:
+    "Each notebook's number, NN or NNa: the parts of a split notebook share NN and run a, b, c, ... ."
+    return [re.match(r'(\d\d)([a-z]?)_', n).groups() for n in names]
+
 def test_numbering_has_no_gap_and_no_repeat():
-    assert [int(p.name[:2]) for p in COURSE] == list(range(len(COURSE))), [p.name for p in COURSE]
+    nums = numbers([p.name for p in COURSE])
+    assert list(dict.fromkeys(int(n) for n, _ in nums)) == list(range(len(set(n for n, _ in nums)))), [p.name for p in COURSE]
+    for n in dict.fromkeys(n for n, _ in nums):
+        parts = [s for m, s in nums if m == n]
+        assert parts == [''] or parts == [chr(ord('a') + i) for i in range(len(parts))], (n, parts)
+
+def test_the_numbering_check_sees_gaps_repeats_and_split_parts():
+    assert numbers(['12_x.ipynb', '13a_y.ipynb', '13b_z.ipynb']) == [('12', ''), ('13', 'a'), ('13', 'b')]
+    names = sorted(p.name for p in course_notebooks(NBS))
+    assert [p.name for p in COURSE] == names and '13a_optimizer.ipynb' in names and '14_toy_results.ipynb' in names
+    assert not any(n.startswith('13_') for n in names)             # the split notebook's parts replace it
 
 @pytest.mark.parametrize('nb', COURSE, ids=[p.stem for p in COURSE])
 def test_ends_with_a_recap_and_the_next_link(nb):
@@ -29,7 +44,7 @@ def test_ends_with_a_recap_and_the_next_link(nb):
 
 def test_landing_page_links_every_notebook_in_order():
     md = '\n'.join(text(c) for c in cells(NBS/'index.ipynb') if c['cell_type'] == 'markdown')
-    linked = [u for u in relative_links(md) if re.fullmatch(r'\d\d_\w+\.ipynb', u)]
+    linked = [u for u in relative_links(md) if re.fullmatch(r'\d\d[a-z]?_\w+\.ipynb', u)]
     assert list(dict.fromkeys(linked)) == [p.name for p in COURSE]
     assert 'images/pipeline.svg' in relative_links(md)
 
@@ -60,7 +75,7 @@ def test_the_checker_sees_dead_links(tmp_path):
 # file that names it, from the repository's root, or (notebooks) in nbs/.
 TOP = ('nbs', 'glscl', 'tests', 'benchmarks', 'tools', 'data', 'docs', '.ci')
 PATH = re.compile(r'(?<![\w./:-])((?:\.\./)+[\w.-]+(?:/[\w.-]+)*|(?:[\w.-]+/)*[\w-]+\.(?:md|ipynb|ini|toml|py|sh|cfg|txt|svg|png))(?![\w/-])')
-NOTEBOOK = re.compile(r'(?<![\w./-])(\d\d_[a-z][a-z0-9_]*)(\.ipynb)?(?![\w/-]|\.(?!ipynb)\w)')
+NOTEBOOK = re.compile(r'(?<![\w./-])(\d\d[a-z]?_[a-z][a-z0-9_]*)(\.ipynb)?(?![\w/-]|\.(?!ipynb)\w)')
 NOT_OURS = {'glscl/settings.ini': "the copy of settings.ini that setup.py writes into a wheel or sdist",
             'my.ini': "README's example of a user's own presets file"}
 

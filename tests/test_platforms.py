@@ -207,7 +207,7 @@ def test_full_resolution_with_pip(resolutions, platform):
 
 # ---------------------------------------------------------------- the device choice on each platform
 import torch                                                       # noqa: E402
-import glscl.train as C                                            # noqa: E402
+import glscl.step as C                                             # noqa: E402  (pick_device and its probe)
 from glscl.train import pick_device, probe_device  # noqa: E402
 
 

@@ -6,6 +6,7 @@ from glscl.config import load_config
 from glscl.toyworld import make_toy_msrvtt
 from glscl.model import GLSCL
 from glscl import train as T
+import glscl.step
 from glscl.metrics import retrieval_metrics
 
 @pytest.fixture(scope='module')
@@ -305,6 +306,22 @@ def test_cache_key_changes_with_the_code_version(cfg, monkeypatch):
     monkeypatch.setattr(glscl, '__version__', glscl.__version__ + '.post1')
     assert T.encoding_key(m, cfg, 'test')[0] != k1
 
+def test_a_new_setting_that_affects_encodings_changes_the_cache_key(cfg):
+    "A setting added in one line of Config (a subclass here) is in the cache key and the resume check: no list to update."
+    from dataclasses import dataclass
+    from glscl.config import Config, setting
+    @dataclass(frozen=True)
+    class Wider(Config):
+        new_knob: int = setting(0, affects='training encodings', range='[0, 4]')
+    a, m = Wider(**cfg.to_dict()), GLSCL(cfg)
+    b = a.replace(new_knob=1)
+    (ka, pa), (kb, pb) = T.encoding_key(m, a, 'test'), T.encoding_key(m, b, 'test')
+    assert ka != kb and (pa['settings']['new_knob'], pb['settings']['new_knob']) == ('0', '1')
+    assert T.encoding_key(m, a.replace(new_knob=0), 'test')[0] == ka
+    ckpt = dict(optimizer={}, config=T._plain(a.to_dict()))
+    T.check_resume(ckpt, a.replace(max_steps=3), 'last.pt')                # a key declared free of training may change
+    with pytest.raises(ValueError, match=r"other settings: new_knob=0 \(now 1\)"): T.check_resume(ckpt, b, 'last.pt')
+
 # --- precision ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('precision', ['amp-bf16', 'released-fp16'])
@@ -540,7 +557,7 @@ def test_grad_cache_replays_the_towers_random_state(monkeypatch):
     assert_same_grads(ggot, grads)
     torch.manual_seed(2); a = m.text_tower(b['ids'][:3], b['mask'][:3])['eos']
     assert not torch.equal(a, m.text_tower(b['ids'][:3], b['mask'][:3])['eos'])     # the towers do draw
-    monkeypatch.setattr(T, 'set_torch_rng', lambda state, device: None)              # no replay: other masks in the second pass
+    monkeypatch.setattr(glscl.step, 'set_torch_rng', lambda state, device: None)              # no replay: other masks in the second pass
     _, gbad, _, _ = _gc_step(cfg, model=m)
     assert not torch.allclose(gbad['clip.model.transformer.resblocks.0.mlp.c_fc.weight'],
                               grads['clip.model.transformer.resblocks.0.mlp.c_fc.weight'], rtol=1e-6)
