@@ -96,12 +96,13 @@ def tiny_clip_checkpoint(path=None, rebuild: bool = False) -> Path:
         if meta is not None: log.warning(f"{path} was built with another recipe or holds non-finite weights; rebuilding it")
     t0 = time.time()
     pinned = pinned_tiny_clip()
-    if pinned is not None and not rebuild:                              # the course's weights, shipped with glscl
-        sd = unpin_tiny_clip(pinned)
-        log.info(f"glscl-tiny from the pinned weights {pinned} -> {path}")
-    else:
-        sd = pretrain_tiny_clip(**TINY_RECIPE)
-        log.info(f"pretrained glscl-tiny in {time.time() - t0:.0f} s -> {path}")
+    with torch.random.fork_rng(devices=[]):                             # seeding the recipe leaves the caller's random state alone
+        if pinned is not None and not rebuild:                          # the course's weights, shipped with glscl
+            sd = unpin_tiny_clip(pinned)
+            log.info(f"glscl-tiny from the pinned weights {pinned} -> {path}")
+        else:
+            sd = pretrain_tiny_clip(**TINY_RECIPE)
+            log.info(f"pretrained glscl-tiny in {time.time() - t0:.0f} s -> {path}")
     atomic_save({**sd, 'glscl_recipe': _recipe()}, path)
     return path
 

@@ -146,6 +146,15 @@ def test_the_pinned_weights_are_this_recipes_and_serve_the_cache(tmp_path):
     assert ck['glscl_recipe'] == _recipe() and all(torch.equal(ck[k], sd[k]) for k in sd)
     assert sd['token_embedding.weight'].shape == (49408, 128) and all(torch.isfinite(v).all() for v in sd.values())
 
+def test_building_the_tiny_clip_cache_leaves_the_random_state_alone(tmp_path):
+    "A model seeded and built in a fresh clone (no cache yet) gets the same initial weights as with the cache."
+    from glscl.tinyclip import tiny_clip_checkpoint
+    torch.manual_seed(7); before = torch.get_rng_state()
+    tiny_clip_checkpoint(tmp_path/'t.pt')                    # unpacking replays the recipe's seeded initialisation
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(7); tiny_clip_checkpoint(tmp_path/'t.pt'); cached = torch.get_rng_state()   # from the cache
+    assert torch.equal(cached, before)
+
 def test_compare_on_a_subset_of_queries():
     "The study's by-kind comparisons: t2v on some queries, each ranked against every video; v2t not reported."
     from glscl.metrics import compare, metric_interval, retrieval_ranks
