@@ -100,7 +100,7 @@ def bench_cache(T, V, N, D, words, n_videos_timed, repeats, device, g, tmp):
     "First evaluation (CLIP ViT-B/32 encodes every item, then S) vs second (encodings read from the cache file, then S)."
     import open_clip, logging
     from glscl.clip import ClipEncoder
-    from glscl.config import atomic_save
+    from glscl.filesafety import atomic_save
     logging.getLogger().setLevel(logging.ERROR)
     enc = ClipEncoder(open_clip.create_model('ViT-B-32', pretrained=None)).to(device).eval()
     lim = LocalInteraction(D, n_queries=8, n_layers=3, n_heads=8, ff_dim=4 * D).to(device).eval()
@@ -123,7 +123,7 @@ def bench_cache(T, V, N, D, words, n_videos_timed, repeats, device, g, tmp):
     def sim(t, v): return global_interaction(t['eos'].to(device), v['frames'].to(device), v['mask'].to(device)) \
                           + 0.5 * query_similarity(t['query'].to(device), v['query'].to(device))
     from glscl.train import model_fingerprint
-    from glscl.config import safe_load
+    from glscl.filesafety import safe_load
     def second():                                                             # the key needs the weights' hash
         model_fingerprint(enc); model_fingerprint(lim)
         blob = safe_load(path, 'encoding cache')['enc']                   # as glscl.train.cached_encodings reads it

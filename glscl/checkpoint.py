@@ -13,7 +13,8 @@ import logging, random
 from pathlib import Path
 import numpy as np
 import torch
-from .config import Config, keys_free_of, atomic_save, safe_load, UnsafeFile
+from .config import Config, keys_free_of
+from .filesafety import atomic_save, safe_load, UnsafeFile
 from .model import GLSCL
 
 log = logging.getLogger(__name__)

@@ -242,7 +242,7 @@ def _cache_frames(a):
     print(f"frame cache {r['folder']}: {r['videos']} videos, {r['bytes'] / 2**20:.1f} MiB ({r['bytes_per_video'] / 1024:.0f} KiB a video)"
           + (f"; {len(r['unreadable'])} unreadable: {', '.join(r['unreadable'][:10])}" if r['unreadable'] else ''))
 
-EVAL_SETTABLE = keys_affecting('eval_override')      # the settings declared so in 00_config
+EVAL_SETTABLE = keys_affecting('eval_override')      # the settings declared so in 00a_config
 
 def _eval(a):
     from glscl.metrics import format_metrics

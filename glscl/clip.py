@@ -149,7 +149,7 @@ class ClipEncoder(nn.Module):
 
 # %% ../nbs/05_clip_encoding.ipynb #ce3b4e5e
 from .config import CHOICES
-PRECISIONS = CHOICES['precision']                 # declared with the setting `precision` (00_config)
+PRECISIONS = CHOICES['precision']                 # declared with the setting `precision` (00a_config)
 
 def check_precision(precision: str) -> str:
     "`precision` if it is one of `PRECISIONS`, else a clear error."

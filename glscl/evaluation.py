@@ -13,7 +13,8 @@ import contextlib, hashlib, json, logging, time
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
-from .config import Config, keys_affecting, atomic_save, safe_load, folder_lock
+from .config import Config, keys_affecting
+from .filesafety import atomic_save, safe_load, folder_lock
 from .data import collate_videos, count_skips, tokenize
 from .framecache import videos_from_config
 from .model import GLSCL
@@ -25,7 +26,7 @@ from .checkpoint import uses_quick_gelu
 log = logging.getLogger(__name__)
 
 # %% ../nbs/13e_evaluation.ipynb #53e4698c
-ENCODING_KEYS = keys_affecting('encodings')       # the settings declared to change what the model encodes (00_config)
+ENCODING_KEYS = keys_affecting('encodings')       # the settings declared to change what the model encodes (00a_config)
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     "sha256 of every state-dict tensor (name, dtype, shape, bytes)."

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .config import atomic_write, folder_lock
+from .filesafety import atomic_write, folder_lock
 from .video import sample_frames, resize_crop, VideoError
 from .data import VideoTextDataset, VideoDataset
 from .datasets import read_pairs, video_lookup
@@ -28,7 +28,7 @@ def cache_settings(cfg) -> dict:
     return dict(max_frames=int(cfg.max_frames), fps=float(cfg.fps), frame_sampling=cfg.frame_sampling, image_size=int(cfg.image_size))
 
 def _write_json(path: Path, obj):
-    "Write JSON atomically (`glscl.config.atomic_write`: temporary file, fsync, rename)."
+    "Write JSON atomically (`glscl.filesafety.atomic_write`: temporary file, fsync, rename)."
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 def _read_meta(path: Path) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch, torch.nn.functional as F
 import open_clip
 from tqdm.auto import tqdm
-from .config import atomic_save
+from .filesafety import atomic_save
 from .video import clip_preprocess
 from .data import tokenize
 from .toyworld import toy_frames

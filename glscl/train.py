@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .config import Config, load_config, atomic_save, folder_lock
+from .config import Config, load_config
+from .filesafety import atomic_save, folder_lock
 from .data import VideoTextDataset, collate_videos, read_msrvtt, MSRVTT_FILES
 from .framecache import ensure_data, dataset_from_config
 from .model import GLSCL

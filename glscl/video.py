@@ -28,7 +28,7 @@ __all__ = ['PathLike', 'FRAME_RULES', 'VIDEO_BACKENDS', 'VIDEO_BACKEND_ENV', 'MA
 
 # %% ../nbs/01_video.ipynb #f97513e9
 from .config import CHOICES
-FRAME_RULES = CHOICES['frame_sampling']          # declared with the setting `frame_sampling` (00_config)
+FRAME_RULES = CHOICES['frame_sampling']          # declared with the setting `frame_sampling` (00a_config)
 
 def frame_indices(n_frames: int, video_fps: float, max_frames: int = 12, fps: float = 1.0,
                   rule: str = "glscl") -> np.ndarray:

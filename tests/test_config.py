@@ -63,7 +63,7 @@ def test_errors(tmp_path):
 
 def test_course_notebooks_in_order():
     names = [p.name for p in course_notebooks()]
-    assert names == sorted(names) and names[0].startswith('00_')
+    assert names == sorted(names) and names[0].startswith('00')
 
 # --- each setting declared once: its range, its choices and what it affects, on the Config field ----------------------
 
