@@ -111,6 +111,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'glscl.data._VideoItems': ('data.html#_videoitems', 'glscl/data.py'),
                             'glscl.data._VideoItems._load': ('data.html#_videoitems._load', 'glscl/data.py'),
                             'glscl.data._VideoItems._load_raw': ('data.html#_videoitems._load_raw', 'glscl/data.py'),
+                            'glscl.data._VideoItems._options': ('data.html#_videoitems._options', 'glscl/data.py'),
                             'glscl.data._anno_file': ('data.html#_anno_file', 'glscl/data.py'),
                             'glscl.data._anno_hint': ('data.html#_anno_hint', 'glscl/data.py'),
                             'glscl.data._check_sampling': ('data.html#_check_sampling', 'glscl/data.py'),

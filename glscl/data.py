@@ -221,13 +221,16 @@ def _default_paths(video_dir: Path, ext: Optional[str]) -> Callable:
     return VideoLookup(video_dir) if ext is None else _FixedNaming(video_dir, ext)
 
 class _VideoItems:
-    """Shared video loading with logged, counted skips. Set `memo = {}` to keep decoded videos in memory (small data
-    sets): it holds the raw uint8 frames and mask of each video file and sampling, so augmentation and
-    preprocessing happen after it, and one memo can be shared by datasets of any image size (and, for caption
-    datasets, each caption's tokens). Set `pixels = False` when the frames' CLIP features are computed beforehand
-    (a frozen image tower): an item's frames are then an empty [n, 0] tensor, its frame count and mask without pixels."""
-    memo = frame_cache = None
-    pixels = True
+    """Shared video loading with logged, counted skips, configured by the datasets' keyword arguments (`_options`).
+    `memo = {}` keeps decoded videos in memory (small data sets): it holds the raw uint8 frames and mask of each video
+    file and sampling, so augmentation and preprocessing happen after it, and one memo can be shared by datasets of any
+    image size (and, for caption datasets, each caption's tokens). `pixels = False` when the frames' CLIP features are
+    computed beforehand (a frozen image tower): an item's frames are then an empty [n, 0] tensor, its frame count and
+    mask without pixels. `uint8 = True` keeps the frames uint8 pixels; `frame_cache` reads frames from a frame cache."""
+    def _options(self, uint8: bool, memo: Optional[dict], frame_cache, pixels: bool):
+        "Set the loading options (the attributes stay readable, and settable, under the same names)."
+        self.uint8, self.memo, self.frame_cache, self.pixels = bool(uint8), memo, frame_cache, bool(pixels)
+
     def _load_raw(self, vid: str):
         """(frames uint8 [n,H,W,3], mask bool [max_frames]) of video `vid`, or None (logged, counted) if unreadable.
         With a `frame_cache` (glscl.framecache.FrameCache) the frames come from it, already resized and cropped."""
@@ -247,7 +250,6 @@ class _VideoItems:
         if self.memo is not None: self.memo[key] = video
         return video
 
-    uint8 = False
     def _load(self, vid: str, aug_seed: Optional[int] = None):
         """CLIP input of video `vid`: (frames float [n,3,S,S], mask bool [max_frames]); augmented if `aug_seed` is set.
         With `uint8 = True` the frames stay uint8 pixels (4x less to move from DataLoader workers; the model normalises them)."""
@@ -264,7 +266,8 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
     "(caption, video) pairs -> dict(ids, mask, frames, frame_mask, index, video_index); None for an unreadable video."
     def __init__(self, pairs: Sequence, video_dir: PathLike, max_words: int = 32, max_frames: int = 12,
                  fps: float = 1.0, image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl",
-                 augment: Optional[str] = None, seed: int = 0, video_path: Callable = None):
+                 augment: Optional[str] = None, seed: int = 0, video_path: Callable = None,
+                 uint8: bool = False, memo: Optional[dict] = None, frame_cache=None, pixels: bool = True):
         _check_sampling(frame_sampling)
         if augment: _rand_augment(str(augment), int(image_size))        # a bad spec fails here, not in a worker
         if int(seed) != seed or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
@@ -279,6 +282,7 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
         self.video_index = [pos.setdefault(v, len(pos)) for v, _ in self.pairs]
         self.video_ids = list(pos)
         self.n_skipped = 0
+        self._options(uint8, memo, frame_cache, pixels)
 
     def set_epoch(self, epoch: int):
         "Use the augmentation draws of `epoch` (call before each epoch, like DistributedSampler.set_epoch)."
@@ -306,7 +310,8 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
 class VideoDataset(_VideoItems, torch.utils.data.Dataset):
     "Unique videos -> dict(frames, frame_mask, video_index); None for an unreadable video."
     def __init__(self, video_ids: Sequence, video_dir: PathLike, max_frames: int = 12, fps: float = 1.0,
-                 image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl", video_path: Callable = None):
+                 image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl", video_path: Callable = None,
+                 uint8: bool = False, memo: Optional[dict] = None, frame_cache=None, pixels: bool = True):
         _check_sampling(frame_sampling)
         self.frame_sampling, self.augment = frame_sampling, None          # evaluation videos are never augmented
         self.video_ids = [str(v) for v in video_ids]
@@ -318,6 +323,7 @@ class VideoDataset(_VideoItems, torch.utils.data.Dataset):
         self.max_frames, self.fps, self.image_size, self.ext = max_frames, fps, image_size, ext
         self.video_path = video_path or _default_paths(self.video_dir, ext)
         self.n_skipped = 0
+        self._options(uint8, memo, frame_cache, pixels)
 
     def __len__(self): return len(self.video_ids)
 

@@ -103,8 +103,7 @@ def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encod
     model.eval()
     try:
         if features is not None: return _encode_from_features(model, video_ids, cfg, desc, progress, features)
-        vds = videos_from_config(cfg, video_ids)
-        vds.uint8 = True                                                 # uint8 pixels to the model: 4x less to move
+        vds = videos_from_config(cfg, video_ids, uint8=True)            # uint8 pixels to the model: 4x less to move
         dl = torch.utils.data.DataLoader(vds, batch_size=bs, collate_fn=collate_videos,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         parts = []
@@ -227,8 +226,7 @@ def frame_features(model: GLSCL, ds, cfg: Config, progress: bool = True, store: 
     ids, memo = (list(ds.video_ids), ds.memo) if hasattr(ds, 'video_ids') else (list(ds), None)
     todo = [v for v in ids if store is None or v not in store]
     def share(ix):
-        vds = videos_from_config(cfg, [todo[i] for i in ix])
-        vds.memo, vds.uint8 = memo, True                                 # share decoded videos with the training set
+        vds = videos_from_config(cfg, [todo[i] for i in ix], uint8=True, memo=memo)   # share decoded videos with the training set
         dl = torch.utils.data.DataLoader(vds, batch_size=cfg.eval_batch_size, collate_fn=collate_videos,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         out = {}

@@ -268,19 +268,19 @@ def _cache_of(cfg):
     "The preset's frame cache (`cfg.frame_cache`) if it has a finished one, else None (the videos are decoded)."
     return open_frame_cache(cfg) if getattr(cfg, 'frame_cache', None) else None
 
-def dataset_from_config(cfg, split: str) -> VideoTextDataset:
+def dataset_from_config(cfg, split: str, uint8: bool = False, memo: dict = None, pixels: bool = True) -> VideoTextDataset:
     """The caption-video pairs of `split` of the preset's data set (`cfg.dataset`, `glscl.datasets.read_pairs`) under
     `cfg.anno_dir`, videos in `cfg.video_dir` found by the data set's naming, with the config's frame sampling,
-    augmentation and seed; frames from the preset's frame cache when it has one."""
-    ds = VideoTextDataset(read_pairs(cfg, split), cfg.video_dir, max_words=cfg.max_words, max_frames=cfg.max_frames,
+    augmentation and seed; frames from the preset's frame cache when it has one. `uint8`, `memo`, `pixels`: as
+    `VideoTextDataset` takes them."""
+    return VideoTextDataset(read_pairs(cfg, split), cfg.video_dir, max_words=cfg.max_words, max_frames=cfg.max_frames,
                           fps=cfg.fps, image_size=cfg.image_size, frame_sampling=getattr(cfg, 'frame_sampling', 'glscl'),
-                          augment=getattr(cfg, 'augment', None), seed=getattr(cfg, 'seed', 0), video_path=video_lookup(cfg))
-    ds.frame_cache = _cache_of(cfg)
-    return ds
+                          augment=getattr(cfg, 'augment', None), seed=getattr(cfg, 'seed', 0), video_path=video_lookup(cfg),
+                            uint8=uint8, memo=memo, frame_cache=_cache_of(cfg), pixels=pixels)
 
-def videos_from_config(cfg, video_ids) -> VideoDataset:
-    "The videos `video_ids` of the preset, sampled and sized as it says (never augmented; from the frame cache when there is one)."
-    ds = VideoDataset(video_ids, cfg.video_dir, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
-                      frame_sampling=getattr(cfg, 'frame_sampling', 'glscl'), video_path=video_lookup(cfg))
-    ds.frame_cache = _cache_of(cfg)
-    return ds
+def videos_from_config(cfg, video_ids, uint8: bool = False, memo: dict = None) -> VideoDataset:
+    """The videos `video_ids` of the preset, sampled and sized as it says (never augmented; from the frame cache when there
+    is one). `uint8`, `memo`: as `VideoDataset` takes them."""
+    return VideoDataset(video_ids, cfg.video_dir, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
+                      frame_sampling=getattr(cfg, 'frame_sampling', 'glscl'), video_path=video_lookup(cfg),
+                        uint8=uint8, memo=memo, frame_cache=_cache_of(cfg))

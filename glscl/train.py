@@ -244,10 +244,9 @@ def check_run_settings(cfg: Config, W: int = 1):
 
 def training_set(cfg: Config, memo_videos=None) -> VideoTextDataset:
     "The training pairs (uint8 pixels; decoded videos kept in `memo_videos`, a dict, or by default for small data read in the main process)."
-    ds = dataset_from_config(cfg, cfg.train_split)
-    ds.uint8 = True                                                    # pixels stay uint8 until the model (less to move)
-    if isinstance(memo_videos, dict): ds.memo = memo_videos                       # shared between runs
-    elif memo_videos or (memo_videos is None and cfg.num_workers == 0 and len(ds.video_ids) <= 2000): ds.memo = {}
+    ds = dataset_from_config(cfg, cfg.train_split, uint8=True,         # pixels stay uint8 until the model (less to move)
+                             memo=memo_videos if isinstance(memo_videos, dict) else None)   # a dict: shared between runs
+    if ds.memo is None and (memo_videos or (memo_videos is None and cfg.num_workers == 0 and len(ds.video_ids) <= 2000)): ds.memo = {}
     if len(ds) < cfg.batch_size:                                       # no full batch: nothing would be trained
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(ds)} training pairs of split {cfg.train_split!r} "
                          f"in {cfg.anno_dir}: lower batch_size (at most {len(ds)})")

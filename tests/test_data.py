@@ -670,8 +670,7 @@ def test_dataset_augment_in_dataloader_workers(textured_world):
 
 def test_memo_holds_raw_frames(textured_world):
     pairs = [("v0", "a clip"), ("v1", "another"), ("v0", "again"), ("gone", "never downloaded")]
-    ds = VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32, augment=RELEASED_AUGMENT)
-    ds.memo = {}
+    ds = VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32, augment=RELEASED_AUGMENT, memo={})
     items = [ds[i] for i in range(4)]
     assert items[3] is None and ds.n_skipped == 1 and len(ds.memo) == 2      # unreadable videos are not memoised
     for key, (frames, mask) in ds.memo.items():
@@ -681,13 +680,25 @@ def test_memo_holds_raw_frames(textured_world):
     memo_copy = {k: v[0].copy() for k, v in ds.memo.items()}
     ds.set_epoch(1); [ds[i] for i in range(3)]
     assert all(np.array_equal(ds.memo[k][0], f) for k, f in memo_copy.items())   # augmentation never writes into it
-    big = VideoDataset(["v0"], textured_world, max_frames=4, image_size=48)   # one memo serves any image size
-    big.memo = ds.memo
+    big = VideoDataset(["v0"], textured_world, max_frames=4, image_size=48, memo=ds.memo)   # one memo serves any image size
     assert big[0]["frames"].shape[-1] == 48 and len(ds.memo) == 2
-    rel = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32, frame_sampling="released")
-    rel.memo = ds.memo
+    rel = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32, frame_sampling="released", memo=ds.memo)
     rel[0]
     assert len(ds.memo) == 3                                                 # another sampling, another entry
+
+
+def test_loading_options_through_the_constructor(textured_world):
+    "uint8, memo, frame_cache and pixels are keyword arguments (defaults: float pixels, no memo, no cache) and stay readable."
+    plain = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32)
+    assert (plain.uint8, plain.memo, plain.frame_cache, plain.pixels) == (False, None, None, True)
+    assert plain[0]["frames"].dtype == torch.float32
+    memo = {}
+    u = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32, uint8=True, memo=memo)
+    assert u.uint8 and u.memo is memo and u[0]["frames"].dtype == torch.uint8 and len(memo) == 1
+    t = VideoTextDataset([("v0", "a clip")], textured_world, max_frames=4, image_size=32, pixels=False)
+    item = t[0]
+    n = plain[0]["frames"].shape[0]
+    assert not t.pixels and item["frames"].shape == (n, 0) and torch.equal(item["frame_mask"], plain[0]["frame_mask"])   # frame count, no pixels
 
 
 def test_dataset_frame_sampling(textured_world):

@@ -170,8 +170,7 @@ def test_one_training_step_per_preset(toy, tmp_path, layout):
     cfg = load_config(preset, max_words=words, max_frames=frames, anno_dir=d, video_dir=d/'videos', frame_cache='none', clip_model='glscl-tiny', clip_pretrained='none',
                       image_size=64, precision='fp32', augment='none', freeze_conv1='false', batch_size=4, num_workers=0, out_dir=tmp_path/'run')
     assert [p.name for p in annotation_files(cfg, cfg.test_split)] == list(BENCHMARKS[layout].files(cfg.test_split))
-    ds = dataset_from_config(cfg, cfg.train_split)
-    ds.uint8 = True
+    ds = dataset_from_config(cfg, cfg.train_split, uint8=True)
     batch = collate_videos([ds[i] for i in range(0, 4 * (len(ds) // 4), len(ds) // 4)][:4])
     assert batch['size'] == 4 and batch['n_skipped'] == 0 and batch['ids'].shape[1] == cfg.max_words
     assert batch['frame_mask'].shape[1] <= cfg.max_frames and batch['frame_mask'].sum(1).min() >= 1

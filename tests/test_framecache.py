@@ -117,7 +117,7 @@ def test_uint8_pixels_give_the_same_model_input(cfg):
     from glscl.video import normalize_frames
     from glscl.data import collate_videos
     build_frame_cache(cfg, progress=False)
-    f = dataset_from_config(cfg, 'train'); u = dataset_from_config(cfg, 'train'); u.uint8 = True
+    f = dataset_from_config(cfg, 'train'); u = dataset_from_config(cfg, 'train', uint8=True)
     a, b = f[3], u[3]
     assert b['frames'].dtype == torch.uint8 and torch.equal(normalize_frames(b['frames']), a['frames'])
     m = GLSCL(cfg.replace(clip_pretrained='none', freeze_visual=False)).eval()

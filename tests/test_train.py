@@ -647,7 +647,7 @@ def test_training_on_features_reads_no_pixels_and_changes_nothing(cfg):
     """With a frozen image tower the loop's items carry no pixels (frames [n, 0]) and their tokens come from the memo:
     the loss and every gradient equal those of items with pixels and freshly tokenized captions."""
     m = GLSCL(cfg)
-    ds = T.dataset_from_config(cfg, cfg.train_split); ds.uint8 = True
+    ds = T.dataset_from_config(cfg, cfg.train_split, uint8=True)
     feats = T.frame_features(m, ds, cfg, progress=False)
     def step(pixels, memo):
         ds.pixels, ds.memo = pixels, memo
