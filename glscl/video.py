@@ -259,6 +259,7 @@ def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Option
 # the CLIP pixels (01b, glscl.pixels) sit below the decoders; glscl.video gathers their names, so that
 # `from glscl.video import clip_preprocess` works as before
 from .pixels import *
+from .pixels import _rand_augment                # glscl.data builds its training transform from it
 
 # %% ../nbs/04_frame_cache.ipynb #9f99826c
 def _resized(h: int, w: int, short_side: int) -> tuple:
