@@ -121,7 +121,7 @@ def _check_scale(t_norm: Tensor, sq: Tensor, c: float):
         raise ValueError(f"GIM scores could reach {bound:.3g}: features this large (norms up to {float(sq.max().sqrt()):.3g} for frames, "
                          f"{float(t_norm.max()):.3g} for texts) leave float32 no room; normalise or rescale the features")
 
-# %% ../nbs/17_efficiency.ipynb #f1b2c3d6
+# %% ../nbs/17a_gim_blocks.ipynb #f1b2c3d6
 import math
 LOG2E = 1 / math.log(2)
 
@@ -146,7 +146,7 @@ def _gim_consts(eos, frames, mask, temp, pad: GIMPadding, gram=None):
     ea[:, D] = 1
     return ea, fa.view(V * N, D + 1), gram, t_norm
 
-# %% ../nbs/17_efficiency.ipynb #f1b2c3d8
+# %% ../nbs/17a_gim_blocks.ipynb #f1b2c3d8
 def _gim_block(ea, flat, mask, pad: GIMPadding, bufs=None):
     """Scores of `t` texts `ea` against `v` videos `flat` in base-2 units, as `[v, N, t]`: returns y = score - max over
     the video's frames, unnormalised weights e = 2^y after the padding rule `pad` (0 on padding), the max m [v, t], z =
@@ -162,7 +162,7 @@ def _gim_block(ea, flat, mask, pad: GIMPadding, bufs=None):
     e, zv = pad.after_softmax(e, z, mask)
     return y, e, m[:, 0], z, zv
 
-# %% ../nbs/17_efficiency.ipynb #f1b2c3da
+# %% ../nbs/17a_gim_blocks.ipynb #f1b2c3da
 GIM_BLOCK_ELEMENTS = 2 ** 20   # largest [v, N, t] temporary GIM builds (4 MB in float32) unless chunk_size asks for more
 
 def _gim_blocks(T: int, V: int, N: int, chunk_size: int | None):
@@ -174,7 +174,7 @@ def _gim_blocks(T: int, V: int, N: int, chunk_size: int | None):
     vc = max(1, min(V, GIM_BLOCK_ELEMENTS // (tc * N)))
     return tc, vc
 
-# %% ../nbs/17_efficiency.ipynb #f1b2c3dd
+# %% ../nbs/17a_gim_blocks.ipynb #f1b2c3dd
 @fp32_gim
 def global_interaction(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float = 3.0,
                        official_compat: bool = False, chunk_size: int | None = None, eps: float = 1e-8,
