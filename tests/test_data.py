@@ -589,7 +589,8 @@ def test_augment_clip_restores_state_on_error(monkeypatch):
             random.random(); np.random.rand()
             raise RuntimeError("op failed")
         return tf
-    monkeypatch.setattr(D, "_rand_augment", boom)
+    import glscl.pixels as P
+    monkeypatch.setattr(P, "_rand_augment", boom)                           # augment_clip looks it up in glscl.pixels
     with pytest.raises(RuntimeError, match="op failed"): augment_clip(moving_clip(), RELEASED_AUGMENT, 0, 64)
     assert same_states(rng_states(), before)
 
@@ -672,19 +673,23 @@ def test_memo_holds_raw_frames(textured_world):
     pairs = [("v0", "a clip"), ("v1", "another"), ("v0", "again"), ("gone", "never downloaded")]
     ds = VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32, augment=RELEASED_AUGMENT, memo={})
     items = [ds[i] for i in range(4)]
-    assert items[3] is None and ds.n_skipped == 1 and len(ds.memo) == 2      # unreadable videos are not memoised
-    for key, (frames, mask) in ds.memo.items():
+    videos = lambda: {k: v for k, v in ds.memo.items() if k[0] != 'tokens'}
+    assert items[3] is None and ds.n_skipped == 1 and len(videos()) == 2     # unreadable videos are not memoised
+    tokens = {k[1]: v for k, v in ds.memo.items() if k[0] == 'tokens'}      # and each caption's tokens, as tokenize gives them
+    assert sorted(tokens) == ['a clip', 'again', 'another']
+    for c, (ids, m) in tokens.items(): assert torch.equal(ids, tokenize(c)[0][0]) and torch.equal(m, tokenize(c)[1][0])
+    for key, (frames, mask) in videos().items():
         v = Path(key[0]).stem
         raw, m = sample_frames(textured_world / f"{v}.mp4", 4)
         assert frames.dtype == np.uint8 and np.array_equal(frames, raw) and np.array_equal(mask, m)
-    memo_copy = {k: v[0].copy() for k, v in ds.memo.items()}
+    memo_copy = {k: v[0].copy() for k, v in videos().items()}
     ds.set_epoch(1); [ds[i] for i in range(3)]
     assert all(np.array_equal(ds.memo[k][0], f) for k, f in memo_copy.items())   # augmentation never writes into it
     big = VideoDataset(["v0"], textured_world, max_frames=4, image_size=48, memo=ds.memo)   # one memo serves any image size
-    assert big[0]["frames"].shape[-1] == 48 and len(ds.memo) == 2
+    assert big[0]["frames"].shape[-1] == 48 and len(videos()) == 2
     rel = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32, frame_sampling="released", memo=ds.memo)
     rel[0]
-    assert len(ds.memo) == 3                                                 # another sampling, another entry
+    assert len(videos()) == 3                                                # another sampling, another entry
 
 
 def test_loading_options_through_the_constructor(textured_world):
