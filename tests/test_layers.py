@@ -6,7 +6,7 @@ import pytest
 
 # lowest first; modules in one tuple are peers and may not import each other
 LAYERS = [('config',), ('video',), ('data',), ('toyworld',), ('datasets',), ('framecache',), ('clip',), ('tinyclip',),
-          ('gim', 'lim', 'losses', 'metrics'), ('model',), ('train',), ('efficiency', 'search'), ('cli',)]
+          ('gim', 'lim', 'losses', 'metrics'), ('model',), ('train',), ('shortlist',), ('efficiency', 'search'), ('cli',)]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 PKG = Path(__file__).resolve().parents[1]/'glscl'
 
