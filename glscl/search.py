@@ -130,7 +130,7 @@ def check_index(path, meta: dict, arrays: dict, verify: bool = True):
     for k in sorted(need - set(arrays)): raise _damaged(path, f"{d/(k + '.npy')} is missing (index.json lists it)")
     for k in sorted(set(arrays) - need - {'gram', 'query'}): raise _damaged(path, f"{d/(k + '.npy')} is not listed in {j}")
     if meta['dtype'] == 'int8':
-        for k in sorted({'frames_scale'} | ({'query_scale'} if 'query' in arrays else set()) - set(arrays)): raise _damaged(path, f"{d/(k + '.npy')} is missing (an int8 index needs it)")
+        for k in sorted(({'frames_scale'} | ({'query_scale'} if 'query' in arrays else set())) - set(arrays)): raise _damaged(path, f"{d/(k + '.npy')} is missing (an int8 index needs it)")
     a = arrays
     for k, x in a.items():
         f = d/f'{k}.npy'
@@ -406,7 +406,7 @@ def _search(self: VideoIndex, text: str, k: int = 5, candidates: int = None, pat
     return [dict(file=self.files[i], score=float(sc), best_frame=int(w[0, r].argmax()), weights=w[0, r][m[r]].tolist())
             for r, (i, sc) in enumerate(zip(hits, top.values.tolist()))]
 
-VideoIndex.search = _search
+VideoIndex.scores, VideoIndex.search = _scores, _search
 
 # %% ../nbs/18_search.ipynb #98f8d0ff
 def _block_vectors(arrays: dict, kind: str, sim_lambda: float, sel) -> tuple:
@@ -425,8 +425,8 @@ def _fill(sl, arrays: dict, start: int = 0, progress: bool = True, block: int = 
         sl.add(*_block_vectors(arrays, sl.meta['kind'], sl.meta['sim_lambda'], slice(j, j + block)), progress=False)
     return sl
 
-def _build_shortlist(self: VideoIndex, kind: str = 'mean', factory: str = None, progress: bool = True, max_train: int = 100_000):
-    """Train a FAISS shortlist on the index's videos (`shortlist_vectors` of `kind`, a fixed sample of at most
+def _build_shortlist(self: VideoIndex, kind: str = 'frames', factory: str = None, progress: bool = True, max_train: int = 100_000):
+    """Train a FAISS shortlist on the index's videos (`shortlist_vectors` of `kind`: every frame by default, measured in 19, a fixed sample of at most
     `max_train` rows) and add them all; saved beside the arrays (shortlist.faiss and its sidecar) and recorded in
     index.json. Updates add new videos to it (no training again)."""
     from glscl.shortlist import Shortlist
