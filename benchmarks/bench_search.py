@@ -131,6 +131,7 @@ def main(argv=None):
     ap.add_argument('--factory', default=None, help='FAISS index (default: glscl.shortlist.default_factory)')
     ap.add_argument('--dir', default=None, help='where to write the stores (default: a temp folder)')
     ap.add_argument('--json', default=None, help='write the measured rows here (for the notebook figure)')
+    ap.add_argument('--no-compare', action='store_true', help='skip the first size\'s comparisons (kinds of vector, index types, stores)')
     a = ap.parse_args(argv)
     print(f"{torch.get_num_threads()} torch threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     fit_check()
@@ -140,6 +141,7 @@ def main(argv=None):
         try:
             first = n_i == 0
             t0 = time.perf_counter()
+            first = first and not a.no_compare
             B = build(V, a.queries, root, a.nprobe, a.factory, with_f16=first, keep_exact=min(200, a.queries) if first else 0, kinds_check=first)
             wall = time.perf_counter() - t0
             store = open_store(root/'int8')
@@ -157,6 +159,8 @@ def main(argv=None):
                 r = dict(videos=V, candidates=C, R1=recall(got, B['ref'], 1), R10=recall(got, B['ref'], 10), p50=np.median(s1) * 1e3,
                          p95=np.percentile(s1, 95) * 1e3, b64=np.median(s64) * 1e3, build=B['t_train'] + B['t_add'], disk=disk / 2**30, peak=peak)
                 rows.append(r); print(f"  C {C:>4}: recall@1 {r['R1']:.3f} recall@10 {r['R10']:.3f} p50 {r['p50']:.1f} ms p95 {r['p95']:.1f} ms batch-64 {r['b64']:.1f} ms/query peak {peak:.2f} GB", flush=True)
+            print(f"  after the queries: resident {rss('VmRSS'):.2f} GB = anonymous {rss('RssAnon'):.2f} GB (the FAISS index, Python, torch) + "
+                  f"file-backed {rss('RssFile'):.2f} GB (pages of the memory-mapped store and libraries, page cache the kernel can drop)", flush=True)
             del store, sl, B; gc.collect()
         finally: shutil.rmtree(root, ignore_errors=True)
         table(rows, a)                                                   # after every size: a partial run keeps what it measured
