@@ -9,7 +9,7 @@ __all__ = ['SHORTLIST_FORMAT', 'KINDS', 'WORLD', 'CLUSTER_BLOCK', 'shortlist_vec
            'dequantize_int8', 'ShortlistDamaged', 'default_factory', 'Shortlist', 'clustered_world', 'clustered_videos',
            'clustered_texts', 'encoding_stats']
 
-# %% ../nbs/19_shortlist.ipynb #829f752b
+# %% ../nbs/19_shortlist.ipynb #71a8b13e
 import hashlib, json, os
 from pathlib import Path
 import numpy as np
@@ -19,7 +19,7 @@ from .config import atomic_write
 SHORTLIST_FORMAT = 'glscl-shortlist-1'
 KINDS = ('mean', 'frames', 'mean+query')      # one vector per video; one per frame; the mean with the query outputs beside it
 
-# %% ../nbs/19_shortlist.ipynb #6109339e
+# %% ../nbs/19_shortlist.ipynb #33a327cd
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
@@ -48,7 +48,7 @@ def query_vectors(eos, query=None, kind: str = 'mean', sim_lambda: float = 0.5) 
     q = np.asarray(query, dtype=np.float32)
     return np.concatenate([t, q.reshape(len(t), -1) * np.sqrt(sim_lambda / q.shape[1])], 1).astype(np.float32)
 
-# %% ../nbs/19_shortlist.ipynb #eca4514c
+# %% ../nbs/19_shortlist.ipynb #9cc3830a
 def quantize_int8(x) -> tuple:
     """(codes int8, scale float16) of `x [..., D]`: each row x ~ codes * scale, scale = max|x| / 127 per row (rounded to
     float16 first, so that the codes are made with the scale that is stored)."""
@@ -62,7 +62,7 @@ def dequantize_int8(codes, scale) -> np.ndarray:
     "float32 rows codes * scale (the inverse of `quantize_int8`, up to half a step of each row's scale)."
     return np.asarray(codes, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[..., None]
 
-# %% ../nbs/19_shortlist.ipynb #072ebc82
+# %% ../nbs/19_shortlist.ipynb #913c8520
 _FOURCC = {b'IwPf', b'IPfs', b'IwPQ', b'IwFl', b'IwSQ', b'IwFQ', b'IHNf', b'IHNp', b'IxFI', b'IxF2', b'IxMp', b'IxM2', b'IxPT', b'IxPQ', b'IwRQ', b'IvPQ'}
 
 class ShortlistDamaged(ValueError):
@@ -81,7 +81,7 @@ def default_factory(n: int, d: int) -> str:
     if n < 20_000: return 'Flat'
     return f'IVF{1 << int(round(np.log2(np.sqrt(n))))},PQ{max(1, d // 4)}x4fs'
 
-# %% ../nbs/19_shortlist.ipynb #17f9767b
+# %% ../nbs/19_shortlist.ipynb #0c2cb516
 class Shortlist:
     "A FAISS index (inner product) of `shortlist_vectors` that proposes candidate videos for an exact re-rank."
     def __init__(self, index, meta: dict):
@@ -150,7 +150,7 @@ class Shortlist:
             todo, k = np.array(short, dtype=np.int64), min(len(self), k * 4)   # too few distinct videos: look further
         return out
 
-# %% ../nbs/19_shortlist.ipynb #5b712cbe
+# %% ../nbs/19_shortlist.ipynb #636ec0b4
 def _clusterings(index) -> list:
     "The k-means settings (ClusteringParameters) inside `index` that FAISS trains with: the coarse quantizer's, the PQ's."
     import faiss
@@ -176,7 +176,7 @@ def _save(self: Shortlist, path) -> Path:
 
 def _load(cls, path, mmap: bool = True, verify: bool = True) -> Shortlist:
     """Open a shortlist written by `save`, refused (naming the file and the fix) unless its sidecar is ours and its
-    size, header and checksum (`verify`) match; FAISS reads it (memory-mapped with `mmap`: the codes stay on disk), then
+    size, header and checksum (`verify`) match; FAISS reads it (`mmap` asks FAISS to map it: IVF fast-scan lists are read into memory all the same), then
     the width and count are checked against the sidecar. FAISS's reader parses a binary layout; it runs no code from the file."""
     import faiss
     path = Path(path); side = path.with_name(path.name + '.json')
@@ -198,7 +198,7 @@ def _load(cls, path, mmap: bool = True, verify: bool = True) -> Shortlist:
 
 Shortlist.save, Shortlist.load = _save, classmethod(_load)
 
-# %% ../nbs/19_shortlist.ipynb #18e77a06
+# %% ../nbs/19_shortlist.ipynb #dd91b939
 WORLD = dict(n_topics=1000, n_styles=8192, n_attrs=4, attr_vocab=8, n_events=3, frame_norm=44.4, text_norm=14.5,
              v_common=2.0, v_event=3.2, v_noise=1.8, t_common=0.3, t_gap_cos=0.15, t_topic=0.3, t_event=1.0, t_noise=0.3,
              q_common=0.2, q_topic=0.2, q_noise=1.0, full=0.8)
@@ -281,7 +281,7 @@ def clustered_texts(w: dict, rows, seed: int = 1) -> dict:
          + w['t_noise'] * g.standard_normal((len(rows), D), dtype=np.float32) / np.sqrt(D))
     return dict(eos=_unit(t) * w['text_norm'], query=_queries(w, _unit(gist + ev), _gen(w, 3, seed), w['q_noise']).numpy())
 
-# %% ../nbs/19_shortlist.ipynb #6d113968
+# %% ../nbs/19_shortlist.ipynb #84ab6ba4
 def encoding_stats(text: dict, video: dict, caption_video, sim_lambda: float = 0.5, temp: float = 3.0) -> dict:
     """What the generator is checked against: norms, frame-frame cosines within and across videos, text-frame cosines
     with the caption's own video (best frame, mean) and with others, Sim1 and Sim2 of matched and other pairs, and
