@@ -28,7 +28,7 @@ class GLSCL(nn.Module):
         self.clip = encoder if encoder is not None else load_clip(cfg.clip_model, cfg.clip_pretrained, precision=cfg.precision)
         D = self.clip.embed_dim
         self.temporal = self.lim = None                  # meanP has neither, seqTransf no LIM
-        if cfg.head in ('glscl', 'seqtransf'):
+        if cfg.head in ('glscl', 'seqtransf') and cfg.tt_layers:      # tt_layers 0: CLIP's frame features as they are (zero-shot search)
             if cfg.tt_init == 'clip': self.temporal = TemporalTransformer.from_clip(self.clip, cfg.tt_layers)
             elif cfg.tt_init == 'random': self.temporal = TemporalTransformer(D, cfg.tt_layers, max(1, D // 64), max(cfg.max_frames, 32))
             else: raise ValueError(f"tt_init={cfg.tt_init!r}: use 'clip' or 'random'")

@@ -8,7 +8,7 @@ import pytest
 LAYERS = [('filesafety',), ('config',), ('pixels',), ('video',), ('data',), ('toyworld',), ('datasets',), ('framecache',), ('clip',),
           ('tinyclip',), ('gim', 'lim', 'losses', 'ranking'), ('metrics',), ('model',),
           ('optim', 'precision', 'distributed'), ('checkpoint',), ('evaluation', 'step'), ('train',),   # training, one concern a module
-          ('efficiency', 'search', 'course'), ('cli',)]
+          ('shortlist',), ('efficiency', 'search', 'course'), ('cli',)]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 PKG = Path(__file__).resolve().parents[1]/'glscl'
 
