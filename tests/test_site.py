@@ -52,7 +52,7 @@ def _course(tmp: Path, broken: bool = False) -> tuple:
     ])
     first.metadata['widgets'] = {'application/vnd.jupyter.widget-state+json': {'state': {'abc': {'x': 'y' * 5000}}}}
     second = new_notebook(cells=[
-        new_code_cell('#| default_exp metrics'),
+        new_code_cell('#| default_exp ranking'),
         new_markdown_cell('# Second page\n\n`retrieval_metrics` after `glscl.gim.global_interaction`; '
                           '[back](01_first.ipynb#First-page).'
                           + ('\n\n[gone](03_missing.ipynb) ![nope](images/nope.png)' if broken else '')),
@@ -94,9 +94,9 @@ def test_pages_links_and_nav(site):
 def test_inline_code_links_to_defining_cell(site):
     out, pages = site
     index, first, second = (p.read_text() for p in pages)
-    assert 'id="glscl.gim.global_interaction"' in first and 'id="glscl.metrics.retrieval_metrics"' in second
+    assert 'id="glscl.gim.global_interaction"' in first and 'id="glscl.ranking.retrieval_metrics"' in second
     assert '<a class="glscl-sym" href="#glscl.gim.global_interaction"><code>global_interaction</code></a>' in first
-    assert ('<a class="glscl-sym" href="02_second.html#glscl.metrics.retrieval_metrics"><code>retrieval_metrics'
+    assert ('<a class="glscl-sym" href="02_second.html#glscl.ranking.retrieval_metrics"><code>retrieval_metrics'
             in first)
     assert ('<a class="glscl-sym" href="01_first.html#glscl.gim.global_interaction"><code>glscl.gim.global_interaction'
             in second)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = '.glscl-site'          # written into every site we build, so a rebuild may clear the folder
-PAGE_RE = re.compile(r'^\d\d_.+\.ipynb$')
+PAGE_RE = re.compile(r'^\d\d[a-z]?_.+\.ipynb$')                 # 13a_optimizer ...: the parts of a split notebook
 WIDGET = 'application/vnd.jupyter.widget-view+json'
 WIDGET_NOTE = '[interactive widget: open the notebook in Jupyter to use it]'
 NAV_CSS = """<style type="text/css">
