@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np, torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from glscl.gim import global_interaction
-from glscl.lim import query_similarity
-from glscl.search import store_arrays, rerank, one_query_similarity, score_blocks, torch_blocks, float_block
+from glscl.heads import GLSCLSimilarity
+from glscl.search import store_arrays, rerank, score_index, float_block
 from glscl.shortlist import (Shortlist, shortlist_vectors, query_vectors, clustered_world, clustered_videos, clustered_texts,
                              encoding_stats, CLUSTER_BLOCK, KINDS, default_factory)
 
 LAMBDA, TEMP = 0.5, 3.0
-exact = lambda t, v: global_interaction(t['eos'], v['frames'], v['mask'], temp=TEMP) + LAMBDA * query_similarity(t['query'], v['query'])
-one = lambda t, v: one_query_similarity(t, v, TEMP, LAMBDA)
+exact = GLSCLSimilarity(TEMP, LAMBDA)          # the model's head: S = Sim1 + lambda Sim2 (glscl.heads)
+one = exact.one_query
 
 def rss(field='VmHWM') -> float:
     for line in open('/proc/self/status'):
@@ -213,9 +212,9 @@ def compare_first(B, root, store, V, a):
     for dt in ('float16', 'int8'):
         st = open_store(root/dt)
         t2 = {k: v[:len(S)] for k, v in T.items()}
-        Sd = score_blocks(exact, t2, st)
+        Sd = score_index(exact, t2, st)
         got = Sd.topk(10).indices.numpy()
-        t0 = time.perf_counter(); [torch_blocks(one, {k: v[i:i + 1] for k, v in T.items()}, st) for i in range(3)]; ms = (time.perf_counter() - t0) / 3
+        t0 = time.perf_counter(); [score_index(one, {k: v[i:i + 1] for k, v in T.items()}, st) for i in range(3)]; ms = (time.perf_counter() - t0) / 3
         print(f"    {dt:<8} max |dS| {float((Sd - S).abs().max()):.2e}  recall@1 {recall(got, ref200, 1):.3f}  recall@10 {recall(got, ref200, 10):.3f}  "
               f"size {sum(p.stat().st_size for p in (root/dt).glob('*.npy')) / 2**30:.2f} GB  exhaustive one query {ms:.3f} s", flush=True)
         del st

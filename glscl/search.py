@@ -6,8 +6,8 @@ float16), and ranks the videos for any text with the model's own similarity, Sim
 # %% auto #0
 __all__ = ['log', 'INDEX_FORMAT', 'ID_KEYS', 'ARRAYS', 'DTYPES', 'GENERATION', 'SEARCH_BLOCK', 'EXHAUSTIVE_BELOW',
            'DEFAULT_CANDIDATES', 'model_id', 'list_videos', 'encode_folder', 'IndexMismatch', 'check_index',
-           'VideoIndex', 'float_block', 'score_blocks', 'index_similarity', 'one_query_similarity', 'torch_blocks',
-           'store_arrays', 'rerank', 'zero_shot_config', 'run_search', 'add_search_command', 'main']
+           'VideoIndex', 'float_block', 'stored_blocks', 'score_index', 'store_arrays', 'rerank', 'zero_shot_config',
+           'run_search', 'add_search_command', 'main']
 
 # %% ../nbs/18_search.ipynb #b4121e73
 import hashlib, json, logging, os, re, shutil, sys, time, warnings
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .config import atomic_write, folder_lock
-from .gim import frame_weights
+from .heads import similarity_head, score_blocks
 from .model import GLSCL, pad_frame_slots
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def encode_folder(model: GLSCL, folder, files: list, progress: bool = True, desc
     cfg, dev = model.cfg, _device(model)
     check_frame_positions(model, cfg)
     vds = VideoDataset(files, folder, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size, ext='',
-                       frame_sampling=cfg.frame_sampling)
-    vds.uint8 = True
+                       frame_sampling=cfg.frame_sampling, uint8=True)
     dl = torch.utils.data.DataLoader(vds, batch_size=cfg.eval_batch_size, collate_fn=collate_videos, num_workers=0)
     parts, kept = [], []
     was = model.training; model.eval()
@@ -281,53 +280,13 @@ def float_block(arrays: dict, sel) -> dict:
         if f'{k}_scale' in vb and k in out: out[k] = out[k] * vb[f'{k}_scale'].float()[..., None]
     return out
 
-def score_blocks(similarity, text: dict, arrays: dict, block: int = SEARCH_BLOCK) -> torch.Tensor:
-    "S [T, V] = `similarity(text, video_block)` over blocks of the stored `arrays` (frames, mask, query), in float32."
-    V, out = len(arrays['mask']), []
-    for j in range(0, V, block): out.append(similarity(text, float_block(arrays, slice(j, j + block))))
-    return torch.cat(out, 1)
+def stored_blocks(arrays: dict, block: int = SEARCH_BLOCK):
+    "The stored videos as `float_block`s of `block` rows, each read from the memory map when it is scored."
+    for j in range(0, len(arrays['mask']), block): yield float_block(arrays, slice(j, j + block))
 
-def index_similarity(model: GLSCL, text: dict, video: dict) -> torch.Tensor:
-    "`GLSCL.similarity` of `text` and a block of indexed videos, using the block's stored Gram matrices for GIM."
-    c = model.cfg
-    if c.head != 'glscl' or 'gram' not in video: return model.similarity(text, video)
-    from glscl.gim import global_interaction
-    from glscl.lim import query_similarity
-    s = global_interaction(text['eos'], video['frames'], video['mask'], temp=c.gim_temp, official_compat=c.official_compat, gram=video['gram'])
-    if c.sim_lambda and 'query' in text and 'query' in video: s = s + c.sim_lambda * query_similarity(text['query'], video['query'])
-    return s
-
-def one_query_similarity(text: dict, video: dict, temp: float = 3.0, sim_lambda: float = 0.5, eps: float = 1e-8) -> torch.Tensor:
-    """S [1, v] of one text against a block of indexed videos, equal to `GLSCL.similarity` (masked GIM, not
-    `official_compat`) but with one matrix-vector product per stored array: the scores `frames @ t`, GIM's softmax over
-    each video's valid frames, the pooled norm from the stored Gram matrices (sqrt(w^T G w)), and Sim2 from the
-    flattened query outputs. Padded frame slots are masked out before anything reads them; the Gram matrices must be
-    zero on padding, as `encode_folder` stores them (computed from the zeroed frames)."""
-    t, f, m, g = text['eos'][0], video['frames'], video['mask'], video['gram']
-    v, N, D = f.shape
-    zero = f.new_zeros(())
-    x = torch.where(m, (f.reshape(v * N, D) @ t).view(v, N), zero)          # t . f_i, 0 on padding
-    w = torch.softmax(torch.where(m, x / temp, f.new_full((), float('-inf'))), dim=1)   # GIM's weights over the valid frames
-    pooled = torch.einsum('vn,vnm,vm->v', w, g, w).clamp_min(0).sqrt()      # w is 0 on padding; a stored Gram is 0 there
-    s = (w * x).sum(1) / (t.norm().clamp_min(eps) * pooled.clamp_min(eps))
-    if sim_lambda and 'query' in text and 'query' in video:
-        K = text['query'].shape[1]
-        s = s + sim_lambda * (video['query'].reshape(v, -1) @ text['query'][0].reshape(-1)) / K
-    return s[None]
-
-def _fast_path(self: VideoIndex, n_texts: int) -> bool:
-    "Whether `one_query_similarity` computes what `GLSCL.similarity` does for this index and query."
-    c = self.model.cfg
-    return n_texts == 1 and c.head == 'glscl' and not c.official_compat and 'gram' in self.arrays
-
-def torch_blocks(fn, text: dict, arrays: dict, block: int = SEARCH_BLOCK) -> torch.Tensor:
-    "`fn(text, video_block)` over blocks of the stored `arrays`, each converted from the memory map to float32 by torch (threaded)."
-    return torch.cat([fn(text, float_block(arrays, slice(j, j + block))) for j in range(0, len(arrays['mask']), block)], 1)
-
-def _score_one(self: VideoIndex, t: dict, block: int = SEARCH_BLOCK) -> torch.Tensor:
-    "S [1, V] of one encoded text, block by block, by `one_query_similarity`."
-    c = self.model.cfg
-    return torch_blocks(lambda t_, v: one_query_similarity(t_, v, c.gim_temp, c.sim_lambda), t, self.arrays, block)
+def score_index(score, text: dict, arrays: dict, block: int = SEARCH_BLOCK) -> torch.Tensor:
+    "S [T, V]: `score` (a head, or its `one_query`) of `text` against every stored video, block by block (`score_blocks`, 11a)."
+    return score_blocks(score, text, stored_blocks(arrays, block))
 
 def _encode_query(self: VideoIndex, texts) -> dict:
     from glscl.train import encode_texts
@@ -338,9 +297,8 @@ def _encode_query(self: VideoIndex, texts) -> dict:
 def _scores(self: VideoIndex, texts) -> torch.Tensor:
     "Similarity [T, V] of `texts` (a string or a list) to every indexed video, as `GLSCL.similarity` computes it."
     if not len(self): raise ValueError(f"the index {self.path} holds no video")
-    t = _encode_query(self, texts)
-    if _fast_path(self, len(t['eos'])): return _score_one(self, t)
-    return score_blocks(lambda t_, v: index_similarity(self.model, t_, v), t, self.arrays)
+    t, head = _encode_query(self, texts), similarity_head(self.model.cfg)
+    return score_index(head.one_query if len(t['eos']) == 1 else head, t, self.arrays)
 
 
 # %% ../nbs/18_search.ipynb #a2ab2e72
@@ -389,19 +347,17 @@ def _search(self: VideoIndex, text: str, k: int = 5, candidates: int = None, pat
     t0 = time.perf_counter()
     t = _encode_query(self, text)
     way, c = _choose(self, path, candidates), self.model.cfg
-    sim = (lambda t_, v: one_query_similarity(t_, v, c.gim_temp, c.sim_lambda)) if _fast_path(self, 1) else (lambda t_, v: index_similarity(self.model, t_, v))
+    head = similarity_head(c)                                            # the model's own S, one text at a time
     if way == 'shortlist':
         from glscl.shortlist import query_vectors
         n = int(candidates or DEFAULT_CANDIDATES)
         q = query_vectors(t['eos'], t.get('query'), self.shortlist.meta['kind'], self.shortlist.meta['sim_lambda'])
-        s, rows = rerank(t, self.arrays, self.shortlist.candidates(q, n)[0], sim)
-    else: s, rows = (_score_one(self, t) if _fast_path(self, 1) else score_blocks(sim, t, self.arrays))[0], np.arange(len(self))
+        s, rows = rerank(t, self.arrays, self.shortlist.candidates(q, n)[0], head.one_query)
+    else: s, rows = score_index(head.one_query, t, self.arrays)[0], np.arange(len(self))
     top = s.topk(min(int(k), len(s)))
     hits = rows[top.indices.numpy()].tolist()
     vb = float_block({k_: self.arrays[k_] for k_ in ('frames', 'mask', 'frames_scale') if k_ in self.arrays}, np.asarray(hits, dtype=np.int64))
-    fr, m = vb['frames'], vb['mask']
-    if c.head == 'meanp': w = (m / m.sum(1, keepdim=True))[None]                       # mean pooling: uniform weights
-    else: w = frame_weights(t['eos'], fr, m, c.gim_temp, official_compat=c.official_compat)
+    m, w = vb['mask'], head.frame_weights(t, vb)                         # uniform for mean pooling
     self.last = dict(path=way, scored=len(s), videos=len(self), seconds=time.perf_counter() - t0)
     return [dict(file=self.files[i], score=float(sc), best_frame=int(w[0, r].argmax()), weights=w[0, r][m[r]].tolist())
             for r, (i, sc) in enumerate(zip(hits, top.values.tolist()))]

@@ -289,6 +289,7 @@ def encoding_stats(text: dict, video: dict, caption_video, sim_lambda: float = 0
     import torch
     from glscl.gim import global_interaction, frame_weights
     from glscl.lim import query_similarity
+    from glscl.heads import GLSCLSimilarity
     t, f, m = (torch.as_tensor(np.asarray(x)) for x in (text['eos'], video['frames'], video['mask']))
     t, f, cv = t.float(), f.float(), torch.as_tensor(np.asarray(caption_video))
     fn = torch.nn.functional.normalize(f, dim=-1) * m[..., None]
@@ -306,9 +307,11 @@ def encoding_stats(text: dict, video: dict, caption_video, sim_lambda: float = 0
                cos_tf_other=float(((tf.sum(2) / m.sum(1)[None]) * neg_mask).sum() / neg_mask.sum()),
                sim1_own=float(s1[torch.arange(len(t)), cv].mean()), sim1_other=float(s1[neg_mask].mean()),
                gim_max_weight=float(frame_weights(t, f[cv], m[cv], temp)[torch.arange(len(t)), torch.arange(len(t))].max(-1).values.mean()))
+    S = s1                                                              # Sim1 alone without query outputs
     if 'query' in text and 'query' in video:
         s2 = query_similarity(torch.as_tensor(np.asarray(text['query'])).float(), torch.as_tensor(np.asarray(video['query'])).float())
         out.update(sim2_own=float(s2[torch.arange(len(t)), cv].mean()), sim2_other=float(s2[neg_mask].mean()))
-        s1 = s1 + sim_lambda * s2
-    out['R1'] = float((s1.argmax(1) == cv).float().mean() * 100)
+        S = GLSCLSimilarity(temp, sim_lambda)(dict(eos=t, query=torch.as_tensor(np.asarray(text['query'])).float()),
+                                              dict(frames=f, mask=m, query=torch.as_tensor(np.asarray(video['query'])).float()))
+    out['R1'] = float((S.argmax(1) == cv).float().mean() * 100)
     return out

@@ -8,13 +8,14 @@ from glscl.config import load_config
 from glscl.framecache import ensure_data
 from glscl.gim import global_interaction
 from glscl.lim import query_similarity
-from glscl.model import GLSCL, mean_pooling_similarity
-from glscl.search import VideoIndex, store_arrays, float_block, rerank, one_query_similarity, torch_blocks, zero_shot_config, main
+from glscl.model import GLSCL
+from glscl.heads import GLSCLSimilarity, mean_pooling_similarity
+from glscl.search import VideoIndex, store_arrays, float_block, rerank, score_index, zero_shot_config, main
 from glscl.shortlist import (Shortlist, ShortlistDamaged, shortlist_vectors, query_vectors, quantize_int8, dequantize_int8,
                              clustered_world, clustered_videos, clustered_texts)
 from glscl.train import split_items
 
-one = lambda t, v: one_query_similarity(t, v, 3.0, 0.5)
+one = GLSCLSimilarity(3.0, 0.5).one_query
 
 
 @pytest.fixture(scope='module')
@@ -38,16 +39,16 @@ def _sl(c, factory='IVF32,PQ32x4fs', kind='frames', parts=1, nprobe=4):
 def test_shortlist_of_every_video_is_exhaustive(clustered):
     c = clustered
     sl = _sl(c)
-    ex = torch_blocks(one, {k: x[:1] for k, x in c['T'].items()}, c['store'], block=700)[0]
+    ex = score_index(one, {k: x[:1] for k, x in c['T'].items()}, c['store'], block=700)[0]
     for i in range(5):
         t = {k: x[i:i + 1] for k, x in c['T'].items()}
         cand = sl.candidates(query_vectors(c['txt']['eos'][i:i + 1]), 3000)[0]
         assert sorted(cand.tolist()) == list(range(3000))                 # every video, once
         s, rows = rerank(t, c['store'], cand, one)
-        full = torch_blocks(one, t, c['store'])[0]
+        full = score_index(one, t, c['store'])[0]
         torch.testing.assert_close(s, full[rows], atol=1e-6, rtol=1e-6)
         assert torch.equal(torch.from_numpy(rows)[s.topk(10).indices], full.topk(10).indices)
-    torch.testing.assert_close(ex, torch_blocks(one, {k: x[:1] for k, x in c['T'].items()}, c['store'])[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ex, score_index(one, {k: x[:1] for k, x in c['T'].items()}, c['store'])[0], atol=1e-6, rtol=1e-6)
 
 
 RECALL_FLOOR = 0.95  # recall@10 of GLSCL's float32 top 10: 200 candidates from IVF32,PQ32x4fs (nprobe 8) on per-frame vectors, int8 re-rank

@@ -2,10 +2,13 @@
 import math
 import pytest, torch
 import torch.nn.functional as F
-from glscl.efficiency import (MeanPoolingHead, XPoolHead, XCLIPHead, GIMHead, GLSCLHead, make_heads, random_features,
+from glscl.efficiency import (XPoolHead, XCLIPHead, GLSCLHead, make_heads, random_features,
                               count_flops, flop_model, flops_at, gim_flops, fit_growth, efficiency_table, format_table,
                               attention_over_similarities, main)
 from glscl.gim import global_interaction
+from glscl.heads import MeanPooling as MeanPoolingHead, GLSCLSimilarity
+
+GIMHead = lambda: GLSCLSimilarity(sim_lambda=0.0)      # GIM alone: the model's head with lambda = 0
 
 T, V, N, L, D = 3, 4, 5, 6, 16
 

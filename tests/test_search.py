@@ -4,7 +4,7 @@ import numpy as np
 import pytest, torch
 from glscl.config import load_config
 from glscl.model import GLSCL
-from glscl.search import VideoIndex, IndexMismatch, list_videos, model_id, score_blocks, main
+from glscl.search import VideoIndex, IndexMismatch, list_videos, model_id, score_index, main
 from glscl.framecache import ensure_data
 from glscl.train import encode_texts, encode_videos, split_items
 
@@ -73,7 +73,7 @@ def test_search_ranks_as_similarity(world):
 def test_score_blocks_any_block_size(world):
     idx, m = world['index'], world['model']
     t = encode_texts(m, world['captions'][:2], world['cfg'], progress=False)
-    torch.testing.assert_close(score_blocks(m.similarity, t, idx.arrays, block=3), score_blocks(m.similarity, t, idx.arrays), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(score_index(m.similarity, t, idx.arrays, block=3), score_index(m.similarity, t, idx.arrays), atol=1e-6, rtol=1e-6)
 
 
 def test_incremental_update_and_float16(world, tmp_path):
@@ -102,8 +102,8 @@ def test_main(world, capsys):
 
 
 def test_one_query_path_equals_similarity(world):
-    "One text takes the matrix-vector path (one_query_similarity); it equals GLSCL.similarity, whatever padded slots hold."
-    from glscl.search import one_query_similarity
+    "One text takes the head's matrix-vector path (`one_query`); it equals GLSCL.similarity, whatever padded slots hold."
+    from glscl.heads import GLSCLSimilarity
     m, cfg, idx = world['model'], world['cfg'], world['index']
     order = [idx.files.index(f'{v}.mp4') for v in world['ids']]
     caps = world['captions'][:3]
@@ -121,5 +121,5 @@ def test_one_query_path_equals_similarity(world):
     from glscl.gim import global_interaction
     from glscl.lim import query_similarity
     want = global_interaction(t['eos'], clean, mask, temp=3.0) + 0.5 * query_similarity(t['query'], q)
-    got = one_query_similarity(t, dict(frames=f, mask=mask, gram=gram, query=q), temp=3.0, sim_lambda=0.5)
+    got = GLSCLSimilarity(3.0, 0.5).one_query(t, dict(frames=f, mask=mask, gram=gram, query=q))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
