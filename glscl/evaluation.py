@@ -82,6 +82,7 @@ def encode_texts(model: GLSCL, captions: list, cfg: Config, desc: str = 'encodin
     finally: model.train(was)
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+# %% ../nbs/13e_evaluation.ipynb #7fcdb883
 def _cat_items(parts: list) -> dict:
     "Concatenate encoding dicts along items; frames and masks are zero-padded to the longest video."
     out = {}
@@ -94,6 +95,7 @@ def _cat_items(parts: list) -> dict:
         for x in xs: out[k][i:i + len(x), :x.shape[1]] = x; i += len(x)
     return out
 
+# %% ../nbs/13e_evaluation.ipynb #4d2e4a33
 @torch.no_grad()
 def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encoding videos', progress: bool = True,
                   features: dict = None) -> dict:
@@ -116,6 +118,7 @@ def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encod
     finally: model.train(was)
     return _cat_items(parts)
 
+# %% ../nbs/13e_evaluation.ipynb #9c7cbe61
 def _encode_from_features(model: GLSCL, video_ids: list, cfg: Config, desc: str, progress: bool, features: dict) -> dict:
     "`encode_videos` from stored frame features (the frozen image tower's), computing and storing the missing ones first."
     missing = [v for v in video_ids if v not in features]
@@ -134,6 +137,7 @@ def _encode_from_features(model: GLSCL, video_ids: list, cfg: Config, desc: str,
         parts.append({k: (v[k].float() if v[k].is_floating_point() else v[k]).cpu() for k in VIDEO_KEEP if k in v})
     return _cat_items(parts)
 
+# %% ../nbs/13e_evaluation.ipynb #d796064c
 @torch.no_grad()
 def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True, features: dict = None) -> dict:
     """Encode every caption and every video of `split` once: dict(text, video, caption_video), tensors on the CPU.

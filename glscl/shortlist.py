@@ -224,6 +224,7 @@ def clustered_world(n_videos: int, dim: int = 512, n_frames: int = 12, n_queries
     w['length'] = np.where(g.random(n_videos) < p['full'], n_frames, g.integers(n_frames // 2, n_frames + 1, n_videos)).astype(np.int32)
     return w
 
+# %% ../nbs/19_shortlist.ipynb #6854844f
 def _gist(w: dict, rows) -> np.ndarray:
     "Each video's own direction: its topic plus its style."
     return _unit(w['topics'][w['topic'][rows]] + w['styles'][w['style'][rows]] * 0.5)
@@ -249,6 +250,7 @@ def _gen(w: dict, *key):
     import torch
     return torch.Generator().manual_seed(int(np.random.default_rng([w['seed'], *key]).integers(2 ** 62)))
 
+# %% ../nbs/19_shortlist.ipynb #b2147a57
 def clustered_videos(w: dict, start: int, stop: int) -> dict:
     """frames [n,N,D], mask [n,N], query [n,K,D] (float32) of videos `start:stop`: frame i of a video shows one of its
     events (contiguous segments): common + gist + event + noise, scaled to `frame_norm`; padding is zero."""
@@ -271,6 +273,7 @@ def clustered_videos(w: dict, start: int, stop: int) -> dict:
     s = start - (start // CLUSTER_BLOCK) * CLUSTER_BLOCK
     return {k: np.concatenate([o[k] for o in out])[s:s + stop - start] if len(out) > 1 else out[0][k][s:s + stop - start] for k in out[0]}
 
+# %% ../nbs/19_shortlist.ipynb #8ede3361
 def clustered_texts(w: dict, rows, seed: int = 1) -> dict:
     "eos [T,D], query [T,K,D] of one caption per video of `rows`: it names one of the video's events (drawn), its gist, noise."
     g, rows = np.random.default_rng([w['seed'], 2, seed]), np.asarray(rows)
