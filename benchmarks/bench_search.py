@@ -21,7 +21,8 @@ import numpy as np, torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from glscl.heads import GLSCLSimilarity
-from glscl.search import store_arrays, rerank, score_index, float_block
+from glscl.index import store_arrays, float_block
+from glscl.search import rerank, score_index
 from glscl.shortlist import (Shortlist, shortlist_vectors, query_vectors, clustered_world, clustered_videos, clustered_texts,
                              encoding_stats, CLUSTER_BLOCK, KINDS, default_factory)
 

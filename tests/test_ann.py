@@ -10,7 +10,8 @@ from glscl.gim import global_interaction
 from glscl.lim import query_similarity
 from glscl.model import GLSCL
 from glscl.heads import GLSCLSimilarity, mean_pooling_similarity
-from glscl.search import VideoIndex, store_arrays, float_block, rerank, score_index, zero_shot_config, main
+from glscl.index import VideoIndex, store_arrays, float_block
+from glscl.search import rerank, score_index, zero_shot_config, main      # and VideoIndex.search, .build_shortlist
 from glscl.shortlist import (Shortlist, ShortlistDamaged, shortlist_vectors, query_vectors, quantize_int8, dequantize_int8,
                              clustered_world, clustered_videos, clustered_texts)
 from glscl.train import split_items

@@ -84,8 +84,8 @@ def test_the_old_lists_are_derived_from_the_declarations():
     assert cli.EVAL_SETTABLE == keys_affecting('eval_override') and 'lr' not in cli.EVAL_SETTABLE
     assert (clip.PRECISIONS, model.HEADS, video.FRAME_RULES) == (CHOICES['precision'], CHOICES['head'], CHOICES['frame_sampling'])
     assert set(T.OPTIMIZERS) == set(CHOICES['optimizer']) and set(ds.BENCHMARKS) == set(CHOICES['dataset'])
-    import glscl.search as S                       # its index id must key on the declared settings (until it reads them itself)
-    assert set(getattr(S, 'ID_KEYS', keys_affecting('index'))) == set(keys_affecting('index'))
+    import glscl.index as I                        # the index id keys on the declared settings, read from them
+    assert I.ID_KEYS == keys_affecting('index') and {'clip_model', 'sim_lambda', 'gim_temp'} <= set(I.ID_KEYS)
 
 def test_what_changes_an_encoding_changes_the_run():
     assert set(keys_affecting('encodings')) | set(keys_affecting('index')) <= set(keys_affecting('training'))

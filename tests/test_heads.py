@@ -5,7 +5,8 @@ import torch
 from glscl.config import load_config
 from glscl.model import GLSCL
 from glscl.evaluation import block_similarity
-from glscl.search import store_arrays, score_index, float_block
+from glscl.index import store_arrays, float_block
+from glscl.search import score_index
 from glscl.efficiency import GLSCLHead, make_heads
 from glscl.heads import (SimilarityHead, MeanPooling, GLSCLSimilarity, similarity_head, score_blocks, frame_mean,
                          mean_pooling_similarity)

@@ -8,7 +8,7 @@ import pytest
 LAYERS = [('filesafety',), ('config',), ('pixels',), ('video',), ('data',), ('toyworld',), ('datasets',), ('framecache',), ('clip',),
           ('tinyclip',), ('gim', 'lim', 'losses', 'ranking'), ('heads',), ('metrics',), ('model',),
           ('optim', 'precision', 'distributed'), ('checkpoint',), ('evaluation', 'step'), ('train',),   # training, one concern a module
-          ('shortlist',), ('efficiency', 'search', 'course'), ('cli',)]
+          ('shortlist',), ('index',), ('efficiency', 'search', 'course'), ('cli',)]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 PKG = Path(__file__).resolve().parents[1]/'glscl'
 

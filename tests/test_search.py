@@ -4,7 +4,8 @@ import numpy as np
 import pytest, torch
 from glscl.config import load_config
 from glscl.model import GLSCL
-from glscl.search import VideoIndex, IndexMismatch, list_videos, model_id, score_index, main
+from glscl.index import VideoIndex, IndexMismatch, list_videos, model_id
+from glscl.search import score_index, main      # importing glscl.search adds VideoIndex.search and .scores
 from glscl.framecache import ensure_data
 from glscl.train import encode_texts, encode_videos, split_items
 

@@ -262,7 +262,7 @@ def test_an_update_is_all_or_nothing(index, monkeypatch):
 
 def rewrite_array(path, k, fn, fix_checksum=True):
     "Change array `k` of the index in `path` by `fn`; with `fix_checksum` record its new checksum (damage that only values show)."
-    from glscl.search import _sha256
+    from glscl.index import _sha256
     meta = json.loads((path/'index.json').read_text())
     f = path/meta['generation']/f'{k}.npy'
     x = np.load(f).copy(); x = fn(x); f.unlink(); np.save(f, x)
