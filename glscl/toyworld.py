@@ -273,7 +273,7 @@ def toy_events(root) -> dict:
 
 def ensure_toy_world(cfg) -> Path:
     """Make the toy world of preset `cfg` (a `Config` with dataset 'toy') unless it is already there; return its folder.
-    (`glscl.framecache.ensure_data` also builds the preset's frame cache.)"""
+    (`glscl.presetdata.ensure_data` also builds the preset's frame cache.)"""
     return make_toy_msrvtt(cfg.anno_dir, **toy_params(cfg))
 
 def toy_params(cfg) -> dict:

@@ -12,7 +12,7 @@ from glscl.datasets import (read_msvd, read_didemo, read_lsmdc, read_activitynet
                             write_toy_layout, read_pairs, video_lookup, annotation_files)
 from glscl.metrics import retrieval_metrics
 from glscl.toyworld import make_toy_msrvtt
-from glscl.framecache import dataset_from_config
+from glscl.presetdata import dataset_from_config
 
 # --- MSVD -------------------------------------------------------------------------------------------------------------
 

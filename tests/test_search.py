@@ -5,7 +5,7 @@ import pytest, torch
 from glscl.config import load_config
 from glscl.model import GLSCL
 from glscl.search import VideoIndex, IndexMismatch, list_videos, model_id, score_blocks, main
-from glscl.framecache import ensure_data
+from glscl.presetdata import ensure_data
 from glscl.train import encode_texts, encode_videos, split_items
 
 
