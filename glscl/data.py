@@ -21,9 +21,7 @@ PathLike = Union[str, os.PathLike]
 
 
 # %% auto #0
-__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'check_video_id', 'read_query_csv',
-           'read_msrvtt', 'tokenize', 'load_video', 'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset',
-           'collate_videos', 'count_skips']
+__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'check_video_id', 'read_query_csv', 'read_msrvtt', 'tokenize', 'load_video', 'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset', 'collate_videos', 'count_skips', 'ACTIVITYNET_FILES', 'LSMDC_FILES']
 
 # %% ../nbs/02_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
@@ -362,3 +360,9 @@ def count_skips(ds, batch: dict, loader=None) -> int:
     n = int(batch["n_skipped"])
     if loader is not None and getattr(loader, "num_workers", 0) > 0: ds.n_skipped += n
     return n
+
+# %% ../nbs/16_datasets.ipynb #d16a0002
+ACTIVITYNET_FILES = dict(train=('train_ids.json', 'train.json'), val=('val_ids.json', 'val_1.json'))
+
+# %% ../nbs/16_datasets.ipynb #d16a0004
+LSMDC_FILES = dict(train='LSMDC16_annos_training.csv', val='LSMDC16_annos_val.csv', test='LSMDC16_challenge_1000_publictect.csv')
