@@ -23,7 +23,8 @@ from timing import interleaved
 from glscl.config import load_config
 from glscl.data import VideoDataset, collate_videos
 from glscl.video import write_video
-from glscl.framecache import build_frame_cache, FrameCache, ensure_data, videos_from_config
+from glscl.framecache import build_frame_cache, FrameCache
+from glscl.presetdata import ensure_data, videos_from_config
 
 
 def msrvtt_like(root: Path, n: int, seconds: int = 15, fps: int = 30, size=(240, 320), seed: int = 0) -> Path:
@@ -57,7 +58,7 @@ def clips_per_second(cfg, vids, workers: int, batch: int, passes: int, uint8: bo
     `uint8`: pixels handed over as uint8, as training does (the model normalises them); else float CLIP input."""
     rates = []
     for _ in range(passes):
-        ds = videos_from_config(cfg, vids); ds.uint8 = uint8
+        ds = videos_from_config(cfg, vids, uint8=uint8)
         dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_videos)
         t0 = time.perf_counter(); n = 0
         for b in dl: n += len(b['frames'])

@@ -144,7 +144,7 @@ def bench_cache_toy():
     "The real path: glscl.train.evaluate on the toy preset twice, the second from the on-disk cache."
     import tempfile
     from glscl.config import load_config
-    from glscl.framecache import ensure_data
+    from glscl.presetdata import ensure_data
     from glscl.model import GLSCL
     from glscl.train import evaluate
     cfg = load_config('toy')

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glscl.data as D
 from glscl.config import load_config
-from glscl.framecache import ensure_data
+from glscl.presetdata import ensure_data
 
 
 def decord_no_check(path, max_frames, fps, rule):

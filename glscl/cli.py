@@ -102,7 +102,7 @@ def _presets(a):
 
 def _toy(a):
     from glscl.toyworld import make_toy_msrvtt, toy_params
-    from glscl.framecache import ensure_data
+    from glscl.presetdata import ensure_data
     cfg = load_config(a.preset)
     if a.out: root = make_toy_msrvtt(a.out, **toy_params(cfg), overwrite=a.overwrite)
     else:
@@ -140,7 +140,7 @@ def _train(a):
     rank, W = world()
     try:
         if cfg.dataset == 'toy' and rank == 0:
-            from glscl.framecache import ensure_data
+            from glscl.presetdata import ensure_data
             ensure_data(cfg)
         if W > 1: dist.barrier()
         s = train(cfg, resume=a.resume, progress=not a.quiet, device=a.device, overwrite=a.overwrite, trust_pickle=a.trust_pickle)

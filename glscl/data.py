@@ -21,82 +21,14 @@ PathLike = Union[str, os.PathLike]
 
 
 # %% auto #0
-__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'check_caption', 'check_video_id', 'read_query_csv',
-           'read_msrvtt', 'tokenize', 'load_video', 'same_stem', 'VideoLookup', 'VideoTextDataset', 'VideoDataset',
-           'collate_videos', 'count_skips']
+__all__ = ['PathLike', 'MSRVTT_FILES', 'SOT_TOKEN', 'EOT_TOKEN', 'read_query_csv', 'read_msrvtt', 'tokenize', 'load_video', 'VideoTextDataset', 'VideoDataset', 'collate_videos', 'count_skips', 'check_caption', 'check_video_id', 'ACTIVITYNET_FILES', 'LSMDC_FILES', 'same_stem', 'VideoLookup']
 
 # %% ../nbs/02_data.ipynb #9bc5c44d
 MSRVTT_FILES = dict(data="MSRVTT_data.json", train="MSRVTT_train.9k.csv",
                     train7k="MSRVTT_train.7k.csv", test="MSRVTT_JSFUSION_test.csv")
 _TRAIN_COLS, _TEST_COLS = ["video_id"], ["key", "vid_key", "video_id", "sentence"]
 
-def _anno_hint(anno_dir) -> str:
-    return (f"download the MSR-VTT annotations (msrvtt_data.zip from the CLIP4Clip release) into {anno_dir}, "
-            "see data/README.md, or run `glscl toy` / `glscl.toyworld.make_toy_msrvtt` for the toy world")
-
-def _anno_file(anno_dir: Path, key: str) -> Path:
-    "The path of annotation file `key`, or a FileNotFoundError that says how to get it."
-    p = anno_dir / MSRVTT_FILES[key]
-    if not p.is_file(): raise FileNotFoundError(f"missing MSR-VTT annotation file {p}: {_anno_hint(anno_dir)}")
-    return p
-
-def _read_csv(path: Path, expected: list, free_text: str = None) -> list:
-    """Rows of csv `path` as (line, dict), after checking that its header holds the `expected` columns. A row with more
-    fields than the header is an unquoted comma in the last column when that column is `free_text` (the fields are
-    joined back, nothing is lost), else an error naming the line; so is a row with fewer fields."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, strict=True)
-            header = [h.strip() for h in next(reader, [])]
-            missing = [c for c in expected if c not in header]
-            if missing: raise ValueError(f"{path}: expected columns {expected}, found {header} (missing {missing})")
-            rows, n = [], len(header)
-            for row in reader:
-                line = reader.line_num
-                if not any(c.strip() for c in row): continue
-                if len(row) > n and free_text is not None and header[-1] == free_text: row = row[:n - 1] + [",".join(row[n - 1:])]
-                if len(row) != n:
-                    raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {n} ({', '.join(header)}): "
-                                     f"{row!r}; quote fields that contain commas")
-                rows.append((line, dict(zip(header, row))))
-            return rows
-    except csv.Error as e: raise ValueError(f"{path}: not a valid csv file ({e}); re-download it or fix that line") from None
-    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text ({e}); re-download it") from None
-
-# %% ../nbs/02_data.ipynb #0e37d92c
-def _read_json(path: Path, key: str, anno_dir) -> list:
-    "The list `key` of MSR-VTT's data json, or an error saying how to get a good one."
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))[key]
-        if not isinstance(items, list) or not all(isinstance(s, dict) for s in items): raise TypeError(f"{key!r} is not a list of records")
-        return items
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not an MSR-VTT data file with a {key!r} list ({e!r}); "
-                         f"re-download it: {_anno_hint(anno_dir)}") from e
-
-@lru_cache(maxsize=1)
-def _tokenizer(): return open_clip.get_tokenizer("ViT-B-32")        # CLIP's BPE tokenizer (its cleaning is used here)
-
-def check_caption(caption, where: str) -> str:
-    """`caption` if CLIP's tokenizer keeps something of it, else a ValueError naming `where`: not a string, empty, or empty
-    after the tokenizer's cleaning (HTML entities such as `&nbsp;`, control and zero-width characters, odd spaces)."""
-    if not isinstance(caption, str): raise ValueError(f"{where}: the caption is not a string: {caption!r}")
-    cleaned = "".join(ch for ch in _tokenizer().clean_fn(caption) if unicodedata.category(ch) not in ("Cf", "Cc"))
-    if not cleaned.strip():
-        raise ValueError(f"{where}: the caption {caption!r} is empty after cleaning (CLIP's tokenizer would see no word); fix or drop it")
-    return caption
-
-def check_video_id(vid, where: str) -> str:
-    """`vid` if it names a file inside the video folder, else a ValueError naming `where`: a video id read from a data file
-    must not be empty, absolute (`/etc/x`, `C:\\x`) or climb out with `..`, so that no file outside the folder is ever read."""
-    if not isinstance(vid, str) or not vid.strip() or '\x00' in vid:
-        raise ValueError(f"{where}: the video id {vid!r} is empty or not text; fix that line")
-    parts = vid.replace('\\', '/').split('/')
-    if vid.startswith(('/', '\\')) or re.match(r'[A-Za-z]:[\\/]', vid) or '..' in parts:
-        raise ValueError(f"{where}: the video id {vid!r} points outside the video folder (an absolute path or '..'); "
-                         "a video id names a file inside the video folder: fix that line")
-    return vid
-
+# %% ../nbs/02_data.ipynb #d02c0007
 def read_query_csv(path: Path, anno_dir: PathLike) -> list:
     """(video_id, caption) pairs of a query file in the JSFUSION test layout (`key,vid_key,video_id,sentence`, one row a
     query), checked against `MSRVTT_data.json` in `anno_dir` when it is there: MSR-VTT's test split, the toy world's val."""
@@ -115,6 +47,7 @@ def read_query_csv(path: Path, anno_dir: PathLike) -> list:
                                    f"{' ...' if len(stray) > 5 else ''}; the two files come from different releases: re-download both")
     return pairs
 
+# %% ../nbs/02_data.ipynb #d02c0010
 def read_msrvtt(anno_dir: PathLike, split: str) -> list:
     "(video_id, caption) pairs of MSR-VTT `split` ('train', 'train7k' or 'test') in file order."
     splits = ("train", "train7k", "test")
@@ -143,19 +76,16 @@ def read_msrvtt(anno_dir: PathLike, split: str) -> list:
                                 f"{lonely[:5]}{' ...' if len(lonely) > 5 else ''}")
     return pairs
 
-# %% ../nbs/02_data.ipynb #801f8f7f
+# %% ../nbs/02_data.ipynb #d02c0011
 SOT_TOKEN, EOT_TOKEN = 49406, 49407
 
+@lru_cache(maxsize=1)
+def _tokenizer(): return open_clip.get_tokenizer("ViT-B-32")        # CLIP's BPE tokenizer (its cleaning is used here)
 
-
+# %% ../nbs/02_data.ipynb #801f8f7f
 def tokenize(texts, max_words: int = 32) -> tuple:
     "CLIP token ids long [B,max_words] (start, tokens, end, zeros) and mask bool [B,max_words] for `texts`."
-    if int(max_words) != max_words or max_words < 3:
-        raise ValueError(f"max_words must be an int >= 3 (start, one token, end), got {max_words}")
-    if isinstance(texts, str): texts = [texts]
-    texts = list(texts)
-    if not texts: raise ValueError("tokenize got no texts")
-    for i, t in enumerate(texts): check_caption(t, f"caption {i}")
+    texts = _check_texts(texts, max_words)             # a list of captions, each with a word left after cleaning
     ids = _tokenizer()(texts, context_length=int(max_words)).long()
     eot = (ids == EOT_TOKEN).int().argmax(dim=1)
     mask = torch.arange(ids.shape[1])[None] <= eot[:, None]
@@ -168,58 +98,7 @@ def load_video(path: PathLike, max_frames: int = 12, fps: float = 1.0, image_siz
     frames, mask = sample_frames(path, max_frames, fps, rule)
     return clip_preprocess(frames, image_size), torch.from_numpy(mask)
 
-def _check_sampling(frame_sampling: str):
-    if frame_sampling not in FRAME_RULES:
-        raise ValueError(f"unknown frame_sampling {frame_sampling!r}; allowed values are {FRAME_RULES}")
-
-# %% ../nbs/02_data.ipynb #35d1e163
-def same_stem(vid: str) -> tuple:
-    "The file stems of a video id: the id itself (MSR-VTT, MSVD, LSMDC, DiDeMo)."
-    return (vid,)
-
-class VideoLookup:
-    """The file of a video id under `video_dir`: `<stem><ext>` for the id's stems (`stems(vid)`, default the id itself)
-    and the usual extensions (`VIDEO_EXTS`), or a file named exactly like the id; else the same anywhere below
-    `video_dir` (an index built once). A missing video is a FileNotFoundError saying what was looked for."""
-    def __init__(self, video_dir: PathLike, stems: Callable = None):
-        self.video_dir, self.stems, self._index = Path(video_dir), stems or same_stem, None
-        if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
-
-    def _build_index(self) -> dict:
-        index = {}
-        for root, _, files in os.walk(self.video_dir):
-            for f in files:
-                p = Path(root)/f
-                if p.suffix.lower() not in VIDEO_EXTS: continue
-                for key in {p.stem, p.name}:
-                    if key in index and index[key] != p:
-                        raise ValueError(f"two videos under {self.video_dir} answer to {key!r}: {index[key]} and {p}; remove one")
-                    index[key] = p
-        return index
-
-    def __call__(self, vid: str) -> Path:
-        check_video_id(str(vid), f"video folder {self.video_dir}")
-        stems = [str(s) for s in self.stems(str(vid))]
-        for s in stems:
-            for ext in VIDEO_EXTS:
-                if (self.video_dir/f"{s}{ext}").is_file(): return self.video_dir/f"{s}{ext}"
-            if Path(s).suffix.lower() in VIDEO_EXTS and (self.video_dir/s).is_file(): return self.video_dir/s
-        if self._index is None: self._index = self._build_index()
-        for s in stems:
-            if s in self._index: return self._index[s]
-        raise FileNotFoundError(f"video {vid!r} not found: looked for {' or '.join(stems)} with extension "
-                                f"{'/'.join(VIDEO_EXTS)} in {self.video_dir} and its subfolders")
-
 # %% ../nbs/02_data.ipynb #e93091c9
-class _FixedNaming:
-    "`video_dir/<id><ext>`: one fixed extension (picklable, for DataLoader workers started by spawn)."
-    def __init__(self, video_dir: Path, ext: str): self.video_dir, self.ext = Path(video_dir), ext
-    def __call__(self, vid: str) -> Path: return self.video_dir/f"{check_video_id(str(vid), f'video folder {self.video_dir}')}{self.ext}"
-
-def _default_paths(video_dir: Path, ext: Optional[str]) -> Callable:
-    "`video_dir/<id><ext>` when `ext` is given (the old, fixed naming), else a `VideoLookup`."
-    return VideoLookup(video_dir) if ext is None else _FixedNaming(video_dir, ext)
-
 class _VideoItems:
     """Shared video loading with logged, counted skips, configured by the datasets' keyword arguments (`_options`).
     `memo = {}` keeps decoded videos in memory (small data sets): it holds the raw uint8 frames and mask of each video
@@ -268,12 +147,9 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
                  fps: float = 1.0, image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl",
                  augment: Optional[str] = None, seed: int = 0, video_path: Callable = None,
                  uint8: bool = False, memo: Optional[dict] = None, frame_cache=None, pixels: bool = True):
-        _check_sampling(frame_sampling)
-        if augment: _rand_augment(str(augment), int(image_size))        # a bad spec fails here, not in a worker
-        if int(seed) != seed or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        _check_options(frame_sampling, augment, image_size, seed)      # a bad augment spec fails here, not in a worker
         self.frame_sampling, self.augment, self.seed, self.epoch = frame_sampling, (str(augment) if augment else None), int(seed), 0
-        self.pairs = [(str(v), c) for v, c in pairs]
-        for i, (v, c) in enumerate(self.pairs): check_caption(c, f"pair {i} (video {v})")
+        self.pairs = _checked_pairs(pairs)                              # string ids, every caption checked
         self.video_dir = Path(video_dir)
         if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
         self.max_words, self.max_frames, self.fps, self.image_size, self.ext = max_words, max_frames, fps, image_size, ext
@@ -314,10 +190,7 @@ class VideoDataset(_VideoItems, torch.utils.data.Dataset):
                  uint8: bool = False, memo: Optional[dict] = None, frame_cache=None, pixels: bool = True):
         _check_sampling(frame_sampling)
         self.frame_sampling, self.augment = frame_sampling, None          # evaluation videos are never augmented
-        self.video_ids = [str(v) for v in video_ids]
-        if len(set(self.video_ids)) != len(self.video_ids):
-            dup = sorted({v for v in self.video_ids if self.video_ids.count(v) > 1})
-            raise ValueError(f"video_ids must be unique; repeated: {dup[:5]}")
+        self.video_ids = _unique_ids(video_ids)
         self.video_dir = Path(video_dir)
         if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
         self.max_frames, self.fps, self.image_size, self.ext = max_frames, fps, image_size, ext
@@ -356,9 +229,168 @@ def collate_videos(items: Sequence) -> dict:
     out["n_skipped"], out["size"] = len(items) - len(good), len(good)
     return out
 
+# %% ../nbs/02_data.ipynb #d02c0028
 def count_skips(ds, batch: dict, loader=None) -> int:
     """Add the batch's unreadable videos to `ds.n_skipped` when a DataLoader's workers loaded them (their copies of the
     dataset counted them, not this one); return how many the batch lost. Call it on every batch of a loader over `ds`."""
     n = int(batch["n_skipped"])
     if loader is not None and getattr(loader, "num_workers", 0) > 0: ds.n_skipped += n
     return n
+
+# %% ../nbs/02_data.ipynb #f2ae3f8b
+# Appendix 1: annotation files read strictly: a missing file says how to get it, a csv's header and every row's
+# field count are checked (a comma in a free-text last column is joined back), a data json must hold its list.
+def _anno_hint(anno_dir) -> str:
+    return (f"download the MSR-VTT annotations (msrvtt_data.zip from the CLIP4Clip release) into {anno_dir}, "
+            "see data/README.md, or run `glscl toy` / `glscl.toyworld.make_toy_msrvtt` for the toy world")
+
+def _anno_file(anno_dir: Path, key: str) -> Path:
+    "The path of annotation file `key`, or a FileNotFoundError that says how to get it."
+    p = anno_dir / MSRVTT_FILES[key]
+    if not p.is_file(): raise FileNotFoundError(f"missing MSR-VTT annotation file {p}: {_anno_hint(anno_dir)}")
+    return p
+
+def _read_csv(path: Path, expected: list, free_text: str = None) -> list:
+    """Rows of csv `path` as (line, dict), after checking that its header holds the `expected` columns. A row with more
+    fields than the header is an unquoted comma in the last column when that column is `free_text` (the fields are
+    joined back, nothing is lost), else an error naming the line; so is a row with fewer fields."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, strict=True)
+            header = [h.strip() for h in next(reader, [])]
+            missing = [c for c in expected if c not in header]
+            if missing: raise ValueError(f"{path}: expected columns {expected}, found {header} (missing {missing})")
+            rows, n = [], len(header)
+            for row in reader:
+                line = reader.line_num
+                if not any(c.strip() for c in row): continue
+                if len(row) > n and free_text is not None and header[-1] == free_text: row = row[:n - 1] + [",".join(row[n - 1:])]
+                if len(row) != n:
+                    raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {n} ({', '.join(header)}): "
+                                     f"{row!r}; quote fields that contain commas")
+                rows.append((line, dict(zip(header, row))))
+            return rows
+    except csv.Error as e: raise ValueError(f"{path}: not a valid csv file ({e}); re-download it or fix that line") from None
+    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text ({e}); re-download it") from None
+
+def _read_json(path: Path, key: str, anno_dir) -> list:
+    "The list `key` of MSR-VTT's data json, or an error saying how to get a good one."
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))[key]
+        if not isinstance(items, list) or not all(isinstance(s, dict) for s in items): raise TypeError(f"{key!r} is not a list of records")
+        return items
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not an MSR-VTT data file with a {key!r} list ({e!r}); "
+                         f"re-download it: {_anno_hint(anno_dir)}") from e
+
+# %% ../nbs/02_data.ipynb #5586bee0
+# Appendix 2: captions, video ids and arguments. A caption must keep a word after CLIP's cleaning; a video id read from
+# a data file must name a file inside the video folder; `tokenize`'s and the datasets' arguments are checked when they
+# are made (not later, in a DataLoader worker).
+def check_caption(caption, where: str) -> str:
+    """`caption` if CLIP's tokenizer keeps something of it, else a ValueError naming `where`: not a string, empty, or empty
+    after the tokenizer's cleaning (HTML entities such as `&nbsp;`, control and zero-width characters, odd spaces)."""
+    if not isinstance(caption, str): raise ValueError(f"{where}: the caption is not a string: {caption!r}")
+    cleaned = "".join(ch for ch in _tokenizer().clean_fn(caption) if unicodedata.category(ch) not in ("Cf", "Cc"))
+    if not cleaned.strip():
+        raise ValueError(f"{where}: the caption {caption!r} is empty after cleaning (CLIP's tokenizer would see no word); fix or drop it")
+    return caption
+
+def check_video_id(vid, where: str) -> str:
+    """`vid` if it names a file inside the video folder, else a ValueError naming `where`: a video id read from a data file
+    must not be empty, absolute (`/etc/x`, `C:\\x`) or climb out with `..`, so that no file outside the folder is ever read."""
+    if not isinstance(vid, str) or not vid.strip() or '\x00' in vid:
+        raise ValueError(f"{where}: the video id {vid!r} is empty or not text; fix that line")
+    parts = vid.replace('\\', '/').split('/')
+    if vid.startswith(('/', '\\')) or re.match(r'[A-Za-z]:[\\/]', vid) or '..' in parts:
+        raise ValueError(f"{where}: the video id {vid!r} points outside the video folder (an absolute path or '..'); "
+                         "a video id names a file inside the video folder: fix that line")
+    return vid
+
+def _check_texts(texts, max_words) -> list:
+    "`texts` (a caption or captions) as a list whose every caption keeps a word after cleaning; `max_words` an int >= 3."
+    if int(max_words) != max_words or max_words < 3:
+        raise ValueError(f"max_words must be an int >= 3 (start, one token, end), got {max_words}")
+    if isinstance(texts, str): texts = [texts]
+    texts = list(texts)
+    if not texts: raise ValueError("tokenize got no texts")
+    for i, t in enumerate(texts): check_caption(t, f"caption {i}")
+    return texts
+
+def _check_sampling(frame_sampling: str):
+    if frame_sampling not in FRAME_RULES:
+        raise ValueError(f"unknown frame_sampling {frame_sampling!r}; allowed values are {FRAME_RULES}")
+
+def _check_options(frame_sampling: str, augment, image_size: int, seed):
+    "A known frame sampling rule, a RandAugment spec that parses (for `image_size`), a seed that is an int >= 0."
+    _check_sampling(frame_sampling)
+    if augment: _rand_augment(str(augment), int(image_size))
+    if int(seed) != seed or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+def _checked_pairs(pairs) -> list:
+    "(video_id, caption) pairs with string ids, every caption checked."
+    out = [(str(v), c) for v, c in pairs]
+    for i, (v, c) in enumerate(out): check_caption(c, f"pair {i} (video {v})")
+    return out
+
+def _unique_ids(video_ids) -> list:
+    ids = [str(v) for v in video_ids]
+    if len(set(ids)) != len(ids):
+        dup = sorted({v for v in ids if ids.count(v) > 1})
+        raise ValueError(f"video_ids must be unique; repeated: {dup[:5]}")
+    return ids
+
+# %% ../nbs/16_datasets.ipynb #d16a0002
+ACTIVITYNET_FILES = dict(train=('train_ids.json', 'train.json'), val=('val_ids.json', 'val_1.json'))
+
+# %% ../nbs/16_datasets.ipynb #d16a0004
+LSMDC_FILES = dict(train='LSMDC16_annos_training.csv', val='LSMDC16_annos_val.csv', test='LSMDC16_challenge_1000_publictect.csv')
+
+# %% ../nbs/16_datasets.ipynb #35d1e163
+def same_stem(vid: str) -> tuple:
+    "The file stems of a video id: the id itself (MSR-VTT, MSVD, LSMDC, DiDeMo)."
+    return (vid,)
+
+# %% ../nbs/16_datasets.ipynb #d16b0001
+class VideoLookup:
+    """The file of a video id under `video_dir`: `<stem><ext>` for the id's stems (`stems(vid)`, default the id itself)
+    and the usual extensions (`VIDEO_EXTS`), or a file named exactly like the id; else the same anywhere below
+    `video_dir` (an index built once). A missing video is a FileNotFoundError saying what was looked for."""
+    def __init__(self, video_dir: PathLike, stems: Callable = None):
+        self.video_dir, self.stems, self._index = Path(video_dir), stems or same_stem, None
+        if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
+
+    def _build_index(self) -> dict:
+        index = {}
+        for root, _, files in os.walk(self.video_dir):
+            for f in files:
+                p = Path(root)/f
+                if p.suffix.lower() not in VIDEO_EXTS: continue
+                for key in {p.stem, p.name}:
+                    if key in index and index[key] != p:
+                        raise ValueError(f"two videos under {self.video_dir} answer to {key!r}: {index[key]} and {p}; remove one")
+                    index[key] = p
+        return index
+
+    def __call__(self, vid: str) -> Path:
+        check_video_id(str(vid), f"video folder {self.video_dir}")
+        stems = [str(s) for s in self.stems(str(vid))]
+        for s in stems:
+            for ext in VIDEO_EXTS:
+                if (self.video_dir/f"{s}{ext}").is_file(): return self.video_dir/f"{s}{ext}"
+            if Path(s).suffix.lower() in VIDEO_EXTS and (self.video_dir/s).is_file(): return self.video_dir/s
+        if self._index is None: self._index = self._build_index()
+        for s in stems:
+            if s in self._index: return self._index[s]
+        raise FileNotFoundError(f"video {vid!r} not found: looked for {' or '.join(stems)} with extension "
+                                f"{'/'.join(VIDEO_EXTS)} in {self.video_dir} and its subfolders")
+
+# %% ../nbs/16_datasets.ipynb #e93091c9
+class _FixedNaming:
+    "`video_dir/<id><ext>`: one fixed extension (picklable, for DataLoader workers started by spawn)."
+    def __init__(self, video_dir: Path, ext: str): self.video_dir, self.ext = Path(video_dir), ext
+    def __call__(self, vid: str) -> Path: return self.video_dir/f"{check_video_id(str(vid), f'video folder {self.video_dir}')}{self.ext}"
+
+def _default_paths(video_dir: Path, ext: Optional[str]) -> Callable:
+    "`video_dir/<id><ext>` when `ext` is given (the old, fixed naming), else a `VideoLookup`."
+    return VideoLookup(video_dir) if ext is None else _FixedNaming(video_dir, ext)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .config import Config, keys_affecting
 from .filesafety import atomic_save, safe_load, folder_lock
 from .data import collate_videos, count_skips, tokenize
-from .framecache import videos_from_config
+from .presetdata import videos_from_config
 from .model import GLSCL
 from .metrics import metrics_rows
 from .precision import autocast, _device

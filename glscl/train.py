@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .config import Config, load_config
 from .filesafety import atomic_save, folder_lock
 from .data import VideoTextDataset, collate_videos, read_msrvtt, MSRVTT_FILES
-from .framecache import ensure_data, dataset_from_config
+from .datasets import read_pairs
+from .presetdata import ensure_data, dataset_from_config
 from .model import GLSCL
 from .metrics import metrics_rows, format_metrics
 # one concern a module (13a-13f); glscl.train gathers their names, so `from glscl.train import evaluate` still works
@@ -242,11 +243,13 @@ def check_run_settings(cfg: Config, W: int = 1):
         log.warning("grad_cache_chunk=%d is not below the %d pairs each process encodes: it saves no memory and costs a second "
                     "pass of the towers; set it lower, or 0", cfg.grad_cache_chunk, cfg.batch_size // W)
 
-def training_set(cfg: Config, memo_videos=None) -> VideoTextDataset:
-    "The training pairs (uint8 pixels; decoded videos kept in `memo_videos`, a dict, or by default for small data read in the main process)."
-    ds = dataset_from_config(cfg, cfg.train_split, uint8=True,         # pixels stay uint8 until the model (less to move)
-                             memo=memo_videos if isinstance(memo_videos, dict) else None)   # a dict: shared between runs
-    if ds.memo is None and (memo_videos or (memo_videos is None and cfg.num_workers == 0 and len(ds.video_ids) <= 2000)): ds.memo = {}
+def training_set(cfg: Config, memo_videos=None, pixels: bool = True) -> VideoTextDataset:
+    """The training pairs (uint8 pixels; decoded videos kept in `memo_videos`, a dict, or by default for small data read in
+    the main process). `pixels = False`: the items carry no pixels (frame features stand for them)."""
+    pairs = read_pairs(cfg, cfg.train_split)
+    small = cfg.num_workers == 0 and len(dict.fromkeys(str(v) for v, _ in pairs)) <= 2000   # videos read in the main process
+    memo = memo_videos if isinstance(memo_videos, dict) else {} if memo_videos or (memo_videos is None and small) else None
+    ds = dataset_from_config(cfg, cfg.train_split, uint8=True, memo=memo, pixels=pixels, pairs=pairs)   # uint8: less to move
     if len(ds) < cfg.batch_size:                                       # no full batch: nothing would be trained
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(ds)} training pairs of split {cfg.train_split!r} "
                          f"in {cfg.anno_dir}: lower batch_size (at most {len(ds)})")
@@ -300,7 +303,8 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     model = (model or GLSCL(cfg)).to(device)
     check_frame_positions(model, cfg)
     if W > 1: seed_everything(cfg.seed + rank)                         # dropout differs across ranks (one process: untouched)
-    ds = training_set(cfg, memo_videos)
+    ds = training_set(cfg, memo_videos, pixels=not cfg.freeze_visual or cfg.official_compat)   # no pixels where the frozen tower's
+    # features stand for them (the released padding reads their size, so official_compat keeps them)
     steps_per_epoch = len(ds) // cfg.batch_size
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     opt = make_optimizer(model, cfg); sched = make_scheduler(opt, cfg, total); scaler = make_scaler(cfg, device)
@@ -308,7 +312,6 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     run = Run(cfg, model, opt, sched, scaler, state, device, resumed=bool(resume), progress=progress, final_extra=final_extra)
     run.store = frozen_features(memo_features, model, cfg) if memo_features is not None and cfg.freeze_visual else None
     feats = frame_features(model, ds, cfg, progress, store=run.store) if cfg.freeze_visual else None
-    ds.pixels = feats is None or cfg.official_compat                   # the features stand for the pixels (the released padding reads their size)
     bar = tqdm(total=total, initial=state.step, desc=f"training {cfg.name}" + (f" on {W} processes" if W > 1 else ''),
                disable=not (progress and rank == 0))
     t0 = time.perf_counter()

@@ -261,7 +261,7 @@ def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Option
 from .pixels import *
 from .pixels import _rand_augment                # glscl.data builds its training transform from it
 
-# %% ../nbs/04_frame_cache.ipynb #9f99826c
+# %% ../nbs/04a_frame_cache.ipynb #9f99826c
 def _resized(h: int, w: int, short_side: int) -> tuple:
     "(height, width) with the short side `short_side`, the aspect kept, both even."
     even = lambda x: max(2, int(round(x / 2)) * 2)
@@ -303,7 +303,7 @@ def _filtered(container, fps: float, short_side: int, rounding: str = "up") -> I
     graph.vpush(None)                                                          # end of stream: fps fills the last ticks
     yield from pulled()
 
-# %% ../nbs/04_frame_cache.ipynb #c0a1b2c4
+# %% ../nbs/04a_frame_cache.ipynb #c0a1b2c4
 def compress_video(src: PathLike, dst: PathLike, fps: float = 3, short_side: int = 224) -> Path:
     """Re-encode `src` to H.264 mp4 `dst` at `fps` frames per second with short side `short_side` (even, aspect kept),
     through ffmpeg's `fps` (round=up) and bicubic `scale` filters."""
@@ -321,7 +321,7 @@ def compress_video(src: PathLike, dst: PathLike, fps: float = 3, short_side: int
             return _write_h264(dst, frames_out(container), fps)
     except av.FFmpegError as e: raise _video_error(src, f"PyAV cannot decode it ({e})") from e
 
-# %% ../nbs/04_frame_cache.ipynb #c0a1b2c6
+# %% ../nbs/04a_frame_cache.ipynb #c0a1b2c6
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 
 def compress_videos(src_dir: PathLike, dst_dir: PathLike, fps: float = 3, short_side: int = 224,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest, torch
 from glscl.config import load_config
-from glscl.framecache import ensure_data
+from glscl.presetdata import ensure_data
 from glscl.gim import global_interaction
 from glscl.lim import query_similarity
 from glscl.model import GLSCL

@@ -14,7 +14,7 @@ from glscl.data import (read_msrvtt, tokenize, check_caption, collate_videos, co
 from glscl.toyworld import make_toy_msrvtt
 from glscl.model import GLSCL, mean_pooling_similarity
 from glscl.losses import contrastive_loss
-from glscl.framecache import dataset_from_config
+from glscl.presetdata import dataset_from_config
 import glscl.train as T
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import glscl.video as D
 from glscl.video import (FRAME_RULES, RELEASED_AUGMENT, VideoError, augment_clip, augment_seed, clip_preprocess,
                          compress_video, compress_videos, frame_indices, sample_frames, write_video)
 from glscl.data import MSRVTT_FILES, VideoDataset, VideoTextDataset, collate_videos, load_video, read_msrvtt, tokenize
-from glscl.framecache import dataset_from_config, videos_from_config
+from glscl.presetdata import dataset_from_config, videos_from_config
 
 
 # ---------------------------------------------------------------- annotations in the exact MSR-VTT formats

@@ -5,7 +5,8 @@ import pytest, torch
 from glscl.config import load_config
 from glscl.toyworld import make_toy_msrvtt
 from glscl.data import VideoTextDataset, VideoDataset
-from glscl.framecache import build_frame_cache, open_frame_cache, FrameCache, split_videos, dataset_from_config, videos_from_config
+from glscl.framecache import build_frame_cache, open_frame_cache, FrameCache, split_videos
+from glscl.presetdata import dataset_from_config, videos_from_config
 from glscl.cli import main
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,7 @@ from glscl.config import load_config
 from glscl.model import GLSCL
 from glscl.index import VideoIndex, IndexMismatch, list_videos, model_id
 from glscl.search import score_index, main      # importing glscl.search adds VideoIndex.search and .scores
-from glscl.framecache import ensure_data
+from glscl.presetdata import ensure_data
 from glscl.train import encode_texts, encode_videos, split_items
 
 

@@ -650,11 +650,11 @@ def test_training_on_features_reads_no_pixels_and_changes_nothing(cfg):
     ds = T.dataset_from_config(cfg, cfg.train_split, uint8=True)
     feats = T.frame_features(m, ds, cfg, progress=False)
     def step(pixels, memo):
-        ds.pixels, ds.memo = pixels, memo
-        items = [ds[i * 7] for i in range(6)]
+        d = T.dataset_from_config(cfg, cfg.train_split, uint8=True, pixels=pixels, memo=memo)   # configured by its constructor
+        items = [d[i * 7] for i in range(6)]
         if not pixels: assert all(it['frames'].shape == (it['frame_mask'].sum(), 0) for it in items)
         torch.manual_seed(5); m.zero_grad(set_to_none=True)
-        out = m(T.with_features(T.collate_videos(items), feats, ds)); out['loss'].backward()
+        out = m(T.with_features(T.collate_videos(items), feats, d)); out['loss'].backward()
         return out['loss'].item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     memo = {}
     ref, with_memo = step(True, None), step(False, memo)
