@@ -340,18 +340,18 @@ def _unique_ids(video_ids) -> list:
         raise ValueError(f"video_ids must be unique; repeated: {dup[:5]}")
     return ids
 
-# %% ../nbs/16_datasets.ipynb #d16a0002
+# %% ../nbs/16a_datasets.ipynb #d16a0002
 ACTIVITYNET_FILES = dict(train=('train_ids.json', 'train.json'), val=('val_ids.json', 'val_1.json'))
 
-# %% ../nbs/16_datasets.ipynb #d16a0004
+# %% ../nbs/16a_datasets.ipynb #d16a0004
 LSMDC_FILES = dict(train='LSMDC16_annos_training.csv', val='LSMDC16_annos_val.csv', test='LSMDC16_challenge_1000_publictect.csv')
 
-# %% ../nbs/16_datasets.ipynb #35d1e163
+# %% ../nbs/16a_datasets.ipynb #35d1e163
 def same_stem(vid: str) -> tuple:
     "The file stems of a video id: the id itself (MSR-VTT, MSVD, LSMDC, DiDeMo)."
     return (vid,)
 
-# %% ../nbs/16_datasets.ipynb #d16b0001
+# %% ../nbs/16a_datasets.ipynb #d16b0001
 class VideoLookup:
     """The file of a video id under `video_dir`: `<stem><ext>` for the id's stems (`stems(vid)`, default the id itself)
     and the usual extensions (`VIDEO_EXTS`), or a file named exactly like the id; else the same anywhere below
@@ -385,7 +385,7 @@ class VideoLookup:
         raise FileNotFoundError(f"video {vid!r} not found: looked for {' or '.join(stems)} with extension "
                                 f"{'/'.join(VIDEO_EXTS)} in {self.video_dir} and its subfolders")
 
-# %% ../nbs/16_datasets.ipynb #e93091c9
+# %% ../nbs/16a_datasets.ipynb #e93091c9
 class _FixedNaming:
     "`video_dir/<id><ext>`: one fixed extension (picklable, for DataLoader workers started by spawn)."
     def __init__(self, video_dir: Path, ext: str): self.video_dir, self.ext = Path(video_dir), ext

@@ -11,7 +11,8 @@ from glscl.data import VideoLookup, VideoTextDataset, collate_videos
 from glscl.datasets import (read_msvd, read_didemo, read_lsmdc, read_activitynet, paragraph, BENCHMARKS, PAPER_T2V,
                             read_pairs, video_lookup, annotation_files)
 from glscl.metrics import retrieval_metrics
-from glscl.toyworld import make_toy_msrvtt, write_toy_layout, LAYOUTS
+from glscl.toyworld import make_toy_msrvtt
+from glscl.toylayouts import write_toy_layout, LAYOUTS
 from glscl.presetdata import dataset_from_config
 
 # --- MSVD -------------------------------------------------------------------------------------------------------------
