@@ -1,4 +1,7 @@
-import os, pathlib, pytest, torch
+import os
+import pathlib
+import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
