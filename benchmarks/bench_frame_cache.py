@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved
 from glscl.config import load_config
-from glscl.data import VideoDataset, collate_videos
+from glscl.data import collate_videos
 from glscl.video import write_video
 from glscl.framecache import build_frame_cache, FrameCache, ensure_data, videos_from_config
 

@@ -78,7 +78,7 @@ def cases():
 def tiny_clip():
     "The toy-pretrained tiny CLIP's image tower, only if it is already cached (building it takes minutes)."
     from glscl.clip import data_dir, load_clip
-    import glscl.tinyclip                                     # registers glscl-tiny with open_clip
+    import glscl.tinyclip  # noqa: F401  (registers glscl-tiny with open_clip)
     if not (data_dir() / "glscl-tiny-toy.pt").exists(): return None
     return load_clip("glscl-tiny", "toy").eval()
 
@@ -116,7 +116,7 @@ def main(argv=None):
     print(f"| clip | {' | '.join(METHODS)} |\n| --- |" + " ---: |" * len(METHODS))
     for name, frames, S in [("toy 12 x 96x96 -> 64", toy_frames(12, seed=1)[0], 64),
                             ("12 x 240x320 -> 224", textured(12, 240, 320, 9), 224)]:
-        t, _ = interleaved({k: (lambda f=f: f(frames, S)) for k, f in METHODS.items()}, a.repeats,
+        t, _ = interleaved({k: (lambda f=f, frames=frames, S=S: f(frames, S)) for k, f in METHODS.items()}, a.repeats,
                            a.min_run_time, a.threads)
         base = t["clip_preprocess (torchvision v2, uint8)"]
         print(f"| {name} | " + " | ".join(f"{1e3 * v:.2f} ms ({v / base:.2f}x)" for v in t.values()) + " |")

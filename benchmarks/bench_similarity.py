@@ -95,7 +95,7 @@ def bench_heads(T, V, N, D, words, batch, pair_budget, repeats, device, g):
         t, out = interleaved(dict(cached=cached, released_subset=released_subset), min(repeats, 2), device)
     S = out['cached']
     diff = max((S[i:i + batch, j:j + batch] - blk).abs().max().item()
-               for (i, j), blk in zip(sub, out['released_subset']))
+               for (i, j), blk in zip(sub, out['released_subset'], strict=True))
     return dict(cached=t['cached'], released=t['released_subset'] * len(pairs) / len(sub), pairs=len(pairs),
                 measured=len(sub), diff=diff)
 

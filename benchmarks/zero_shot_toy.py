@@ -11,7 +11,6 @@ the same frame features). Evaluated on the preset's test split with glscl.train.
 import argparse
 import sys
 from pathlib import Path
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from glscl.config import load_config

@@ -12,10 +12,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from .config import load_config, list_presets, settings_path, keys_affecting
+from .config import load_config, list_presets, keys_affecting
 from .step import pick_device
-# the course runner (21_course); also the old import path
-from .course import KERNEL, course_notebooks, course_kernel, run_notebook, run_course
+# the course runner (21_course); also the old import path of its names (glscl.cli.run_notebook, ...)
+from .course import KERNEL, course_notebooks, course_kernel, run_notebook, run_course  # noqa: F401
 
 # %% ../nbs/20_cli.ipynb #916b28c8
 def resolve_checkpoint(path) -> Path:
@@ -70,7 +70,7 @@ def compare_checkpoints(a, b=None, split=None, n_boot: int = 2000, seed: int = 0
     dict(text, a, b, interval, compare): `text` is what `glscl compare` prints: both rows, A - B with its paired
     bootstrap interval and verdict per metric, and with `paper` ({'t2v': {'R1': 48.1}}) whether each published number
     lies inside A's interval."""
-    from glscl.metrics import metrics_rows, format_metrics, compare, format_compare, metric_interval, format_interval
+    from glscl.metrics import format_metrics, compare, format_compare, metric_interval, format_interval
     from glscl.metrics import _check_boot
     from glscl.train import split_items
     _check_boot(n_boot, level)
@@ -239,7 +239,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser('toy', help="draw a preset's toy world (cached)"); s.add_argument('--preset', default='toy')
     s.add_argument('--out', help='another folder')
     s.add_argument('--overwrite', action='store_true',
-                   help='replace a toy world made with other parameters (never a folder holding anything else)'); s.set_defaults(fn=_toy)
+                   help='replace a toy world made with other parameters (never a folder holding anything else)')
+    s.set_defaults(fn=_toy)
     s = sub.add_parser('tiny-clip',
                        help='cache the tiny CLIP (from its pinned weights, or pretrained on toy frames with --rebuild)')
     s.add_argument('--rebuild', action='store_true',
@@ -274,7 +275,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser('eval', help="retrieval metrics of a checkpoint on a split (encodings cached next to it)")
     s.add_argument('--checkpoint', required=True, metavar='PATH')
     s.add_argument('--trust-pickle', action='store_true',
-                   help="read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)"); s.add_argument('--split', default=None, help="default: the preset's test split")
+                   help="read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)")
+    s.add_argument('--split', default=None, help="default: the preset's test split")
     s.add_argument('--set', action='append', metavar='KEY=VALUE',
                    help=f"change a key of the stored config: {', '.join(EVAL_SETTABLE)}")
     s.add_argument('--plain', action='store_true', help='skip the DSL and QB-Norm rows')

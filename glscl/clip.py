@@ -9,7 +9,6 @@ __all__ = ['log', 'PRETRAINED_FILES', 'PRECISIONS', 'data_dir', 'resolve_pretrai
 
 # %% ../nbs/05_clip_encoding.ipynb #8e1c0f41
 import logging
-import os
 import socket
 from copy import deepcopy
 from pathlib import Path

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional, Union, get_type_hints
+from typing import Optional, get_type_hints
 
 # %% ../nbs/00a_config.ipynb #c9b55c72
 class SettingError(ValueError):
@@ -412,6 +412,5 @@ def load_config(name: str = 'toy', path=None, **overrides) -> Config:
 # %% ../nbs/00a_config.ipynb #b425494b
 # Old import paths: the file-safety helpers live in glscl.filesafety (00b_file_safety); code written before
 # they had a module of their own imports them from here.
-from .filesafety import (atomic_save, atomic_write, UnsafeFile, safe_load, FolderBusy, LOCK_NAME,
-                              clean_temporaries,
-                         lock_folder, unlock_folder, folder_lock)
+from .filesafety import atomic_save, atomic_write, UnsafeFile, safe_load, FolderBusy  # noqa: F401
+from .filesafety import LOCK_NAME, clean_temporaries, lock_folder, unlock_folder, folder_lock  # noqa: F401

@@ -61,7 +61,7 @@ def _gather_rows(x: torch.Tensor, sizes: list) -> torch.Tensor:
     pad = torch.cat([x, x.new_zeros(n - len(x), *x.shape[1:])]).contiguous()
     bufs = [torch.empty_like(pad) for _ in sizes]
     dist.all_gather(bufs, pad)
-    return torch.cat([b[:s] for b, s in zip(bufs, sizes)])
+    return torch.cat([b[:s] for b, s in zip(bufs, sizes, strict=True)])
 
 class GatherRows(torch.autograd.Function):
     """All ranks' rows with a gradient: backward sums every rank's gradient of my rows (exact) or keeps only mine

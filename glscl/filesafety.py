@@ -81,9 +81,9 @@ def safe_load(path, what: str = 'file', hint: str = ''):
     import torch
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        why = ([l for l in lines if 'GLOBAL' in l or 'global' in l]
-               or [l for l in lines if 'Unsupported' in l] or lines[:1])
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = ([ln for ln in lines if 'GLOBAL' in ln or 'global' in ln]
+               or [ln for ln in lines if 'Unsupported' in ln] or lines[:1])
         kind = ("holds Python objects that a safe load refuses" if 'GLOBAL' in why[0] or 'global' in why[0] else
                 "is not a plain torch file (damaged, or a raw pickle, which could run code)")
         raise UnsafeFile(f"{what} {path} {kind} ({why[0][:160]}): it was not loaded, so nothing in it ran"

@@ -84,8 +84,9 @@ def global_interaction_dense(eos: Tensor, frames: Tensor, frame_mask: Tensor | N
 # Appendix: input checks. `_gim_inputs` validates shapes and refuses a video with no valid frame (it has no pooled
 # feature at all: a loud error, not a silent zero), and promotes to at least float32. `_check_finite` names the texts
 # or videos whose features (the slots GIM reads) hold a NaN or an inf. `_check_scale` refuses features so large that
-# scores reach the padding bias's range.
-def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float):
+# scores reach the padding bias's range. (A hidden cell at the top imports them from glscl.gim for the lesson, hence
+# `noqa: F811` on their definitions.)
+def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float):  # noqa: F811
     "Validate GIM inputs' shapes; return (eos, frames, mask) in a common float dtype and a bool mask."
     if not isinstance(eos, Tensor) or eos.ndim != 2:
         raise ValueError(
@@ -112,7 +113,7 @@ def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: fl
     dt = torch.promote_types(torch.promote_types(eos.dtype, frames.dtype), torch.float32)
     return eos.to(dt), frames.to(dt), mask
 
-def _check_finite(sq_norms: Tensor, what: str):
+def _check_finite(sq_norms: Tensor, what: str):  # noqa: F811
     "Raise naming the items (rows of `sq_norms`, squared norms of the slots GIM reads) that hold a NaN or an inf."
     bad = (~torch.isfinite(sq_norms.detach())).reshape(len(sq_norms), -1).any(1).nonzero().flatten()
     if len(bad):
@@ -120,7 +121,7 @@ def _check_finite(sq_norms: Tensor, what: str):
                          f"{bad[:10].tolist()}): GIM would turn every score into NaN. Re-encode those {what}s (or drop "
                          "them) and check the encoder's inputs.")
 
-def _check_scale(t_norm: Tensor, sq: Tensor, c: float):
+def _check_scale(t_norm: Tensor, sq: Tensor, c: float):  # noqa: F811
     """Raise when |score| <= |t| |f| c (text norms `t_norm`, squared frame norms `sq`, scores in units of 1/c) leaves no
     room below PAD_BIAS."""
     bound = float(t_norm.detach().max() * sq.detach().max().sqrt() * c)

@@ -11,9 +11,10 @@ __all__ = ['RECALL_KS', 'LOWER_IS_BETTER', 'BOOT_ELEMS', 'METRIC_NAMES', 'per_qu
 # %% ../nbs/12b_intervals.ipynb #7daf9a8a
 import torch
 from torch import Tensor
-# glscl.metrics gathers the retrieval metrics of 12a (glscl.ranking), so `from glscl.metrics import retrieval_metrics`
-# works
-from .ranking import *
+# glscl.metrics gathers the retrieval metrics of 12a (glscl.ranking), so that
+# `from glscl.metrics import retrieval_metrics` works
+from .ranking import *  # noqa: F403
+from .ranking import CHUNK_ELEMS, METRIC_KEYS
 from .ranking import _check_sim, _prepare, _target_counts, _v2t_counts, _expected_rank, _summary
 
 # %% ../nbs/12b_intervals.ipynb #2820bc10

@@ -151,7 +151,7 @@ class GradCache:
         try:
             for fn, states, out in self.jobs:
                 keys = [k for k, x in out.items() if x.requires_grad and x.grad is not None]
-                for s, state in zip(self.slices, states if keys else []):
+                for s, state in zip(self.slices, states if keys else [], strict=False):
                     set_torch_rng(state, dev)                            # the same dropout masks as the first pass
                     with self.amp(): part = fn(s)
                     torch.autograd.backward([part[k] for k in keys], [out[k].grad[s] for k in keys])
@@ -212,7 +212,7 @@ def probe_device(device, atol: float = 1e-3) -> Optional[str]:
         except Exception as e:
             return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
         ref = got if torch.device(device).type == 'cpu' else _probe_step('cpu')
-    bad = [i for i, (a, b) in enumerate(zip(got, ref)) if a.shape != b.shape
+    bad = [i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a.shape != b.shape
            or not (a.float() - b.float()).abs().max() <= atol]
     return None if not bad else f"results differ from the CPU's beyond {atol} (tensors {bad[:5]} of {len(ref)})"
 

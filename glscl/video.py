@@ -15,8 +15,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import av
 import numpy as np
-import torch
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # noqa: F401  (used by the cells 04_frame_cache exports to glscl.video)
 
 _log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -276,8 +275,8 @@ def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Option
 # %% ../nbs/01a_frames.ipynb #28704014
 # the CLIP pixels (01b, glscl.pixels) sit below the decoders; glscl.video gathers their names, so that
 # `from glscl.video import clip_preprocess` works as before
-from .pixels import *
-from .pixels import _rand_augment                # glscl.data builds its training transform from it
+from .pixels import *  # noqa: F403
+from .pixels import _rand_augment  # noqa: F401  (glscl.data builds its training transform from it)
 
 # %% ../nbs/04_frame_cache.ipynb #9f99826c
 def _resized(h: int, w: int, short_side: int) -> tuple:

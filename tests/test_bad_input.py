@@ -14,11 +14,11 @@ import torch
 
 from glscl.config import load_config, SettingError
 
-from glscl.cli import course_kernel
 from glscl.data import (read_msrvtt, tokenize, check_caption, collate_videos, count_skips, VideoDataset,
-                        VideoTextDataset, MSRVTT_FILES)
+                        MSRVTT_FILES)
 from glscl.toyworld import make_toy_msrvtt
 from glscl.model import GLSCL, mean_pooling_similarity
+from conftest import cli_here
 from glscl.losses import contrastive_loss
 from glscl.framecache import dataset_from_config
 import glscl.train as T
@@ -32,7 +32,6 @@ def cli(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args],
                           capture_output=True, text=True, env=env, cwd=cwd)
 
-from conftest import cli_here
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):

@@ -34,15 +34,16 @@ def test_train_and_eval_end_to_end(tmp_path):
     r = run('train', '--preset', 'toy', *sets, '--quiet')
     assert r.returncode == 0, r.stderr
     assert 'final checkpoint, step 2' in r.stdout and 'best checkpoint' in r.stdout and 't2v' in r.stdout
-    assert [json.loads(l)['step'] for l in (tmp_path/'run'/'log.jsonl').read_text().splitlines()][:2] == [1, 2]
+    assert [json.loads(ln)['step'] for ln in (tmp_path/'run'/'log.jsonl').read_text().splitlines()][:2] == [1, 2]
     r = run('eval', '--checkpoint', str(tmp_path/'run'/'last.pt'), '--quiet')
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert (any(l.startswith('plain') for l in lines) and any(l.startswith('DSL') for l in lines)
-            and any(l.startswith('QB-Norm') for l in lines))
+    assert (any(ln.startswith('plain') for ln in lines) and any(ln.startswith('DSL') for ln in lines)
+            and any(ln.startswith('QB-Norm') for ln in lines))
     r2 = run('eval', '--checkpoint', str(tmp_path/'run'/'last.pt'), '--quiet', '--plain')
     assert 'encodings from the cache' in r2.stdout
-    assert [l for l in r2.stdout.splitlines() if l.startswith('plain')] == [l for l in lines if l.startswith('plain')]
+    assert [ln for ln in r2.stdout.splitlines() if ln.startswith('plain')] == [ln for ln in lines
+                                                                               if ln.startswith('plain')]
     r = run('eval', '--checkpoint', str(tmp_path/'run'/'last.pt'), '--set', 'n_queries=4')
     assert r.returncode == 2 and 'the checkpoint fixes these' in r.stderr and 'Traceback' not in r.stderr
     r = run('train', '--preset', 'toy', *sets, '--resume', str(tmp_path/'run'/'last.pt'), '--set',

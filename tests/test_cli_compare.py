@@ -40,15 +40,15 @@ def test_compare_two_runs_then_from_the_cache(runs, capsys, monkeypatch):
     lines = first.splitlines()
     for d in ('t2v', 'v2t'):
         for m in ('R@1', 'R@5', 'R@10', 'R@50', 'MdR', 'MnR'):
-            row = next(l for l in lines if l.startswith(f'{d} {m} '))
+            row = next(ln for ln in lines if ln.startswith(f'{d} {m} '))
             assert row.rstrip().endswith(('better', 'worse', 'within noise')), row
-    assert any(l.startswith('A ') for l in lines) and any(l.startswith('B ') for l in lines)      # both rows
+    assert any(ln.startswith('A ') for ln in lines) and any(ln.startswith('B ') for ln in lines)      # both rows
     # the second compare reads both checkpoints' encodings from the cache: encoding anything would raise
     monkeypatch.setattr(E, 'encode_split', no_encoding); monkeypatch.setattr(E, 'encode_texts', no_encoding)
     main(['compare', str(runs['a']), str(runs['b']), '--n-boot', '300', '--quiet'])
     second = capsys.readouterr().out
     assert second.count('encodings from the cache') == 2
-    strip = lambda s: [l for l in s.splitlines() if not l.startswith(('A: ', 'B: '))]
+    strip = lambda s: [ln for ln in s.splitlines() if not ln.startswith(('A: ', 'B: '))]
     assert strip(second) == strip(first)                                        # deterministic for a seed
 
 
@@ -65,9 +65,9 @@ def test_compare_matches_the_library(runs):
 def test_compare_against_the_paper(runs, capsys):
     main(['compare', str(runs['a']), '--paper', 't2v_R1=48.1', '--paper', 'v2t_MnR=10.3', '--n-boot', '300', '--quiet'])
     out = capsys.readouterr().out
-    row = next(l for l in out.splitlines() if l.startswith('t2v R@1 '))
+    row = next(ln for ln in out.splitlines() if ln.startswith('t2v R@1 '))
     assert '48.1' in row and ('inside' in row or 'outside' in row)
-    assert '10.3' in next(l for l in out.splitlines() if l.startswith('v2t MnR '))
+    assert '10.3' in next(ln for ln in out.splitlines() if ln.startswith('v2t MnR '))
     assert 'best of many test evaluations' in out
     main(['compare', str(runs['a']), '--n-boot', '100', '--quiet'])               # A alone: its intervals
     assert 't2v R@1' in capsys.readouterr().out

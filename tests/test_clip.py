@@ -1,11 +1,10 @@
 "CLIP encoding: tokens/EOS and frames equal open_clip's own outputs; checkpoints; offline errors; temporal transformer."
-import time
 import pytest
 import torch
 import torch.nn.functional as F
 import open_clip
 import glscl.clip as gc
-from glscl.clip import load_clip, TemporalTransformer, ClipEncoder
+from glscl.clip import load_clip, TemporalTransformer
 from glscl.tinyclip import clip_contrastive_targets, pretrain_tiny_clip
 from glscl.data import tokenize
 

@@ -7,10 +7,10 @@ import re
 import subprocess
 from pathlib import Path
 import pytest
+from glscl.cli import course_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
-from glscl.cli import course_notebooks
 COURSE = course_notebooks(NBS)                 # NN_name, and NNa_name for the parts of a split notebook (13a ... 13h)
 LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)\)')
 

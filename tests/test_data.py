@@ -547,7 +547,8 @@ def rng_states(): return random.getstate(), np.random.get_state()
 
 def same_states(a, b):
     return (a[0] == b[0]
-            and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a[1], b[1])))
+            and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+                    for x, y in zip(a[1], b[1], strict=False)))
 
 
 def reference_augment(frames, spec, seed, image_size):

@@ -78,7 +78,7 @@ def test_xclip_loop(feats):
         f = F.normalize(video['frames'][b][video['mask'][b]].double(), dim=-1)
         vbar = F.normalize(video['frames'][b][video['mask'][b]].double().mean(0), dim=0)
         fw = w @ f.T                                                         # [words, frames]
-        words = agg(torch.tensor([agg(fw[l]) for l in range(len(w))], dtype=torch.float64))
+        words = agg(torch.tensor([agg(fw[i]) for i in range(len(w))], dtype=torch.float64))
         frames_ = agg(torch.tensor([agg(fw[:, n]) for n in range(len(f))], dtype=torch.float64))
         return (float(s @ vbar) + agg(w @ vbar) + agg(f @ s) + (words + frames_) / 2) / 4
     torch.testing.assert_close(XCLIPHead(tau)(text, video).double(), loop(pair), atol=1e-5, rtol=1e-5)

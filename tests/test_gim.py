@@ -13,7 +13,7 @@ def loop_weights(t, f, m, temp):
     s = [float(t @ f[i]) / temp for i in idx]
     mx = max(s)
     e = [math.exp(x - mx) for x in s]
-    for i, x in zip(idx, e): w[i] = x / sum(e)
+    for i, x in zip(idx, e, strict=True): w[i] = x / sum(e)
     return w
 
 

@@ -12,7 +12,7 @@ def loop_nce(sim, logit_scale):
     X = [[s * float(x) for x in row] for row in sim]
     def ce(M):
         return -sum(M[a][a] - math.log(sum(math.exp(x) for x in M[a])) for a in range(len(M))) / len(M)
-    return 0.5 * (ce(X) + ce([list(r) for r in zip(*X)]))
+    return 0.5 * (ce(X) + ce([list(r) for r in zip(*X, strict=True)]))
 
 
 def loop_icl(qv, qt, beta, target, norm):

@@ -45,14 +45,16 @@ def shuffled_rank(row, c, n, rng):
 
 def loop_direction(rows, targets):
     "R@K, MdR (statistics.median: mean of the two middle values), MnR of rows with one correct column each."
-    ranks = [loop_rank(r, c) for r, c in zip(rows, targets)]
-    out = {f'R{k}': 100 * sum(loop_hit(r, c, k) for r, c in zip(rows, targets)) / len(rows) for k in (1, 5, 10, 50)}
+    ranks = [loop_rank(r, c) for r, c in zip(rows, targets, strict=True)]
+    out = {f'R{k}': 100 * sum(loop_hit(r, c, k) for r, c in zip(rows, targets, strict=True)) / len(rows)
+           for k in (1, 5, 10, 50)}
     return dict(out, MdR=statistics.median(ranks), MnR=sum(ranks) / len(ranks))
 
 def loop_metrics(sim):
     S = sim.tolist()
     n = len(S)
-    return {'t2v': loop_direction(S, range(n)), 'v2t': loop_direction([list(c) for c in zip(*S)], range(n))}
+    return {'t2v': loop_direction(S, range(n)),
+            'v2t': loop_direction([list(c) for c in zip(*S, strict=True)], range(n))}
 
 def assert_metrics_close(got, want, tol=1e-9):
     for d in ('t2v', 'v2t'):
@@ -339,15 +341,15 @@ def test_format_metrics():
     lines = s.splitlines()
     assert lines[0] == 'my run'
     assert all(h in lines[1] for h in ('t2v', 'v2t', 'R@1', 'R@5', 'R@10', 'R@50', 'MdR', 'MnR'))
-    plain = next(l for l in lines if l.startswith('plain'))
+    plain = next(ln for ln in lines if ln.startswith('plain'))
     assert [x.split() for x in plain.split('|')[1:]] == [['12.3', '40.0', '55.6', '90.0', '7.0', '20.3'],
                                                           ['11.0', '39.0', '54.0', '89.0', '8.5', '1000.0']]
-    assert sum(l.startswith('QB-Norm') for l in lines) == 1
+    assert sum(ln.startswith('QB-Norm') for ln in lines) == 1
     assert 'my run' not in format_metrics(rows)
     with pytest.raises(ValueError, match="'bad'"): format_metrics({'bad': {'t2v': {'R1': 1.0}}})
     # a real row formats too, one line per label
     s2 = format_metrics(metrics_rows(torch.rand(5, 5), dsl=True))
-    assert [l.split()[0] for l in s2.splitlines()[2:]] == ['plain', 'DSL']
+    assert [ln.split()[0] for ln in s2.splitlines()[2:]] == ['plain', 'DSL']
 
 
 # ---------------------------------------------------------------- video-to-text: the family's protocol (issue 24)
@@ -383,7 +385,7 @@ def test_v2t_family_protocol_matches_loop(levels):
         got = retrieval_metrics(sim, cv, **kw)
         assert_metrics_close(got, {'t2v': loop_direction(sim.tolist(), cv), 'v2t': want})
     g, t = per_query_counts(sim, cv)['v2t']
-    assert list(zip(g.tolist(), t.tolist())) == loop_v2t_family_counts(sim.tolist(), cv, V)
+    assert list(zip(g.tolist(), t.tolist(), strict=True)) == loop_v2t_family_counts(sim.tolist(), cv, V)
     B = per_video_best(sim, torch.tensor(cv), chunk_elems=10)
     S = sim.tolist()
     assert B.tolist() == [[max(S[i][v] for i in range(T) if cv[i] == u) for u in range(V)] for v in range(V)]
@@ -508,7 +510,7 @@ def test_interval_and_compare_match_the_loop_bootstrap(case):
             col = [x[c] for x in sa]
             want = (pa[c], loop_percentile(col, (1 - level) / 2), loop_percentile(col, (1 + level) / 2))
             assert iv[d][k] == pytest.approx(want, abs=1e-9), (case, d, k)
-            diffs = [x[c] - y[c] for x, y in zip(sa2, sb2)]
+            diffs = [x[c] - y[c] for x, y in zip(sa2, sb2, strict=True)]
             lo, hi = loop_percentile(diffs, (1 - level) / 2), loop_percentile(diffs, (1 + level) / 2)
             r = res[d][k]
             assert (r['a'], r['b'], r['diff'],
@@ -616,7 +618,7 @@ def test_compare_verdicts_and_errors():
     s = format_compare(r, names=('ours', 'base'))
     lines = s.splitlines()
     assert 'ours - base' in lines[0] and '95% interval' in lines[0] and len(lines) == 2 + 12
-    r1 = next(l for l in lines if l.startswith('t2v R@1'))
+    r1 = next(ln for ln in lines if ln.startswith('t2v R@1'))
     assert r1.split()[-1] == 'better' and f"{r['t2v']['R1']['a']:.1f}" in r1 and f"[{r['t2v']['R1']['lo']:+.1f}," in r1
 
 
@@ -625,7 +627,7 @@ def test_paper_inside_and_format_interval():
     got = paper_inside(iv, {'t2v': {'R1': 48.1, 'R5': 51.0}, 'v2t': {'R1': 44.0}})
     assert got == {'t2v': {'R1': True, 'R5': False}, 'v2t': {'R1': False}}
     s = format_interval(iv, paper={'t2v': {'R1': 48.1, 'R5': 51.0}})
-    assert '48.1 inside' in next(l for l in s.splitlines() if l.startswith('t2v R@1 '))
-    assert 'outside, ours lower' in next(l for l in s.splitlines() if l.startswith('t2v R@5 '))
+    assert '48.1 inside' in next(ln for ln in s.splitlines() if ln.startswith('t2v R@1 '))
+    assert 'outside, ours lower' in next(ln for ln in s.splitlines() if ln.startswith('t2v R@5 '))
     with pytest.raises(ValueError, match='R2'): paper_inside(iv, {'t2v': {'R2': 1.0}})
     with pytest.raises(ValueError, match="'t2x'"): paper_inside(iv, {'t2x': {'R1': 1.0}})

@@ -76,7 +76,7 @@ def test_forward_losses_match_reference(model, cfg):
     # each part against its own size (atol=0): at the paper's alpha IDL is ~1e-5, under any absolute tolerance of 1e-5
     for k, ref in dict(nce=nce, icl=icl, idl=idl).items():
         assert ref > 0, k
-        torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0, msg=lambda m: f'{k}: {m}')
+        torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0, msg=lambda m, k=k: f'{k}: {m}')
     beta_term = cfg.icl_beta * sum((M[k, k] - cfg.icl_target) ** 2 for k in range(K))
     assert beta_term > 100 * 1e-4 * icl                           # ICL's diagonal term is visible at that tolerance
     torch.testing.assert_close(out['loss'], nce + icl + idl, rtol=1e-5, atol=0)
@@ -119,7 +119,7 @@ def test_official_compat(cfg, model):
         a, o = compat(full), model(full)
         for k in ('nce', 'icl', 'idl', 'loss'):
             assert o[k] > 0, k
-            torch.testing.assert_close(a[k], o[k], rtol=1e-5, atol=0, msg=lambda m: f'{k}: {m}')
+            torch.testing.assert_close(a[k], o[k], rtol=1e-5, atol=0, msg=lambda m, k=k: f'{k}: {m}')
 
 def test_official_compat_pads(cfg, model):
     "The released padding: text pads hidden as keys; frame pads = CLIP(zero image) through the temporal transformer."
@@ -132,7 +132,7 @@ def test_official_compat_pads(cfg, model):
         assert torch.allclose(t0['tokens'][m], t1['tokens'][m], atol=1e-5)      # real tokens unchanged
         assert not torch.allclose(t0['tokens'][~m], t1['tokens'][~m], atol=1e-3)  # pads attend to real tokens only
         # slow reference of the released text mask: causal + padded keys, built per head by hand
-        clip = model.clip.model; L = b['ids'].shape[1]; H = clip.transformer.resblocks[0].attn.num_heads
+        clip = model.clip.model; L = b['ids'].shape[1]
         am = torch.full((L, L), float('-inf')).triu(1)
         ref = []
         for i in range(len(b['ids'])):
@@ -165,8 +165,7 @@ def test_released_fp16_precision(cfg, model):
     half.load_state_dict(model.state_dict())
     want16 = set()
     for name, mod in half.clip.model.named_modules():
-        kind = type(mod).__name__
-        for pn, p in mod.named_parameters(recurse=False):
+        for pn, _ in mod.named_parameters(recurse=False):
             full = f"clip.model.{name}.{pn}" if name else f"clip.model.{pn}"
             if (isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))
                 or (isinstance(mod, torch.nn.MultiheadAttention) and pn.startswith('in_proj'))):
@@ -233,12 +232,13 @@ def test_unshared_parts_decode_their_own_modality(cfg, model):
                + intra_diversity_loss(own_t, cfg.idl_alpha, cfg.idl_margin))
         for k, ref in dict(nce=nce, icl=icl, idl=idl).items():
             assert ref > 0, k
-            torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0, msg=lambda msg: f'{gather_mode} {k}: {msg}')
+            torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0,
+                                       msg=lambda msg, g=gather_mode, k=k: f'{g} {k}: {msg}')
     # gradients: the text loss reaches the text queries and decoder, not only the video ones
     u.train()
     loss = u(b)['loss']
-    names, params = zip(*u.lim.named_parameters())
-    grads = dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True)))
+    names, params = zip(*u.lim.named_parameters(), strict=True)
+    grads = dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True), strict=True))
     assert {'queries.text', 'queries.video'} <= set(grads)
     for n, g in grads.items(): assert g is not None and g.abs().sum() > 0, n
 

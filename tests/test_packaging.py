@@ -109,7 +109,9 @@ def test_wheel_works_outside_the_checkout(tmp_path):
         shutil.copy2(ROOT/f, src/f)
     shutil.copytree(ROOT/'glscl', src/'glscl', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
     # sdist, then a wheel from it
-    try: import build; cmd = [sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(dist), str(src)]
+    try:
+        import build  # noqa: F401  (is the build frontend installed?)
+        cmd = [sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(dist), str(src)]
     except ImportError:
         cmd = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-w', str(dist), str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=src)

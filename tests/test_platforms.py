@@ -109,7 +109,7 @@ def index_files(name: str, timeout: float = 60) -> list:
 
 def fetch_index(names) -> dict:
     "{name: files} for every project in `names`, fetched in parallel; a network error propagates (URLError, OSError)."
-    with cf.ThreadPoolExecutor(8) as ex: return dict(zip(names, ex.map(index_files, names)))
+    with cf.ThreadPoolExecutor(8) as ex: return dict(zip(names, ex.map(index_files, names), strict=True))
 
 
 def check_platform(platform: str, files_by_name: dict, reqs=None, py=PY) -> tuple:
@@ -210,7 +210,7 @@ def pip_resolve(platform: str, py=PY, timeout: int = 600) -> tuple:
         env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": ""}
         t = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        err = "\n".join(l for l in p.stderr.splitlines() if "fast-deps" not in l)[-2000:]
+        err = "\n".join(ln for ln in p.stderr.splitlines() if "fast-deps" not in ln)[-2000:]
         got = None
         if p.returncode == 0:
             got = {i["metadata"]["name"]: i["metadata"]["version"]
@@ -222,7 +222,8 @@ def pip_resolve(platform: str, py=PY, timeout: int = 600) -> tuple:
 def resolutions():
     if os.environ.get("GLSCL_PLATFORM_CHECK", "").lower() != "full":
         pytest.skip("transitive resolution with pip runs with GLSCL_PLATFORM_CHECK=full (about 1-1.5 min)")
-    with cf.ThreadPoolExecutor(len(PLATFORMS)) as ex: return dict(zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS)))
+    with cf.ThreadPoolExecutor(len(PLATFORMS)) as ex:
+        return dict(zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS), strict=True))
 
 
 @pytest.mark.parametrize("platform", list(PLATFORMS))
@@ -345,5 +346,5 @@ if __name__ == "__main__":
                                                                           for k, (v, w) in found.items()))
     if sys.argv[1:] == ["full"]:
         with cf.ThreadPoolExecutor(len(PLATFORMS)) as ex:
-            for plat, (rc, got, err, secs) in zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS)):
+            for plat, (rc, got, err, secs) in zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS), strict=True):
                 print(f"{plat}: pip rc {rc}, {len(got or {})} packages, {secs:.0f} s" + (f"\n{err}" if rc else ""))

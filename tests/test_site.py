@@ -14,8 +14,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'tools'))
-import build_site as bs
-import site_check as sc
+import build_site as bs  # noqa: E402  (tools/ on the path first)
+import site_check as sc  # noqa: E402
 
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="60" height="30"><rect width="60" height="30" fill="teal"/></svg>'
 WIDGET = 'application/vnd.jupyter.widget-view+json'

@@ -1,7 +1,5 @@
 "benchmarks/step_cost.py, the source of the README's GPU estimates: its scaling from a micro batch holds."
 import importlib.util
-import sys
-from pathlib import Path
 import pytest
 
 @pytest.fixture(scope='module')

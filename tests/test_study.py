@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from glscl.config import load_config, SettingError
-from glscl.data import read_msrvtt, MSRVTT_FILES
+from glscl.data import MSRVTT_FILES
 from glscl.toyworld import (make_toy_msrvtt, toy_events, read_toy, parse_caption, caption_holds, caption_matches,
-                            oracle_ceiling, video_captions, random_events, event_phrase, TOY_VAL, WHEN_WORDS)
+                            oracle_ceiling, video_captions, random_events, TOY_VAL, WHEN_WORDS)
 from glscl.losses import query_cosine
 from glscl.model import GLSCL
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from glscl.data import read_msrvtt, MSRVTT_FILES
 from glscl.video import sample_frames
-from glscl.toyworld import (make_toy_msrvtt, toy_events, random_events, render_video, render_frame, event_geometry,
-                            video_captions, toy_frames, frame_caption, COLOURS, SHAPE_WORDS, MOTION_WORDS, Event)
+from glscl.toyworld import (make_toy_msrvtt, toy_events, random_events, render_frame, event_geometry,
+                            video_captions, toy_frames, frame_caption, COLOURS, SHAPE_WORDS, Event)
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -55,7 +55,7 @@ def test_events_tile_time_and_differ():
     for _ in range(50):
         evs = random_events(rng)
         assert evs[0].start == 0 and abs(evs[-1].end - 12) < 1e-9
-        for a, b in zip(evs, evs[1:]):
+        for a, b in zip(evs, evs[1:], strict=False):
             assert a.end == b.start and a.colour != b.colour and a.shape != b.shape
 
 def test_video_shows_each_event_in_its_time(world):

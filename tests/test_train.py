@@ -39,7 +39,7 @@ def test_param_groups(cfg):
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert set(where) == trainable and len(where) == sum(len(g['params']) for g in groups)   # each trainable one once
     assert cfg.freeze_visual and not any(n.startswith('clip.model.visual.') for n in where)
-    for n, p in m.named_parameters():
+    for n, _ in m.named_parameters():
         if n not in trainable: continue
         g = where[n]
         assert g['lr'] == pytest.approx(cfg.lr * (cfg.coef_lr if n.startswith('clip.') else 1))
@@ -166,7 +166,7 @@ def test_checkpoint_of_another_shape_names_keys(cfg, tmp_path):
     with pytest.raises(ValueError, match='not a glscl training checkpoint'): T.read_checkpoint(tmp_path/'clip.pt')
     with pytest.raises(FileNotFoundError): T.read_checkpoint(tmp_path/'nope.pt')
     m2 = T.model_from_checkpoint(p)
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True))
 
 # --- the loop --------------------------------------------------------------------------------------------------------
 
@@ -287,7 +287,7 @@ def test_evaluation_refuses_missing_test_videos(cfg, world, tmp_path):
 
 def test_model_from_checkpoint_keeps_quick_gelu(cfg, tmp_path):
     "QuickGELU is not in the weights: the checkpoint records it, and the rebuilt model encodes the same."
-    from glscl.clip import load_clip; import glscl.tinyclip  # registers glscl-tiny
+    from glscl.clip import load_clip; import glscl.tinyclip  # noqa: F401  (registers glscl-tiny)
     m = GLSCL(cfg, encoder=load_clip('glscl-tiny', None, quick_gelu=True)).eval()
     assert T.uses_quick_gelu(m) and not T.uses_quick_gelu(GLSCL(cfg))
     p = T.save_checkpoint(tmp_path/'q.pt', m)
@@ -500,7 +500,7 @@ def assert_same_grads(got: dict, want: dict, rel: float = 1e-13):
     assert set(got) == set(want) and len(want) > 20
     for n, w in want.items():
         assert w.dtype == torch.float64 and w.abs().max() > 0, n
-        torch.testing.assert_close(got[n], w, rtol=rel, atol=rel * float(w.abs().max()), msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(got[n], w, rtol=rel, atol=rel * float(w.abs().max()), msg=lambda m, n=n: f"{n}: {m}")
 
 GC_LAYOUTS = {    # the corrected recipe's layout (image tower trained), the toy run's (stored features of a frozen
                   # image tower), and the released recipe's (compat padding through CLIP, pads hidden in the text tower,

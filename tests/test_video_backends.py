@@ -86,8 +86,8 @@ def check_frames(frames, every, idx, backend, case):
     that has leading B-frames (frames shown before it but stored after it), decord returns the frame after the one
     asked for; PyAV matches the frames by timestamp and stays exact."""
     if backend == "decord" and case == "open GOP":
-        off = [i for f, i in zip(frames, idx) if not np.array_equal(f, every[i])]
-        assert all(np.array_equal(f, every[i + 1]) for f, i in zip(frames, idx) if i in off), off
+        off = [i for f, i in zip(frames, idx, strict=True) if not np.array_equal(f, every[i])]
+        assert all(np.array_equal(f, every[i + 1]) for f, i in zip(frames, idx, strict=True) if i in off), off
         return off
     assert np.array_equal(frames, every[idx]), (case, backend, idx.tolist())
     return []
@@ -116,12 +116,13 @@ def test_random_index_sets_equal_across_backends(hard_videos, case, monkeypatch)
     n = len(every)
     for _ in range(6):
         idx = np.unique(np.r_[rng.choice(n, size=rng.integers(1, 8), replace=False), n - 1 if rng.random() < .5 else 0])
-        monkeypatch.setattr(D, "frame_indices", lambda *a, **k: idx)
+        monkeypatch.setattr(D, "frame_indices", lambda *a, idx=idx, **k: idx)
         a, _ = sample_frames(p, 20, backend="pyav")
         b, _ = sample_frames(p, 20, backend="decord")
         assert np.array_equal(a, every[idx]), (case, idx.tolist())
         if case != "open GOP": assert np.array_equal(b, a), (case, idx.tolist())
-        else: assert all(np.array_equal(f, every[i]) or np.array_equal(f, every[i + 1]) for f, i in zip(b, idx))
+        else: assert all(np.array_equal(f, every[i]) or np.array_equal(f, every[i + 1])
+                         for f, i in zip(b, idx, strict=True))
 
 
 def toy_videos(tmp_path_factory, k=8):

@@ -32,7 +32,8 @@ WIDGET = 'application/vnd.jupyter.widget-view+json'
 WIDGET_NOTE = '[interactive widget: open the notebook in Jupyter to use it]'
 NAV_CSS = """<style type="text/css">
 nav.glscl-nav {display: flex; gap: 1.5em; justify-content: space-between; max-width: 1100px; margin: 0.6em auto;
-  padding: 0.5em 1em; font: 14px/1.4 system-ui, sans-serif; border: 1px solid #ddd; border-radius: 4px; background: #fafafa}
+  padding: 0.5em 1em; font: 14px/1.4 system-ui, sans-serif; border: 1px solid #ddd; border-radius: 4px;
+  background: #fafafa}
 nav.glscl-nav a {text-decoration: none} nav.glscl-nav span.glscl-none {color: #aaa}
 a.glscl-sym code {color: var(--jp-content-link-color, #1976d2)}
 section.glscl-toc {padding: 0 1em 0 calc(var(--jp-cell-prompt-width, 64px) + 24px)}
@@ -93,7 +94,7 @@ def _directives(src: str) -> dict:
 
 def _defined_names(src: str) -> list:
     "Top-level names a code cell defines (`def`, `class`, assignments; `@patch def f(self: C)` gives `C.f`)."
-    code = '\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!')))
+    code = '\n'.join(ln for ln in src.splitlines() if not ln.lstrip().startswith(('%', '!')))
     try: tree = ast.parse(code)
     except SyntaxError:   # fall back to the obvious lines
         return re.findall(r'^(?:async\s+def|def|class)\s+(\w+)|^(\w+)\s*[:=]', code, re.M)
@@ -333,9 +334,9 @@ def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
         written.append(out/f'{stem}.html')
     for name, doc in docs.items():   # the repository's documents the pages link to, as pages of the site
         from nbconvert.filters import markdown2html
-        soup = BeautifulSoup('<!DOCTYPE html><html><head><meta '
-                             f'charset="utf-8"><title>{html.escape(name)}</title><link rel="icon" '
-                             f'href="data:,">{NAV_CSS}</head><body><main>{markdown2html(doc.read_text(encoding="utf-8"))}</main></body></html>', 'html.parser')
+        title, body = html.escape(name), markdown2html(doc.read_text(encoding="utf-8"))
+        soup = BeautifulSoup(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><link rel="icon" '
+                             f'href="data:,">{NAV_CSS}</head><body><main>{body}</main></body></html>', 'html.parser')
         for a in soup.find_all('a', href=True):   # links into the repository: notebooks become pages, other files text
             u = urlsplit(a['href'])
             if u.scheme or u.netloc or not u.path: continue

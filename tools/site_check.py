@@ -40,11 +40,14 @@ const done = arguments[arguments.length - 1];
 const imgs = Array.from(document.images);
 imgs.forEach(i => { if (i.loading === 'lazy') i.loading = 'eager'; });
 const typeset = new Promise(r => {
-  if (window.MathJax && MathJax.Hub && MathJax.Hub.Register) MathJax.Hub.Register.StartupHook('End', () => r('mathjax2'));
-  else if (window.MathJax && MathJax.startup && MathJax.startup.promise) MathJax.startup.promise.then(() => r('mathjax3'));
+  if (window.MathJax && MathJax.Hub && MathJax.Hub.Register)
+    MathJax.Hub.Register.StartupHook('End', () => r('mathjax2'));
+  else if (window.MathJax && MathJax.startup && MathJax.startup.promise)
+    MathJax.startup.promise.then(() => r('mathjax3'));
   else r(null);
 });
-const settled = imgs.map(i => i.complete ? null : new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); }));
+const settled = imgs.map(i => i.complete ? null
+  : new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); }));
 Promise.all([typeset, ...settled]).then(([engine]) => setTimeout(() => {
   const md = Array.from(document.querySelectorAll('.jp-RenderedMarkdown, .jp-RenderedLatex')).map(el => {
     const c = el.cloneNode(true);
