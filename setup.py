@@ -16,12 +16,15 @@ class build_py_with_presets(build_py):
     def run(self):
         super().run()
         if getattr(self, 'editable_mode', False): return
-        if not PRESETS.is_file(): raise FileNotFoundError(f"{PRESETS} is missing: the wheel must ship the presets (restore settings.ini from git)")
+        if not PRESETS.is_file():
+            raise FileNotFoundError(
+                f"{PRESETS} is missing: the wheel must ship the presets (restore settings.ini from git)")
         self.mkpath(str(Path(self.build_lib)/'glscl'))
         self.copy_file(str(PRESETS), str(Path(self.build_lib)/'glscl'/'settings.ini'))
 
     def get_outputs(self, include_bytecode=True):
         out = super().get_outputs(include_bytecode)
-        return out if getattr(self, 'editable_mode', False) else [*out, str(Path(self.build_lib)/'glscl'/'settings.ini')]
+        return (out if getattr(self, 'editable_mode', False)
+                else [*out, str(Path(self.build_lib)/'glscl'/'settings.ini')])
 
 setup(cmdclass={'build_py': build_py_with_presets})

@@ -11,7 +11,15 @@ measurement, nothing a Timer could repeat cheaply); the JPEG trade by torch.util
 
     python benchmarks/bench_frame_cache.py [--videos 24] [--workers 2] [--passes 2]
 """
-import argparse, copy, csv, json, shutil, statistics, sys, tempfile, time
+import argparse
+import copy
+import csv
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved
 from glscl.config import load_config
-from glscl.data import VideoDataset, collate_videos
+from glscl.data import collate_videos
 from glscl.video import write_video
 from glscl.framecache import build_frame_cache, FrameCache
 from glscl.presetdata import ensure_data, videos_from_config
@@ -71,14 +79,18 @@ def jpeg_trade(cache: FrameCache, vids, quality: int = 90, repeats: int = 3) -> 
     over all of `vids`, timed in turn by torch.utils.benchmark (benchmarks/timing.py), median of `repeats` rounds."""
     from torchvision.io import encode_jpeg, decode_jpeg
     frames = {v: cache.read(v)[0] for v in vids}
-    enc = {v: [encode_jpeg(torch.from_numpy(x).permute(2, 0, 1).contiguous(), quality=quality) for x in f] for v, f in frames.items()}
+    enc = {v: [encode_jpeg(torch.from_numpy(x).permute(2, 0, 1).contiguous(), quality=quality) for x in f]
+           for v, f in frames.items()}
     raw = sum(f.nbytes for f in frames.values()); jpg = sum(len(e) for es in enc.values() for e in es)
     frames_n = sum(len(f) for f in frames.values())
     def raw_read():
-        w = copy.copy(cache)          # a fresh copy maps the shards anew (FrameCache.__getstate__), as each DataLoader worker does
+        # a fresh copy maps the shards anew (FrameCache.__getstate__), as each DataLoader worker does
+        w = copy.copy(cache)
         return [w.read(v) for v in vids]
-    t, _ = interleaved(dict(raw=raw_read, jpeg=lambda: [[decode_jpeg(e) for e in enc[v]] for v in vids]), repeats, min_run_time=0.2)
-    return dict(ratio=raw / jpg, raw_fps=frames_n / t['raw'], jpeg_fps=frames_n / t['jpeg'], raw_kib=raw / len(vids) / 1024, jpeg_kib=jpg / len(vids) / 1024)
+    t, _ = interleaved(dict(raw=raw_read, jpeg=lambda: [[decode_jpeg(e) for e in enc[v]] for v in vids]), repeats,
+                       min_run_time=0.2)
+    return dict(ratio=raw / jpg, raw_fps=frames_n / t['raw'], jpeg_fps=frames_n / t['jpeg'],
+                raw_kib=raw / len(vids) / 1024, jpeg_kib=jpg / len(vids) / 1024)
 
 
 def run(name, cfg, workers, batch, passes):
@@ -94,12 +106,14 @@ def run(name, cfg, workers, batch, passes):
     j = jpeg_trade(FrameCache(cfg.frame_cache), vids[:min(len(vids), 24)])
     print(f"\n{name}: {len(vids)} videos, {cfg.max_frames} frames at {cfg.fps} fps, {cfg.image_size} px, "
           f"DataLoader with {workers} workers, batch {batch}, median of {passes} passes")
-    print(f"  uint8 pixels (what training loads)   from the videos {video:7.1f} clips/s, from the frame cache {cached:7.1f} clips/s -> {cached / video:.1f}x")
-    print(f"  float CLIP input (4x the bytes)      from the videos {video_f:7.1f} clips/s, from the frame cache {cached_f:7.1f} clips/s -> {cached_f / video_f:.1f}x")
+    print(f"  uint8 pixels (what training loads)   from the videos {video:7.1f} clips/s, from the frame cache "
+          f"{cached:7.1f} clips/s -> {cached / video:.1f}x")
+    print(f"  float CLIP input (4x the bytes)      from the videos {video_f:7.1f} clips/s, from the frame cache "
+          f"{cached_f:7.1f} clips/s -> {cached_f / video_f:.1f}x")
     print(f"  cache: {r['bytes_per_video'] / 1024:.0f} KiB a video (uint8), built in {build_s:.1f} s "
           f"({len(vids) / build_s:.1f} videos/s)")
-    print(f"  as JPEG q90: {j['jpeg_kib']:.0f} KiB a video ({j['ratio']:.1f}x smaller), decoded at {j['jpeg_fps']:.0f} frames/s "
-          f"against {j['raw_fps']:.0f} frames/s reading uint8 ({j['raw_fps'] / j['jpeg_fps']:.1f}x slower)")
+    print(f"  as JPEG q90: {j['jpeg_kib']:.0f} KiB a video ({j['ratio']:.1f}x smaller), decoded at {j['jpeg_fps']:.0f} "
+          f"frames/s against {j['raw_fps']:.0f} frames/s reading uint8 ({j['raw_fps'] / j['jpeg_fps']:.1f}x slower)")
     return dict(video=video, cached=cached, kib=r['bytes_per_video'] / 1024, **{f'jpeg_{k}': v for k, v in j.items()})
 
 
@@ -113,7 +127,8 @@ if __name__ == '__main__':
         t0 = time.perf_counter()
         root = msrvtt_like(tmp/'msrvtt_like', a.videos)
         print(f"wrote {a.videos} synthetic 320x240 30 fps 15 s clips in {time.perf_counter() - t0:.0f} s")
-        like = load_config('msrvtt-vitb32-amp', anno_dir=root, video_dir=root/'videos', frame_cache=tmp/'cache_like', augment='none')
+        like = load_config('msrvtt-vitb32-amp', anno_dir=root, video_dir=root/'videos',
+                           frame_cache=tmp/'cache_like', augment='none')
         run('MSR-VTT-like (synthetic)', like, a.workers, a.batch, a.passes)
         toy = load_config('toy', frame_cache=tmp/'cache_toy')
         ensure_data(toy)

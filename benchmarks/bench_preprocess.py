@@ -11,7 +11,8 @@ ratio to clip_preprocess.
 
     python benchmarks/bench_preprocess.py [--min-run-time 0.3] [--repeats 3] [--threads 1]
 """
-import argparse, sys
+import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from glscl.toyworld import toy_frames
 
 
 def float_preprocess(frames, S):
-    "The float alternative: F.interpolate (bicubic, antialias) in float32, clamp and round to grey levels, crop, normalise."
+    """The float alternative: F.interpolate (bicubic, antialias) in float32, clamp and round to grey levels, crop,
+    normalise."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     h, w = x.shape[-2:]
     nh, nw = (S, int(S * w / h)) if h <= w else (int(S * h / w), S)
@@ -44,8 +46,8 @@ def open_clip_preprocess(frames, S):
     return torch.stack([tf(Image.fromarray(f)) for f in frames])
 
 
-METHODS = {"open_clip (PIL, per frame)": open_clip_preprocess, "clip_preprocess (torchvision v2, uint8)": clip_preprocess,
-           "float F.interpolate": float_preprocess}
+METHODS = {"open_clip (PIL, per frame)": open_clip_preprocess,
+           "clip_preprocess (torchvision v2, uint8)": clip_preprocess, "float F.interpolate": float_preprocess}
 
 
 def textured(n, h, w, seed):
@@ -65,16 +67,18 @@ def textured(n, h, w, seed):
 def cases():
     toy, _ = toy_frames(8, seed=3)
     return [("toy 96x96 -> 64", toy, 64), ("toy 96x96 -> 224 (upscale)", toy, 224),
-            ("textured 240x320 -> 224", textured(4, 240, 320, 0), 224), ("textured 320x240 -> 224", textured(4, 320, 240, 1), 224),
-            ("textured 240x320 -> 64", textured(4, 240, 320, 2), 64), ("odd 101x137 -> 64", textured(4, 101, 137, 3), 64),
-            ("odd 257x99 -> 224", textured(4, 257, 99, 4), 224), ("odd 225x225 -> 224", textured(4, 225, 225, 5), 224),
+            ("textured 240x320 -> 224", textured(4, 240, 320, 0), 224),
+            ("textured 320x240 -> 224", textured(4, 320, 240, 1), 224),
+            ("textured 240x320 -> 64", textured(4, 240, 320, 2), 64),
+            ("odd 101x137 -> 64", textured(4, 101, 137, 3), 64), ("odd 257x99 -> 224", textured(4, 257, 99, 4), 224),
+            ("odd 225x225 -> 224", textured(4, 225, 225, 5), 224),
             ("noise 240x320 -> 224", np.random.default_rng(6).integers(0, 256, (4, 240, 320, 3), dtype=np.uint8), 224)]
 
 
 def tiny_clip():
     "The toy-pretrained tiny CLIP's image tower, only if it is already cached (building it takes minutes)."
     from glscl.clip import data_dir, load_clip
-    import glscl.tinyclip                                     # registers glscl-tiny with open_clip
+    import glscl.tinyclip  # noqa: F401  (registers glscl-tiny with open_clip)
     if not (data_dir() / "glscl-tiny-toy.pt").exists(): return None
     return load_clip("glscl-tiny", "toy").eval()
 
@@ -112,7 +116,8 @@ def main(argv=None):
     print(f"| clip | {' | '.join(METHODS)} |\n| --- |" + " ---: |" * len(METHODS))
     for name, frames, S in [("toy 12 x 96x96 -> 64", toy_frames(12, seed=1)[0], 64),
                             ("12 x 240x320 -> 224", textured(12, 240, 320, 9), 224)]:
-        t, _ = interleaved({k: (lambda f=f: f(frames, S)) for k, f in METHODS.items()}, a.repeats, a.min_run_time, a.threads)
+        t, _ = interleaved({k: (lambda f=f, frames=frames, S=S: f(frames, S)) for k, f in METHODS.items()}, a.repeats,
+                           a.min_run_time, a.threads)
         base = t["clip_preprocess (torchvision v2, uint8)"]
         print(f"| {name} | " + " | ".join(f"{1e3 * v:.2f} ms ({v / base:.2f}x)" for v in t.values()) + " |")
     print("\nclip_preprocess within 2 grey levels of open_clip everywhere:", "yes" if ok else "NO")

@@ -16,7 +16,9 @@
 Prints medians over a few rounds (torch.utils.benchmark, methods in turn: benchmarks/timing.py), the ratios, and the max
 abs differences; exits 1 if an equality check fails.
 """
-import argparse, os, sys
+import argparse
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -84,21 +86,25 @@ def bench_heads(T, V, N, D, words, batch, pair_budget, repeats, device, g):
     def released_block(i, j):
         qt = lim(tokens[i:i + batch], tmask[i:i + batch], 'text')               # decoded again for every video block
         qv = lim(frames[j:j + batch], fmask[j:j + batch], 'video')              # decoded again for every text block
-        return global_interaction(eos[i:i + batch], frames[j:j + batch], fmask[j:j + batch]) + 0.5 * query_similarity(qt, qv)
+        return (global_interaction(eos[i:i + batch], frames[j:j + batch], fmask[j:j + batch])
+                + 0.5 * query_similarity(qt, qv))
 
     def released_subset(): return [released_block(i, j) for i, j in sub]
 
     with torch.inference_mode():
         t, out = interleaved(dict(cached=cached, released_subset=released_subset), min(repeats, 2), device)
     S = out['cached']
-    diff = max((S[i:i + batch, j:j + batch] - blk).abs().max().item() for (i, j), blk in zip(sub, out['released_subset']))
+    diff = max((S[i:i + batch, j:j + batch] - blk).abs().max().item()
+               for (i, j), blk in zip(sub, out['released_subset'], strict=True))
     return dict(cached=t['cached'], released=t['released_subset'] * len(pairs) / len(sub), pairs=len(pairs),
                 measured=len(sub), diff=diff)
 
 
 def bench_cache(T, V, N, D, words, n_videos_timed, repeats, device, g, tmp):
-    "First evaluation (CLIP ViT-B/32 encodes every item, then S) vs second (encodings read from the cache file, then S)."
-    import open_clip, logging
+    """First evaluation (CLIP ViT-B/32 encodes every item, then S) vs second (encodings read from the cache file, then
+    S)."""
+    import open_clip
+    import logging
     from glscl.clip import ClipEncoder
     from glscl.filesafety import atomic_save
     logging.getLogger().setLevel(logging.ERROR)
@@ -154,7 +160,8 @@ def bench_cache_toy():
         a = evaluate(model, cfg, cache_dir=d, progress=False)
         b = evaluate(model, cfg, cache_dir=d, progress=False)
     assert (a['cached'], b['cached']) == (False, True)
-    return dict(first=a['seconds'], second=b['seconds'], diff=(a['sim'] - b['sim']).abs().max().item(), shape=tuple(a['sim'].shape))
+    return dict(first=a['seconds'], second=b['seconds'], diff=(a['sim'] - b['sim']).abs().max().item(),
+                shape=tuple(a['sim'].shape))
 
 
 def main(argv=None):
@@ -162,10 +169,12 @@ def main(argv=None):
     ap.add_argument('--texts', type=int, default=1000); ap.add_argument('--videos', type=int, default=1000)
     ap.add_argument('--frames', type=int, default=12); ap.add_argument('--dim', type=int, default=512)
     ap.add_argument('--words', type=int, default=32, help='token slots per caption, part (b)')
-    ap.add_argument('--b-texts', type=int, default=None, help='texts for part (b) (default: 500 on CPU, --texts on GPU)')
+    ap.add_argument('--b-texts', type=int, default=None,
+                    help='texts for part (b) (default: 500 on CPU, --texts on GPU)')
     ap.add_argument('--b-videos', type=int, default=None, help='videos for part (b) (default: like --b-texts)')
     ap.add_argument('--batch', type=int, default=16, help="the released evaluation's block size, part (b)")
-    ap.add_argument('--pairs', type=int, default=120, help='block pairs of the released scheme to time on a CPU, part (b)')
+    ap.add_argument('--pairs', type=int, default=120,
+                    help='block pairs of the released scheme to time on a CPU, part (b)')
     ap.add_argument('--cache-videos', type=int, default=8, help='videos whose ViT-B/32 encoding is timed, part (c)')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--quick', action='store_true', help='small sizes everywhere (a smoke test)')
@@ -180,8 +189,8 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     load = lambda: ' '.join(f'{x:.1f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
     print(f"device {device} ({threads} CPU threads), torch {torch.__version__}; methods timed in turn by "
-          f"torch.utils.benchmark (blocked_autorange), median of {a.repeats} rounds ({min(a.repeats, 2)} in (b), 1 for the "
-          f"encoders in (c)); load average before: {load()}\n")
+          f"torch.utils.benchmark (blocked_autorange), median of {a.repeats} rounds ({min(a.repeats, 2)} in (b), 1 for "
+          f"the encoders in (c)); load average before: {load()}\n")
 
     ok = True
     r = bench_gim(a.texts, a.videos, a.frames, a.dim, a.repeats, device, g)
@@ -200,8 +209,8 @@ def main(argv=None):
     print(f"\n(b) Sim1 + 0.5 Sim2 for {bt} texts ({a.words} tokens) x {bv} videos ({a.frames} frames), D={a.dim}, "
           f"LIM 8 queries x 3 layers, released blocks of {a.batch} x {a.batch}")
     if r['measured'] < r['pairs']:
-        print(f"    (the released scheme was timed on {r['measured']} of its {r['pairs']} block pairs, drawn at random, and "
-              f"scaled by {r['pairs'] / r['measured']:.1f}: each pair does the same work)")
+        print(f"    (the released scheme was timed on {r['measured']} of its {r['pairs']} block pairs, drawn at "
+              f"random, and scaled by {r['pairs'] / r['measured']:.1f}: each pair does the same work)")
     print(f"    {'method':<48}{'seconds':>10}")
     print(f"    {'cached: decode each text and video once':<48}{r['cached']:>10.3f}")
     print(f"    {'released: decode again per pair of 16-blocks':<48}{r['released']:>10.1f}")
@@ -213,18 +222,22 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         r = bench_cache(bt, bv, a.frames, a.dim, a.words, a.cache_videos, a.repeats, device, g, tmp)
     print(f"\n(c) evaluation of {bt} texts x {bv} videos ({a.frames} frames, 224 px), CLIP ViT-B/32 + LIM, then S")
-    print(f"    (encoding timed on {r['nt']} texts and {r['nv']} videos and scaled to {bt} and {bv}: the cost is linear in them)")
+    print(f"    (encoding timed on {r['nt']} texts and {r['nv']} videos and scaled to {bt} and {bv}: the cost is "
+          "linear in them)")
     print(f"    {'method':<48}{'seconds':>10}")
     print(f"    {'first: encode every item, then S':<48}{r['first']:>10.1f}")
-    print(f"    {'second: hash the weights, read the cache ({:.0f} MB), S'.format(r['size_mb']):<48}{r['second']:>10.2f}")
+    print(
+        f"    {'second: hash the weights, read the cache ({:.0f} MB), S'.format(r['size_mb']):<48}{r['second']:>10.2f}")
     print(f"    {'(S alone from encodings in memory)':<48}{r['s']:>10.2f}")
     print(f"    speed-up of the second evaluation over the first: {r['first'] / r['second']:.0f}x")
     if not a.quick:
         r = bench_cache_toy()
-        print(f"    the real path, glscl.train.evaluate on the toy preset ({r['shape'][0]} x {r['shape'][1]}, tiny CLIP), measured whole:"
-              f"\n    first {r['first']:.2f} s, second {r['second']:.2f} s: {r['first'] / r['second']:.0f}x; max |difference| {r['diff']:.1e}")
+        print(f"    the real path, glscl.train.evaluate on the toy preset ({r['shape'][0]} x {r['shape'][1]}, tiny "
+              f"CLIP), measured whole:\n    first {r['first']:.2f} s, second {r['second']:.2f} s: "
+              f"{r['first'] / r['second']:.0f}x; max |difference| {r['diff']:.1e}")
         if r['diff'] != 0: ok = False; print("    FAIL: the cached evaluation differs")
-    print(f"\nload average after: {load()} (a load above {threads} means other processes shared the cores: times are noisy)")
+    print(f"\nload average after: {load()} (a load above {threads} means other processes shared the cores: times are "
+          "noisy)")
     print("equality checks:", "passed" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -11,7 +11,10 @@ header read that `sample_frames` adds to catch truncated files: it shows what th
 
     python benchmarks/bench_video_backends.py [--toy-videos 240] [--msrvtt-videos 8] [--passes 2]
 """
-import argparse, sys, tempfile, time
+import argparse
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +52,8 @@ def bench(name, videos, max_frames, fps, rule, passes):
                 out[k] = READERS[k](p, max_frames, fps, rule)
                 times[k].append(time.perf_counter() - t)
             if rep == 0:
-                same += np.array_equal(out["decord"], out["pyav"]) and np.array_equal(out["decord"], out["decord, no header check"])
+                same += (np.array_equal(out["decord"], out["pyav"])
+                         and np.array_equal(out["decord"], out["decord, no header check"]))
                 stats = {}
                 D._read_pyav(Path(p), max_frames, fps, rule, stats)
                 with D.av.open(str(p)) as c: n = c.streams.video[0].frames
@@ -58,8 +62,9 @@ def bench(name, videos, max_frames, fps, rule, passes):
     print(f"\n{name}: {len(videos)} videos, {max_frames} frames at {fps} fps ({rule}), {passes} passes")
     print(f"identical frames from decord and PyAV: {same} of {len(videos)} videos")
     d = np.array(decoded)
-    print(f"PyAV decoded {d[:, 0].mean():.1f} frames per video to return {d[:, 1].mean():.1f} (videos of {d[:, 2].mean():.0f} frames)")
-    print(f"| reader | ms per video | ratio to decord |\n| --- | ---: | ---: |")
+    print(f"PyAV decoded {d[:, 0].mean():.1f} frames per video to return {d[:, 1].mean():.1f} (videos of "
+          f"{d[:, 2].mean():.0f} frames)")
+    print("| reader | ms per video | ratio to decord |\n| --- | ---: | ---: |")
     for k, ts in times.items(): print(f"| {k} | {1000 * np.mean(ts):.2f} | {np.mean(ts) / base:.2f} |")
     return same == len(videos)
 

@@ -32,7 +32,9 @@ the extra compute, and the CPU time of the same step at the micro batch, measure
 
     python benchmarks/step_cost.py --preset msrvtt-vitb32-1gpu --micro 4 --chunks 0,64,32,16,8
 """
-import argparse, sys, time
+import argparse
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,18 +88,20 @@ def step_cost(preset: str = 'msrvtt-vitb32', micro: int = 2, batch: int = None, 
 def report(c: dict, mfu: float = 0.35, pairs: int = MSRVTT_TRAIN_PAIRS) -> str:
     steps = pairs // c['batch']
     GB = 1024 ** 3
-    lines = [f"{c['preset']} ({c['precision']}), batch {c['batch']}: ESTIMATES from a measured micro batch of {c['micro']} "
-             f"scaled x{c['batch'] // c['micro']} (CPU, {c['cpu_seconds_micro']:.1f} s for the micro step)",
-             f"  parameters               {c['params'] / 1e6:8.1f} M",
-             f"  FLOPs per training step  {c['flops'] / 1e12:8.2f} TFLOP (forward + backward)",
-             f"  activations saved        {c['activation_bytes'] / GB:8.1f} GiB for the whole batch "
-             f"({c['activation_bytes'] / GB / 4:.1f} GiB per GPU on 4 GPUs)",
-             f"  weights+grads+optimizer  {c['static_bytes'] / GB:8.2f} GiB per GPU",
-             f"  an MSR-VTT epoch         {steps} steps ({pairs:,} pairs / {c['batch']})"]
+    lines = [
+        f"{c['preset']} ({c['precision']}), batch {c['batch']}: ESTIMATES from a measured micro batch of "
+        f"{c['micro']} scaled x{c['batch'] // c['micro']} (CPU, {c['cpu_seconds_micro']:.1f} s for the micro step)",
+        f"  parameters               {c['params'] / 1e6:8.1f} M",
+        f"  FLOPs per training step  {c['flops'] / 1e12:8.2f} TFLOP (forward + backward)",
+        f"  activations saved        {c['activation_bytes'] / GB:8.1f} GiB for the whole batch "
+        f"({c['activation_bytes'] / GB / 4:.1f} GiB per GPU on 4 GPUs)",
+        f"  weights+grads+optimizer  {c['static_bytes'] / GB:8.2f} GiB per GPU",
+        f"  an MSR-VTT epoch         {steps} steps ({pairs:,} pairs / {c['batch']})",
+    ]
     for name, peak in PEAKS.items():
         t = c['flops'] / (peak * mfu)
-        lines.append(f"  {name:<28} {t:6.2f} s/step, {t * steps / 60:6.1f} min/epoch on one GPU at {mfu:.0%} utilisation; "
-                     f"{t * steps / 60 / 4:5.1f} min on 4")
+        lines.append(f"  {name:<28} {t:6.2f} s/step, {t * steps / 60:6.1f} min/epoch on one GPU at {mfu:.0%} "
+                     f"utilisation; {t * steps / 60 / 4:5.1f} min on 4")
     return '\n'.join(lines)
 
 
@@ -109,8 +113,9 @@ def _blocks(model) -> list:
 
 
 def tower_bytes(model, cfg, x: dict) -> dict:
-    """Bytes measured at the micro batch `x`: saved for the backward by the towers outside their blocks, inside them (all
-    and the largest block), by the rest of the model; the blocks' inputs; the tower outputs (values, as a cached step holds them)."""
+    """Bytes measured at the micro batch `x`: saved for the backward by the towers outside their blocks, inside them
+    (all and the largest block), by the rest of the model; the blocks' inputs; the tower outputs (values, as a cached
+    step holds them)."""
     where, saved, inputs = ['towers'], {}, [0]
     def pack(t):
         saved[where[-1]] = saved.get(where[-1], 0) + t.numel() * t.element_size(); return t
@@ -122,14 +127,15 @@ def tower_bytes(model, cfg, x: dict) -> dict:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(cfg, 'cpu'):
             text = model.text_tower(x['ids'], x['mask'])
             video = model.frame_tower(x['frames'], x['frame_mask'])
-            outputs = sum(v.numel() * v.element_size() for d in (text, video) for v in d.values() if v.is_floating_point())
+            outputs = sum(v.numel() * v.element_size() for d in (text, video) for v in d.values()
+                          if v.is_floating_point())
             where[:] = ['rest']
             model(x, towers=dict(text=text, video=video))['loss']
     finally:
         for h in hooks: h.remove()
     blocks = [v for k, v in saved.items() if isinstance(k, tuple)]
-    return dict(outside=saved.get('towers', 0), blocks=sum(blocks), largest_block=max(blocks), rest=saved.get('rest', 0),
-                block_inputs=inputs[0], outputs=outputs)
+    return dict(outside=saved.get('towers', 0), blocks=sum(blocks), largest_block=max(blocks),
+                rest=saved.get('rest', 0), block_inputs=inputs[0], outputs=outputs)
 
 
 def _step(model, cfg, x, chunk: int):
@@ -149,11 +155,13 @@ def _fit(small: dict, large: dict, n: int) -> tuple:
     return pp, {k: max(0.0, small[k] - n * pp[k]) for k in small}
 
 
-def grad_cache_costs(preset: str = 'msrvtt-vitb32-1gpu', micro: int = 4, chunks=(0, 32, 16, 8), batch: int = None, **overrides) -> dict:
-    """Peak memory (estimated for the batch), extra FLOPs and CPU time (both measured at `micro` pairs) of a step for each
-    chunk in `chunks` (0: no gradient caching), without and with gradient checkpointing. Bytes are measured at `micro`
-    and 2 x `micro` pairs: what grows with the batch, and what does not (under autocast, the 16-bit copies of the weights
-    that each forward saves: about 0.3 GiB for ViT-B/32, once per forward whatever the batch or the chunk)."""
+def grad_cache_costs(preset: str = 'msrvtt-vitb32-1gpu', micro: int = 4, chunks=(0, 32, 16, 8),
+                     batch: int = None, **overrides) -> dict:
+    """Peak memory (estimated for the batch), extra FLOPs and CPU time (both measured at `micro` pairs) of a step for
+    each chunk in `chunks` (0: no gradient caching), without and with gradient checkpointing. Bytes are measured at
+    `micro` and 2 x `micro` pairs: what grows with the batch, and what does not (under autocast, the 16-bit copies of
+    the weights that each forward saves: about 0.3 GiB for ViT-B/32, once per forward whatever the batch or the
+    chunk)."""
     cfg = load_config(preset, clip_pretrained='none', lim_dropout=0.0, **overrides)
     B = batch or cfg.batch_size
     torch.manual_seed(0)
@@ -165,13 +173,14 @@ def grad_cache_costs(preset: str = 'msrvtt-vitb32-1gpu', micro: int = 4, chunks=
               + sum(3 * p.numel() * p.element_size() for p in trainable))     # weights, gradients, two moments
     def towers(n, ckpt):                                           # what the towers hold for the backward of n pairs
         if not ckpt: return fixed['outside'] + fixed['blocks'] + n * (pp['outside'] + pp['blocks'])
-        return fixed['outside'] + fixed['largest_block'] + n * (pp['outside'] + pp['block_inputs'] + pp['largest_block'])
+        return (fixed['outside'] + fixed['largest_block']
+                + n * (pp['outside'] + pp['block_inputs'] + pp['largest_block']))
     rest = fixed['rest'] + B * pp['rest']
     rows, measured = [], {}
     for ckpt in (False, True):
         model.clip.model.set_grad_checkpointing(ckpt)
         for chunk in chunks:
-            if (ckpt, bool(chunk)) not in measured:               # any chunk costs the same FLOPs: measured once, in 2 chunks
+            if (ckpt, bool(chunk)) not in measured:   # any chunk costs the same FLOPs: measured once, in 2 chunks
                 c = max(1, micro // 2) if chunk else 0
                 with FlopCounterMode(display=False) as fc: _step(model, cfg, x, c)
                 t0 = time.perf_counter(); _step(model, cfg, x, c); sec = time.perf_counter() - t0
@@ -184,31 +193,34 @@ def grad_cache_costs(preset: str = 'msrvtt-vitb32-1gpu', micro: int = 4, chunks=
     for r in rows:
         f, sec = measured[r['checkpointing'], bool(r['chunk'])]
         r.update(flops=f / micro * B, extra_flops=f / f0 - 1, cpu_time_ratio=sec / s0)
-    return dict(preset=preset, batch=B, micro=micro, precision=cfg.precision, static_bytes=static, per_pair=pp, fixed=fixed,
-                rows=rows, cpu_seconds_plain=s0)
+    return dict(preset=preset, batch=B, micro=micro, precision=cfg.precision, static_bytes=static,
+                per_pair=pp, fixed=fixed, rows=rows, cpu_seconds_plain=s0)
 
 
-def grad_cache_report(c: dict, mfu: float = 0.35, pairs: int = MSRVTT_TRAIN_PAIRS, gpu: str = 'A100 (312 TFLOP/s bf16/fp16)') -> str:
+def grad_cache_report(c: dict, mfu: float = 0.35, pairs: int = MSRVTT_TRAIN_PAIRS,
+                      gpu: str = 'A100 (312 TFLOP/s bf16/fp16)') -> str:
     GiB, steps = 1024 ** 3, pairs // c['batch']
     pp = c['per_pair']
-    lines = [f"{c['preset']} ({c['precision']}), batch {c['batch']} on ONE GPU, gradient caching: peak memory ESTIMATED from a micro "
-             f"batch of {c['micro']} and {2 * c['micro']} measured on this CPU and scaled; extra FLOPs counted and CPU time measured at the micro batch "
-             f"(side by side, CPU, {c['cpu_seconds_plain']:.1f} s for the plain micro step); GPU time ESTIMATED as FLOPs / "
+    lines = [f"{c['preset']} ({c['precision']}), batch {c['batch']} on ONE GPU, gradient caching: peak memory "
+             f"ESTIMATED from a micro batch of {c['micro']} and {2 * c['micro']} measured on this CPU and scaled; "
+             "extra FLOPs counted and CPU time measured at the micro batch (side by side, CPU, "
+             f"{c['cpu_seconds_plain']:.1f} s for the plain micro step); GPU time ESTIMATED as FLOPs / "
              f"({gpu.split(' (')[0]} peak x {mfu:.0%})",
-             f"  measured per pair (MiB): towers' saved activations {(pp['outside'] + pp['blocks']) / 2**20:.1f} (largest block "
-             f"{pp['largest_block'] / 2**20:.2f}, block inputs {pp['block_inputs'] / 2**20:.2f}), rest of the model "
-             f"{pp['rest'] / 2**20:.2f}, tower outputs {pp['outputs'] / 2**20:.3f}; whatever the batch: towers "
-             f"{(c['fixed']['outside'] + c['fixed']['blocks']) / 2**20:.0f}, rest {c['fixed']['rest'] / 2**20:.0f}; "
-             f"weights+grads+optimizer {c['static_bytes'] / GiB:.2f} GiB",
-             f"  {'chunk':>5} {'checkpointing':>13} {'peak GiB (est.)':>15} {'extra FLOPs':>11} {'CPU time x (meas.)':>18} "
-             f"{'GPU s/step (est.)':>17} {'min/epoch (est.)':>16}"]
+             f"  measured per pair (MiB): towers' saved activations {(pp['outside'] + pp['blocks']) / 2**20:.1f} "
+             f"(largest block {pp['largest_block'] / 2**20:.2f}, block inputs {pp['block_inputs'] / 2**20:.2f}), rest "
+             f"of the model {pp['rest'] / 2**20:.2f}, tower outputs {pp['outputs'] / 2**20:.3f}; whatever the batch: "
+             f"towers {(c['fixed']['outside'] + c['fixed']['blocks']) / 2**20:.0f}, rest "
+             f"{c['fixed']['rest'] / 2**20:.0f}; weights+grads+optimizer {c['static_bytes'] / GiB:.2f} GiB",
+             f"  {'chunk':>5} {'checkpointing':>13} {'peak GiB (est.)':>15} {'extra FLOPs':>11} "
+             f"{'CPU time x (meas.)':>18} {'GPU s/step (est.)':>17} {'min/epoch (est.)':>16}"]
     peak = PEAKS[gpu]
     for r in c['rows']:
         t = r['flops'] / (peak * mfu)
-        lines.append(f"  {r['chunk'] if r['chunk'] else 'off':>5} {'on' if r['checkpointing'] else 'off':>13} {r['peak_bytes'] / GiB:15.1f} "
-                     f"{r['extra_flops']:+11.0%} {r['cpu_time_ratio']:18.2f} {t:17.2f} {t * steps / 60:16.1f}")
-    lines.append("  (the chunk does not change the FLOPs: a cached step always encodes the batch twice; on a GPU small chunks "
-                 "also run the towers less efficiently, which this CPU estimate cannot show)")
+        lines.append(f"  {r['chunk'] if r['chunk'] else 'off':>5} {'on' if r['checkpointing'] else 'off':>13} "
+                     f"{r['peak_bytes'] / GiB:15.1f} {r['extra_flops']:+11.0%} {r['cpu_time_ratio']:18.2f} {t:17.2f} "
+                     f"{t * steps / 60:16.1f}")
+    lines.append("  (the chunk does not change the FLOPs: a cached step always encodes the batch twice; on a GPU small "
+                 "chunks also run the towers less efficiently, which this CPU estimate cannot show)")
     return '\n'.join(lines)
 
 
@@ -216,7 +228,10 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--preset', default='msrvtt-vitb32'); ap.add_argument('--micro', type=int, default=2)
     ap.add_argument('--batch', type=int, default=None); ap.add_argument('--mfu', type=float, default=0.35)
-    ap.add_argument('--chunks', default=None, help='comma-separated grad_cache_chunk values (0 = off) to compare, e.g. 0,32,16,8')
+    ap.add_argument('--chunks', default=None,
+                    help='comma-separated grad_cache_chunk values (0 = off) to compare, e.g. 0,32,16,8')
     a = ap.parse_args()
     if a.chunks is None: print(report(step_cost(a.preset, a.micro, a.batch), a.mfu))
-    else: print(grad_cache_report(grad_cache_costs(a.preset, a.micro, tuple(int(v) for v in a.chunks.split(',')), a.batch), a.mfu))
+    else:
+        print(grad_cache_report(grad_cache_costs(a.preset, a.micro,
+                                                 tuple(int(v) for v in a.chunks.split(',')), a.batch), a.mfu))

@@ -8,9 +8,9 @@ untrained) and beside a trained GLSCL checkpoint, each pair with paired bootstra
 The checkpoint must be of the same preset (same tiny CLIP; the toy recipe freezes its image tower, so all three read
 the same frame features). Evaluated on the preset's test split with glscl.train.evaluate (the evaluation path).
 """
-import argparse, sys
+import argparse
+import sys
 from pathlib import Path
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from glscl.config import load_config
@@ -31,16 +31,20 @@ def main(argv=None):
     mp = load_config(a.preset, head='meanp')
     sims['zero-shot meanP'] = evaluate(GLSCL(mp).eval(), mp, progress=False)
     m = model_from_checkpoint(a.checkpoint)
-    if m.cfg.clip_model != zs.clip_model: raise ValueError(f"{a.checkpoint} uses {m.cfg.clip_model}, the preset {zs.clip_model}: use a checkpoint of preset {a.preset}")
+    if m.cfg.clip_model != zs.clip_model:
+        raise ValueError(f"{a.checkpoint} uses {m.cfg.clip_model}, the preset {zs.clip_model}: use a checkpoint of "
+                         f"preset {a.preset}")
     sims['trained GLSCL'] = evaluate(m, m.cfg, progress=False)
     cv = sims['zero-shot GIM']['caption_video']
     n_q, n_v = sims['zero-shot GIM']['sim'].shape
-    print(f"preset {a.preset}, test split: {n_q} captions, {n_v} videos; trained checkpoint {a.checkpoint} (preset {m.cfg.name})")
+    print(f"preset {a.preset}, test split: {n_q} captions, {n_v} videos; trained checkpoint {a.checkpoint} (preset "
+          f"{m.cfg.name})")
     for k, r in sims.items():
         print(format_interval(metric_interval(r['sim'], r['caption_video'], n_boot=a.n_boot), title=f"\n{k}"))
     for b in ('zero-shot meanP', 'trained GLSCL'):
         print()
-        print(format_compare(compare(sims['zero-shot GIM']['sim'], sims[b]['sim'], cv, n_boot=a.n_boot), names=('zero-shot GIM', b),
+        print(format_compare(compare(sims['zero-shot GIM']['sim'], sims[b]['sim'], cv, n_boot=a.n_boot),
+                             names=('zero-shot GIM', b),
                              title=f"zero-shot GIM against {b} (paired bootstrap over captions)"))
     return 0
 

@@ -9,7 +9,8 @@ __all__ = ['log', 'TRUST_HINT', 'RESUME_FREE_KEYS', 'rng_state', 'set_rng_state'
            'check_resume', 'model_from_checkpoint']
 
 # %% ../nbs/13d_checkpoints.ipynb #28410868
-import logging, random
+import logging
+import random
 from pathlib import Path
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ def rng_state() -> dict:
     v, keys, gauss = random.getstate()
     name, mt, pos, has_gauss, cached = np.random.get_state()
     s = dict(python=dict(version=v, state=torch.tensor(keys, dtype=torch.int64), gauss_next=gauss),
-             numpy=dict(name=str(name), key=torch.from_numpy(mt.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss),
-                        cached_gaussian=float(cached)),
+             numpy=dict(name=str(name), key=torch.from_numpy(mt.astype(np.int64)), pos=int(pos),
+                        has_gauss=int(has_gauss), cached_gaussian=float(cached)),
              torch=torch.get_rng_state())
     if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
     return s
@@ -35,7 +36,8 @@ def set_rng_state(s: dict):
     "Restore `rng_state()` (also the tuple form of older checkpoints, read with `trust_pickle`)."
     py, npy = s['python'], s['numpy']
     random.setstate((py['version'], tuple(py['state'].tolist()), py['gauss_next']) if isinstance(py, dict) else py)
-    np.random.set_state((npy['name'], npy['key'].numpy().astype(np.uint32), npy['pos'], npy['has_gauss'], npy['cached_gaussian'])
+    np.random.set_state((npy['name'], npy['key'].numpy().astype(np.uint32), npy['pos'], npy['has_gauss'],
+                         npy['cached_gaussian'])
                         if isinstance(npy, dict) else npy)
     torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
@@ -54,7 +56,8 @@ def uses_quick_gelu(model: torch.nn.Module) -> bool:
     return any(isinstance(m, QuickGELU) for m in model.modules())
 
 def save_checkpoint(path, model, opt=None, sched=None, scaler=None, state: dict = None, rng_ranks: list = None) -> Path:
-    "Everything a resume needs, written atomically: model, optimizer, scheduler, scaler, RNG states (of every rank), loop state, config."
+    """Everything a resume needs, written atomically: model, optimizer, scheduler, scaler, RNG states (of every rank),
+    loop state, config."""
     import glscl
     return atomic_save(dict(format='glscl-checkpoint-1', version=glscl.__version__, quick_gelu=uses_quick_gelu(model),
                             config=_plain(model.cfg.to_dict()), model=model.state_dict(),
@@ -63,16 +66,18 @@ def save_checkpoint(path, model, opt=None, sched=None, scaler=None, state: dict 
                             scaler=scaler.state_dict() if scaler is not None else None,
                             rng=rng_state(), rng_ranks=rng_ranks, state=dict(state or {})), path)
 
-TRUST_HINT = ("a glscl checkpoint written before this safe format holds NumPy's random state this way: if you made this "
-              "file yourself, or trust whoever gave it to you, load it knowingly with --trust-pickle (trust_pickle=True); "
-              "never for a file from elsewhere")
+TRUST_HINT = ("a glscl checkpoint written before this safe format holds NumPy's random state this way: if you made "
+              "this file yourself, or trust whoever gave it to you, load it knowingly with --trust-pickle "
+              "(trust_pickle=True); never for a file from elsewhere")
 
 def read_checkpoint(path, trust_pickle: bool = False) -> dict:
-    """A glscl checkpoint as saved by `save_checkpoint`, or a clear error. It is read safely (`weights_only=True`: tensors,
-    numbers, strings, lists and dicts; nothing in it can run). `trust_pickle=True` reads a checkpoint of an older glscl,
-    which needs full pickle: only for a file you trust."""
+    """A glscl checkpoint as saved by `save_checkpoint`, or a clear error. It is read safely (`weights_only=True`:
+    tensors, numbers, strings, lists and dicts; nothing in it can run). `trust_pickle=True` reads a checkpoint of an
+    older glscl, which needs full pickle: only for a file you trust."""
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"checkpoint {path} does not exist" + (" (it is a folder: name last.pt or best.pt in it)" if path.is_dir() else ''))
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist"
+                                + (" (it is a folder: name last.pt or best.pt in it)" if path.is_dir() else ''))
     try: ckpt = safe_load(path, 'checkpoint', TRUST_HINT)
     except UnsafeFile:
         if not trust_pickle: raise
@@ -92,15 +97,18 @@ def nonfinite_tensors(sd: dict) -> list:
             if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 def check_state_dict(model, sd: dict, path, ckpt_cfg: dict = None):
-    "Raise a ValueError naming the missing, unexpected and mis-shaped keys if `sd` does not fit `model`, or its non-finite tensors."
+    """Raise a ValueError naming the missing, unexpected and mis-shaped keys if `sd` does not fit `model`, or its
+    non-finite tensors."""
     bad_values = nonfinite_tensors(sd)
     if bad_values:
         raise ValueError(f"checkpoint {path} holds non-finite weights (NaN or inf) in {len(bad_values)} tensor(s): "
-                         f"{', '.join(bad_values[:6])}{' ...' if len(bad_values) > 6 else ''}; it cannot be used: load an earlier "
-                         "checkpoint of the run (best.pt, or last.pt before the divergence) or train again with a lower lr")
+                         f"{', '.join(bad_values[:6])}{' ...' if len(bad_values) > 6 else ''}; it cannot be used: load "
+                         "an earlier checkpoint of the run (best.pt, or last.pt before the divergence) or train again "
+                         "with a lower lr")
     own = model.state_dict()
     missing = sorted(set(own) - set(sd)); unexpected = sorted(set(sd) - set(own))
-    bad = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    bad = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd
+           and sd[k].shape != own[k].shape]
     if not (missing or unexpected or bad): return
     parts = [f"{len(missing)} missing keys {missing[:4]}" if missing else '',
              f"{len(unexpected)} unexpected keys {unexpected[:4]}" if unexpected else '',
@@ -108,15 +116,18 @@ def check_state_dict(model, sd: dict, path, ckpt_cfg: dict = None):
     diff = ''
     if ckpt_cfg:
         mine = _plain(model.cfg.to_dict())
-        keys = [k for k in mine if k in ckpt_cfg and k not in ('name', 'description', 'out_dir') and str(ckpt_cfg[k]) != str(mine[k])]
+        keys = [k for k in mine if k in ckpt_cfg and k not in ('name', 'description', 'out_dir')
+                and str(ckpt_cfg[k]) != str(mine[k])]
         diff = ("; the checkpoint's preset " + repr(ckpt_cfg.get('name')) + " differs in " +
                 ', '.join(f"{k}={ckpt_cfg[k]} (here {mine[k]})" for k in keys[:8])) if keys else ''
     raise ValueError(f"checkpoint {path} does not fit this model: " + '; '.join(p for p in parts if p) + diff +
-                     ". Build the model from the checkpoint's own config (glscl.train.model_from_checkpoint) or resume with the same preset.")
+                     ". Build the model from the checkpoint's own config (glscl.train.model_from_checkpoint) or resume "
+                     "with the same preset.")
 
 def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng: bool = False, ckpt: dict = None,
                     trust_pickle: bool = False) -> dict:
-    "Load a checkpoint into `model` (and the optimizer, scheduler, scaler and RNGs if given); returns it. `ckpt`: already read."
+    """Load a checkpoint into `model` (and the optimizer, scheduler, scaler and RNGs if given); returns it. `ckpt`:
+    already read."""
     ckpt = ckpt if ckpt is not None else read_checkpoint(path, trust_pickle)
     check_state_dict(model, ckpt['model'], path, ckpt.get('config'))
     model.load_state_dict(ckpt['model'])
@@ -126,17 +137,20 @@ def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng:
     if restore_rng: set_rng_state(ckpt['rng'])
     return ckpt
 
-RESUME_FREE_KEYS = keys_free_of('training')      # paths, workers, evaluation, length, memory: the same loss and gradients
+RESUME_FREE_KEYS = keys_free_of('training')   # paths, workers, evaluation, length, memory: the same loss and gradients
 
 def check_resume(ckpt: dict, cfg: Config, path):
     "A resume must continue the same run: refuse a checkpoint without optimizer state or with other settings."
     if ckpt.get('optimizer') is None:
-        raise ValueError(f"{path} holds no optimizer state (best.pt is a model snapshot): resume from the run's last.pt")
+        raise ValueError(
+            f"{path} holds no optimizer state (best.pt is a model snapshot): resume from the run's last.pt")
     mine, free = _plain(cfg.to_dict()), keys_free_of('training', cfg)
     diff = [f"{k}={ckpt['config'][k]} (now {mine[k]})" for k in mine
             if k in ckpt['config'] and k not in free and str(ckpt['config'][k]) != str(mine[k])]
-    if diff: raise ValueError(f"cannot resume from {path}: the run was made with other settings: {', '.join(diff[:8])}. "
-                              "Resume with the run's own settings (only paths, workers, evaluation and the length may change).")
+    if diff:
+        raise ValueError(f"cannot resume from {path}: the run was made with other settings: {', '.join(diff[:8])}. "
+                         "Resume with the run's own settings (only paths, workers, evaluation and the length may "
+                         "change).")
 
 def model_from_checkpoint(path, device='cpu', trust_pickle: bool = False) -> GLSCL:
     "A GLSCL built from the config stored in the checkpoint (no CLIP download: the weights come from the file)."

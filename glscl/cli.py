@@ -8,11 +8,14 @@ __all__ = ['EVAL_SETTABLE', 'resolve_checkpoint', 'evaluate_checkpoint', 'parse_
            'parser', 'main']
 
 # %% ../nbs/20_cli.ipynb #89b47308
-import argparse, os, sys
+import argparse
+import os
+import sys
 from pathlib import Path
-from .config import load_config, list_presets, settings_path, keys_affecting
+from .config import load_config, list_presets, keys_affecting
 from .step import pick_device
-from .course import KERNEL, course_notebooks, course_kernel, run_notebook, run_course   # the course runner (21_course); also the old import path
+# the course runner (21_course); also the old import path of its names (glscl.cli.run_notebook, ...)
+from .course import KERNEL, course_notebooks, course_kernel, run_notebook, run_course  # noqa: F401
 
 # %% ../nbs/20_cli.ipynb #916b28c8
 def resolve_checkpoint(path) -> Path:
@@ -20,24 +23,28 @@ def resolve_checkpoint(path) -> Path:
     p = Path(path)
     if p.is_dir():
         if (p/'last.pt').is_file(): return p/'last.pt'
-        raise FileNotFoundError(f"run folder {p} holds no last.pt (its final checkpoint): name a checkpoint file, e.g. {p}/best.pt")
+        raise FileNotFoundError(
+            f"run folder {p} holds no last.pt (its final checkpoint): name a checkpoint file, e.g. {p}/best.pt")
     if not p.is_file(): raise FileNotFoundError(f"checkpoint {p} does not exist")
     return p
 
-def evaluate_checkpoint(path, split=None, sets=None, extra: bool = False, progress: bool = True, v2t_protocol: str = 'family',
-                        trust_pickle: bool = False) -> dict:
+def evaluate_checkpoint(path, split=None, sets=None, extra: bool = False, progress: bool = True,
+                        v2t_protocol: str = 'family', trust_pickle: bool = False) -> dict:
     """`glscl eval`'s path: the model stored in checkpoint `path` (or a run folder's last.pt), `sets` (keys of
     `EVAL_SETTABLE`) applied, evaluated on `split` with its encodings cached in `eval_cache/` next to the checkpoint.
-    `glscl.train.evaluate`'s dict, plus the checkpoint and its config. `trust_pickle`: a checkpoint of an older glscl (full
-    pickle: only a file you trust)."""
+    `glscl.train.evaluate`'s dict, plus the checkpoint and its config. `trust_pickle`: a checkpoint of an older glscl
+    (full pickle: only a file you trust)."""
     from glscl.train import model_from_checkpoint, evaluate
     path = resolve_checkpoint(path)
     sets = dict(sets or {})
     fixed = sorted(set(sets) - set(EVAL_SETTABLE))
-    if fixed: raise ValueError(f"--set {', '.join(fixed)}: the checkpoint fixes these; eval can change only {', '.join(EVAL_SETTABLE)}")
+    if fixed:
+        raise ValueError(
+            f"--set {', '.join(fixed)}: the checkpoint fixes these; eval can change only {', '.join(EVAL_SETTABLE)}")
     model = model_from_checkpoint(path, device=pick_device('auto'), trust_pickle=trust_pickle)
     cfg = model.cfg = model.cfg.replace(**sets)
-    r = evaluate(model, cfg, split, cache_dir=path.resolve().parent/'eval_cache', extra=extra, progress=progress, v2t_protocol=v2t_protocol)
+    r = evaluate(model, cfg, split, cache_dir=path.resolve().parent/'eval_cache', extra=extra, progress=progress,
+                 v2t_protocol=v2t_protocol)
     return dict(r, checkpoint=path, cfg=cfg)
 
 # %% ../nbs/20_cli.ipynb #93434379
@@ -57,17 +64,19 @@ def parse_paper(pairs) -> dict:
     return out
 
 def compare_checkpoints(a, b=None, split=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95, paper=None,
-                        sets=None, progress: bool = True, v2t_protocol: str = 'family', trust_pickle: bool = False) -> dict:
+                        sets=None, progress: bool = True, v2t_protocol: str = 'family',
+                        trust_pickle: bool = False) -> dict:
     """Evaluate checkpoint (or run folder) `a`, and `b` if given, on the same split (cached encodings) and return
     dict(text, a, b, interval, compare): `text` is what `glscl compare` prints: both rows, A - B with its paired
     bootstrap interval and verdict per metric, and with `paper` ({'t2v': {'R1': 48.1}}) whether each published number
     lies inside A's interval."""
-    from glscl.metrics import metrics_rows, format_metrics, compare, format_compare, metric_interval, format_interval
+    from glscl.metrics import format_metrics, compare, format_compare, metric_interval, format_interval
     from glscl.metrics import _check_boot
     from glscl.train import split_items
     _check_boot(n_boot, level)
     ra = evaluate_checkpoint(a, split, sets, progress=progress, v2t_protocol=v2t_protocol, trust_pickle=trust_pickle)
-    rb = evaluate_checkpoint(b, split, sets, progress=progress, v2t_protocol=v2t_protocol, trust_pickle=trust_pickle) if b is not None else None
+    rb = (evaluate_checkpoint(b, split, sets, progress=progress, v2t_protocol=v2t_protocol, trust_pickle=trust_pickle)
+          if b is not None else None)
     def where(r): return (f"{r['checkpoint']} on {r['split']} ({r['sim'].shape[0]} texts x {r['sim'].shape[1]} videos"
                           f"{', encodings from the cache' if r['cached'] else ', encoded now and cached'})")
     lines = [f"A: {where(ra)}"]
@@ -84,10 +93,12 @@ def compare_checkpoints(a, b=None, split=None, n_boot: int = 2000, seed: int = 0
                   title=f"A - B: paired bootstrap over the queries ({n_boot} draws, seed {seed})")]
     if paper or rb is None:
         out['interval'] = metric_interval(ra['sim'], ra['caption_video'], n_boot, seed, level, v2t_protocol)
-        lines += ['', format_interval(out['interval'], paper, level, title=f"A with {level:.0%} intervals (query bootstrap, {n_boot} draws)"
+        lines += ['', format_interval(out['interval'], paper, level,
+                                      title=f"A with {level:.0%} intervals (query bootstrap, {n_boot} draws)"
                                       + (" beside the published numbers" if paper else ''))]
-        if paper: lines.append("(a paper's numbers may come from the best of many test evaluations, as the released code "
-                               "selects them; a final checkpoint is expected a little lower)")
+        if paper:
+            lines.append("(a paper's numbers may come from the best of many test evaluations, as the released code "
+                         "selects them; a final checkpoint is expected a little lower)")
     if ra['v2t_note']: lines.append(ra['v2t_note'])
     return dict(out, text='\n'.join(lines))
 
@@ -114,8 +125,9 @@ def _tiny_clip(a):
     from glscl.tinyclip import tiny_clip_checkpoint, verify_pinned
     if a.verify:
         r = verify_pinned()
-        print(f"the recipe on this machine {'reproduces the pinned weights bit for bit' if r['equal'] else 'differs from the pinned weights'}"
-              f" ({r['file']}): largest absolute difference {r['max_abs_diff']:.3g} ({r['worst']})")
+        print("the recipe on this machine "
+              f"{'reproduces the pinned weights bit for bit' if r['equal'] else 'differs from the pinned weights'} "
+              f"({r['file']}): largest absolute difference {r['max_abs_diff']:.3g} ({r['worst']})")
         return
     print(f"tiny CLIP ready in {tiny_clip_checkpoint(rebuild=a.rebuild)}")
 
@@ -143,17 +155,20 @@ def _train(a):
             from glscl.presetdata import ensure_data
             ensure_data(cfg)
         if W > 1: dist.barrier()
-        s = train(cfg, resume=a.resume, progress=not a.quiet, device=a.device, overwrite=a.overwrite, trust_pickle=a.trust_pickle)
+        s = train(cfg, resume=a.resume, progress=not a.quiet, device=a.device, overwrite=a.overwrite,
+                  trust_pickle=a.trust_pickle)
     finally:
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     if rank: return
     if W > 1: print(f"trained on {W} processes")
     from glscl.metrics import v2t_note
     from glscl.train import split_items
-    print(format_metrics(s['final']['metrics'], title=f"{cfg.name}: final checkpoint, step {s['final']['step']} ({s['final']['checkpoint']})",
+    print(format_metrics(s['final']['metrics'],
+                         title=f"{cfg.name}: final checkpoint, step {s['final']['step']} ({s['final']['checkpoint']})",
                          note=v2t_note(split_items(cfg, cfg.test_split)[2])))
     b = s['best']
-    print(f"best checkpoint: step {b['step']}, t2v R@1 {b['t2v_R1']:.1f}, v2t R@1 {b['v2t_R1']:.1f} ({b['checkpoint']}; {b['note']})")
+    print(f"best checkpoint: step {b['step']}, t2v R@1 {b['t2v_R1']:.1f}, v2t R@1 {b['v2t_R1']:.1f} "
+          f"({b['checkpoint']}; {b['note']})")
     print(f"run folder: {s['out_dir']} (log.jsonl, summary.json, training.png)")
 
 def _cache_frames(a):
@@ -163,19 +178,23 @@ def _cache_frames(a):
     if cfg.dataset == 'toy':
         from glscl.toyworld import ensure_toy_world
         ensure_toy_world(cfg)
-    if not cfg.frame_cache and not a.out: raise ValueError(f"preset {a.preset!r} has no frame_cache folder: pass --out DIR or --set frame_cache=DIR")
+    if not cfg.frame_cache and not a.out:
+        raise ValueError(f"preset {a.preset!r} has no frame_cache folder: pass --out DIR or --set frame_cache=DIR")
     r = build_frame_cache(cfg, a.splits, a.out, progress=not a.quiet)
-    print(f"frame cache {r['folder']}: {r['videos']} videos, {r['bytes'] / 2**20:.1f} MiB ({r['bytes_per_video'] / 1024:.0f} KiB a video)"
+    print(f"frame cache {r['folder']}: {r['videos']} videos, {r['bytes'] / 2**20:.1f} MiB "
+          f"({r['bytes_per_video'] / 1024:.0f} KiB a video)"
           + (f"; {len(r['unreadable'])} unreadable: {', '.join(r['unreadable'][:10])}" if r['unreadable'] else ''))
 
 EVAL_SETTABLE = keys_affecting('eval_override')      # the settings declared so in 00a_config
 
 def _eval(a):
     from glscl.metrics import format_metrics
-    r = evaluate_checkpoint(a.checkpoint, a.split, parse_sets(a.set), extra=not a.plain, progress=not a.quiet, v2t_protocol=a.v2t_protocol,
-                            trust_pickle=a.trust_pickle)
-    print(format_metrics(r['metrics'], title=f"{a.checkpoint} on {r['split']} ({r['sim'].shape[0]} texts x {r['sim'].shape[1]} videos"
-                                             f"{', encodings from the cache' if r['cached'] else ''})", note=r['v2t_note']))
+    r = evaluate_checkpoint(a.checkpoint, a.split, parse_sets(a.set), extra=not a.plain, progress=not a.quiet,
+                            v2t_protocol=a.v2t_protocol, trust_pickle=a.trust_pickle)
+    print(format_metrics(r['metrics'],
+                         title=f"{a.checkpoint} on {r['split']} ({r['sim'].shape[0]} texts x {r['sim'].shape[1]} videos"
+                                             f"{', encodings from the cache' if r['cached'] else ''})",
+                         note=r['v2t_note']))
 
 def _compare(a):
     r = compare_checkpoints(a.a, a.b, a.split, a.n_boot, a.seed, a.level, parse_paper(a.paper), parse_sets(a.set),
@@ -207,48 +226,81 @@ def _use_settings(path):
 
 def parser() -> argparse.ArgumentParser:
     "The `glscl` argument parser."
-    p = argparse.ArgumentParser(prog='glscl', description='GLSCL text-video retrieval: presets, toy world, tiny CLIP, course, train, eval')
-    p.add_argument('--settings', type=_settings_file, metavar='FILE', help="read presets from FILE first, then the default ones "
-                   "(as $GLSCL_SETTINGS does; its sections may `base =` a default preset); may also follow the subcommand")
+    p = argparse.ArgumentParser(
+        prog='glscl', description='GLSCL text-video retrieval: presets, toy world, tiny CLIP, course, train, eval')
+    p.add_argument('--settings', type=_settings_file, metavar='FILE',
+                   help="read presets from FILE first, then the default ones "
+                   "(as $GLSCL_SETTINGS does; its sections may `base =` a default preset); may also follow the "
+                   "subcommand")
     sub = p.add_subparsers(dest='command', required=True)
     from glscl.search import add_search_command; add_search_command(sub)       # `glscl search --index DIR "query"`
-    s = sub.add_parser('presets', help='list the presets of settings.ini, or show one'); s.add_argument('name', nargs='?'); s.set_defaults(fn=_presets)
-    s = sub.add_parser('toy', help="draw a preset's toy world (cached)"); s.add_argument('--preset', default='toy'); s.add_argument('--out', help='another folder')
-    s.add_argument('--overwrite', action='store_true', help='replace a toy world made with other parameters (never a folder holding anything else)'); s.set_defaults(fn=_toy)
-    s = sub.add_parser('tiny-clip', help='cache the tiny CLIP (from its pinned weights, or pretrained on toy frames with --rebuild)')
-    s.add_argument('--rebuild', action='store_true', help='pretrain with the recipe instead of unpacking the pinned weights')
-    s.add_argument('--verify', action='store_true', help='pretrain with the recipe and compare with the pinned weights'); s.set_defaults(fn=_tiny_clip)
+    s = sub.add_parser('presets', help='list the presets of settings.ini, or show one')
+    s.add_argument('name', nargs='?'); s.set_defaults(fn=_presets)
+    s = sub.add_parser('toy', help="draw a preset's toy world (cached)"); s.add_argument('--preset', default='toy')
+    s.add_argument('--out', help='another folder')
+    s.add_argument('--overwrite', action='store_true',
+                   help='replace a toy world made with other parameters (never a folder holding anything else)')
+    s.set_defaults(fn=_toy)
+    s = sub.add_parser('tiny-clip',
+                       help='cache the tiny CLIP (from its pinned weights, or pretrained on toy frames with --rebuild)')
+    s.add_argument('--rebuild', action='store_true',
+                   help='pretrain with the recipe instead of unpacking the pinned weights')
+    s.add_argument('--verify', action='store_true', help='pretrain with the recipe and compare with the pinned weights')
+    s.set_defaults(fn=_tiny_clip)
     s = sub.add_parser('course', help='run the course notebooks with papermill')
-    s.add_argument('--preset', default='toy'); s.add_argument('--out', default='runs/course'); s.add_argument('--only', nargs='*')
+    s.add_argument('--preset', default='toy'); s.add_argument('--out', default='runs/course')
+    s.add_argument('--only', nargs='*')
     s.set_defaults(fn=_course)
     s = sub.add_parser('train', help='train GLSCL on a preset (checkpoints, log and figures in its out_dir)')
-    s.add_argument('--preset', default='toy'); s.add_argument('--set', action='append', metavar='KEY=VALUE', help='change a preset key (repeatable)')
-    s.add_argument('--resume', metavar='PATH', help="continue a run exactly from its last.pt"); s.add_argument('--quiet', action='store_true')
-    s.add_argument('--overwrite', action='store_true', help="replace the run that out_dir holds (without it a fresh run there is refused)")
-    s.add_argument('--trust-pickle', action='store_true', help="resume from a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)")
-    s.add_argument('--device', default='auto', help="auto (CUDA, else Apple's MPS if it runs every op, else CPU), cuda, cuda:N, mps or cpu; under torchrun each process takes its LOCAL_RANK GPU")
+    s.add_argument('--preset', default='toy')
+    s.add_argument('--set', action='append', metavar='KEY=VALUE', help='change a preset key (repeatable)')
+    s.add_argument('--resume', metavar='PATH', help="continue a run exactly from its last.pt")
+    s.add_argument('--quiet', action='store_true')
+    s.add_argument('--overwrite', action='store_true',
+                   help="replace the run that out_dir holds (without it a fresh run there is refused)")
+    s.add_argument('--trust-pickle', action='store_true',
+                   help="resume from a checkpoint of an older glscl (full pickle: it can run code; only a file you "
+                        "trust)")
+    s.add_argument('--device', default='auto',
+                   help="auto (CUDA, else Apple's MPS if it runs every op, else CPU), cuda, cuda:N, mps or cpu; under "
+                        "torchrun each process takes its LOCAL_RANK GPU")
     s.set_defaults(fn=_train)
-    s = sub.add_parser('cache-frames', help="decode each video of a preset's splits once into its frame cache (resumable)")
+    s = sub.add_parser('cache-frames',
+                       help="decode each video of a preset's splits once into its frame cache (resumable)")
     s.add_argument('--preset', default='toy'); s.add_argument('--set', action='append', metavar='KEY=VALUE')
     s.add_argument('--splits', nargs='*', default=None, help="default: the preset's train and test splits")
-    s.add_argument('--out', default=None, help="cache folder (default: the preset's frame_cache)"); s.add_argument('--quiet', action='store_true')
+    s.add_argument('--out', default=None, help="cache folder (default: the preset's frame_cache)")
+    s.add_argument('--quiet', action='store_true')
     s.set_defaults(fn=_cache_frames)
     s = sub.add_parser('eval', help="retrieval metrics of a checkpoint on a split (encodings cached next to it)")
     s.add_argument('--checkpoint', required=True, metavar='PATH')
-    s.add_argument('--trust-pickle', action='store_true', help="read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)"); s.add_argument('--split', default=None, help="default: the preset's test split")
-    s.add_argument('--set', action='append', metavar='KEY=VALUE', help=f"change a key of the stored config: {', '.join(EVAL_SETTABLE)}")
-    s.add_argument('--plain', action='store_true', help='skip the DSL and QB-Norm rows'); s.add_argument('--quiet', action='store_true')
-    s.add_argument('--v2t-protocol', default='family', choices=('family', 'per-caption'), help="video-to-text with several captions a video: the papers' protocol (default) or per caption")
-    s.set_defaults(fn=_eval)
-    s = sub.add_parser('compare', help="A against B (paired bootstrap intervals of every difference), or A's intervals against published numbers")
-    s.add_argument('a', metavar='A', help='a checkpoint, or a run folder (its last.pt)'); s.add_argument('b', metavar='B', nargs='?', help='the same for B')
+    s.add_argument('--trust-pickle', action='store_true',
+                   help="read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)")
     s.add_argument('--split', default=None, help="default: the preset's test split")
-    s.add_argument('--paper', action='append', metavar='DIR_METRIC=NUMBER', help='a published number to check against A, e.g. t2v_R1=48.1 (repeatable)')
-    s.add_argument('--n-boot', type=int, default=2000, help='bootstrap draws (default 2000)'); s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help=f"change a key of the stored config: {', '.join(EVAL_SETTABLE)}")
+    s.add_argument('--plain', action='store_true', help='skip the DSL and QB-Norm rows')
+    s.add_argument('--quiet', action='store_true')
+    s.add_argument('--v2t-protocol', default='family', choices=('family', 'per-caption'),
+                   help="video-to-text with several captions a video: the papers' protocol (default) or per caption")
+    s.set_defaults(fn=_eval)
+    s = sub.add_parser('compare',
+                       help="A against B (paired bootstrap intervals of every difference), or A's intervals against "
+                            "published numbers")
+    s.add_argument('a', metavar='A', help='a checkpoint, or a run folder (its last.pt)')
+    s.add_argument('b', metavar='B', nargs='?', help='the same for B')
+    s.add_argument('--split', default=None, help="default: the preset's test split")
+    s.add_argument('--paper', action='append', metavar='DIR_METRIC=NUMBER',
+                   help='a published number to check against A, e.g. t2v_R1=48.1 (repeatable)')
+    s.add_argument('--n-boot', type=int, default=2000, help='bootstrap draws (default 2000)')
+    s.add_argument('--seed', type=int, default=0)
     s.add_argument('--level', type=float, default=0.95, help='interval level (default 0.95)')
-    s.add_argument('--set', action='append', metavar='KEY=VALUE', help=f"change a key of both stored configs: {', '.join(EVAL_SETTABLE)}")
-    s.add_argument('--v2t-protocol', default='family', choices=('family', 'per-caption')); s.add_argument('--quiet', action='store_true')
-    s.add_argument('--trust-pickle', action='store_true', help="read checkpoints of an older glscl (full pickle: it can run code; only files you trust)")
+    s.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help=f"change a key of both stored configs: {', '.join(EVAL_SETTABLE)}")
+    s.add_argument('--v2t-protocol', default='family', choices=('family', 'per-caption'))
+    s.add_argument('--quiet', action='store_true')
+    s.add_argument('--trust-pickle', action='store_true',
+                   help="read checkpoints of an older glscl (full pickle: it can run code; only files you trust)")
     s.set_defaults(fn=_compare)
     return p
 
@@ -264,9 +316,11 @@ def main(argv=None):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         known = isinstance(e, (OSError, ValueError, KeyError, RuntimeError, ImportError))
         print(f"glscl {a.command}: {'' if known else type(e).__name__ + ': '}{msg}"
-              + ('' if known else ' (an unexpected error: run again with GLSCL_DEBUG=1 for the traceback, and report it)'), file=sys.stderr)
+              + ('' if known else ' (an unexpected error: run again with GLSCL_DEBUG=1 for the traceback, and report '
+                                  'it)'), file=sys.stderr)
         sys.exit(2)
     finally: restore()
     if isinstance(rc, int) and not isinstance(rc, bool) and rc: sys.exit(rc)
 
-if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # `python -m glscl.cli` (torchrun -m), not this notebook
+# `python -m glscl.cli` (torchrun -m), not this notebook
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()

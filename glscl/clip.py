@@ -8,17 +8,21 @@ __all__ = ['log', 'PRETRAINED_FILES', 'PRECISIONS', 'data_dir', 'resolve_pretrai
            'check_precision', 'LayerNormFp32', 'cast_released_fp16', 'load_clip', 'TemporalTransformer']
 
 # %% ../nbs/05_clip_encoding.ipynb #8e1c0f41
-import logging, os, socket
+import logging
+import socket
 from copy import deepcopy
 from pathlib import Path
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 import open_clip
 
 log = logging.getLogger(__name__)
 
 # %% ../nbs/05_clip_encoding.ipynb #caddc775
 def data_dir() -> Path:
-    "Where generated data and weights are cached: $GLSCL_DATA, else the repository's data/, else the user's data folder (`glscl.config.data_home`)."
+    """Where generated data and weights are cached: $GLSCL_DATA, else the repository's data/, else the user's data
+    folder (`glscl.config.data_home`)."""
     from glscl.config import data_home
     return data_home()
 
@@ -77,19 +81,23 @@ def _read_checkpoint(path: Path) -> tuple:
 def _load_weights(model, sd: dict, path: Path, model_name: str):
     "Load `sd` into `model`, or say clearly which keys or shapes do not fit."
     own = model.state_dict()
-    sd = {k: (v.reshape(own[k].shape) if k in ('logit_scale', 'logit_bias') and k in own and v.numel() == own[k].numel() else v)
+    sd = {k: (v.reshape(own[k].shape) if k in ('logit_scale', 'logit_bias') and k in own
+              and v.numel() == own[k].numel() else v)
           for k, v in sd.items()}
     missing = sorted(set(own) - set(sd)); unexpected = sorted(set(sd) - set(own))
     bad = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or bad:
         raise ValueError(f"checkpoint {path} does not fit model {model_name}: "
                          + '; '.join(s for s in [f"{len(missing)} missing keys (e.g. {missing[:3]})" if missing else '',
-                                                 f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})" if unexpected else '',
+                                                 f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+                                                 if unexpected else '',
                                                  f"shape mismatch: {bad[:3]}" if bad else ''] if s)
                          + ". Pass the model name the checkpoint was trained with.")
-    nonfinite = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite: raise ValueError(f"checkpoint {path} holds NaN or inf in {len(nonfinite)} tensor(s), e.g. {nonfinite[:4]}: "
-                                   "it is damaged or diverged; download or export it again")
+    nonfinite = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point()
+                 and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise ValueError(f"checkpoint {path} holds NaN or inf in {len(nonfinite)} tensor(s), e.g. {nonfinite[:4]}: "
+                         "it is damaged or diverged; download or export it again")
     model.load_state_dict(sd)
 
 # %% ../nbs/05_clip_encoding.ipynb #8b8079b6
@@ -99,10 +107,13 @@ class ClipEncoder(nn.Module):
         super().__init__()
         self.model, self.model_name = model, model_name
         if getattr(model, 'text_pool_type', 'argmax') != 'argmax':
-            raise ValueError(f"{model_name}: text pool type {model.text_pool_type!r}; glscl needs CLIP's EOS (argmax) pooling")
+            raise ValueError(
+                f"{model_name}: text pool type {model.text_pool_type!r}; glscl needs CLIP's EOS (argmax) pooling")
 
     @property
-    def embed_dim(self) -> int: return self.model.text_projection.shape[-1] if isinstance(self.model.text_projection, torch.Tensor) else self.model.text_projection.out_features
+    def embed_dim(self) -> int:
+        return (self.model.text_projection.shape[-1] if isinstance(self.model.text_projection, torch.Tensor)
+                else self.model.text_projection.out_features)
     @property
     def context_length(self) -> int: return self.model.positional_embedding.shape[0]
     @property
@@ -118,13 +129,16 @@ class ClipEncoder(nn.Module):
         variant (`official_compat`), also hides the padded tokens from every position: real tokens are unchanged (the
         causal mask already hides what follows them), only the pads' own features differ."""
         m, L = self.model, ids.shape[1]
-        if L > self.context_length: raise ValueError(f"{L} tokens > the text tower's context length {self.context_length}; tokenize with max_words <= {self.context_length}")
+        if L > self.context_length:
+            raise ValueError(f"{L} tokens > the text tower's context length {self.context_length}; tokenize with "
+                             f"max_words <= {self.context_length}")
         cast = m.transformer.get_cast_dtype()
         x = m.token_embedding(ids).to(cast) + m.positional_embedding[:L].to(cast)
         am = m.attn_mask[:L, :L]
         if pad_mask is not None:
             heads = m.transformer.resblocks[0].attn.num_heads
-            am = (am[None] + torch.zeros(len(ids), 1, L, device=ids.device).masked_fill(~pad_mask.bool()[:, None, :], float('-inf')))
+            am = (am[None] + torch.zeros(len(ids), 1, L,
+                                         device=ids.device).masked_fill(~pad_mask.bool()[:, None, :], float('-inf')))
             am = am.repeat_interleave(heads, 0)
         x = m.transformer(x, attn_mask=am)
         x = m.ln_final(x)
@@ -154,7 +168,8 @@ PRECISIONS = CHOICES['precision']                 # declared with the setting `p
 def check_precision(precision: str) -> str:
     "`precision` if it is one of `PRECISIONS`, else a clear error."
     if precision not in PRECISIONS:
-        hint = " ('fp16' is now 'released-fp16' for the released half CLIP, or 'amp-fp16' for autocast)" if precision == 'fp16' else ''
+        hint = (" ('fp16' is now 'released-fp16' for the released half CLIP, or 'amp-fp16' for autocast)"
+                if precision == 'fp16' else '')
         raise ValueError(f"precision={precision!r}: use one of {PRECISIONS}{hint}")
     return precision
 
@@ -168,7 +183,8 @@ class LayerNormFp32(nn.LayerNorm):
 _HALF_ATTN = ('in_proj_weight', 'in_proj_bias', 'q_proj_weight', 'k_proj_weight', 'v_proj_weight', 'bias_k', 'bias_v')
 
 def cast_released_fp16(encoder: ClipEncoder) -> ClipEncoder:
-    "Cast CLIP the released way: Linear/Conv/attention weights and the projections to fp16, LayerNorms fp32 (computed in fp32), embeddings and logit scale fp32."
+    """Cast CLIP the released way: Linear/Conv/attention weights and the projections to fp16, LayerNorms fp32 (computed
+    in fp32), embeddings and logit scale fp32."""
     def half(owner, name):
         t = getattr(owner, name, None)
         if isinstance(t, torch.Tensor): t.data = t.data.half()
@@ -183,10 +199,12 @@ def cast_released_fp16(encoder: ClipEncoder) -> ClipEncoder:
     return encoder
 
 # %% ../nbs/05_clip_encoding.ipynb #b9f1ce5d
-def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', precision: str = 'fp32', quick_gelu: bool = False) -> ClipEncoder:
-    """A `ClipEncoder` of open_clip `model_name` with weights `pretrained`: a tag, a checkpoint path, a tag registered with
-    `register_pretrained` (such as glscl-tiny's 'toy') or None.
-    `quick_gelu` forces OpenAI's QuickGELU activation (set on its own for OpenAI weights; pass it when the weights come later)."""
+def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', precision: str = 'fp32',
+              quick_gelu: bool = False) -> ClipEncoder:
+    """A `ClipEncoder` of open_clip `model_name` with weights `pretrained`: a tag, a checkpoint path, a tag registered
+    with `register_pretrained` (such as glscl-tiny's 'toy') or None.
+    `quick_gelu` forces OpenAI's QuickGELU activation (set on its own for OpenAI weights; pass it when the weights come
+    later)."""
     if model_name not in open_clip.list_models():
         hint = " (glscl-tiny is registered by `import glscl.tinyclip`)" if model_name == 'glscl-tiny' else ''
         raise ValueError(f"unknown open_clip model {model_name!r}{hint}; e.g. ViT-B-32, ViT-B-16")
@@ -196,7 +214,8 @@ def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', p
     elif (model_name, pretrained) in PRETRAINED_FILES: path = Path(PRETRAINED_FILES[model_name, pretrained]())
     elif Path(str(pretrained)).expanduser().is_file(): path = Path(pretrained).expanduser()
     elif any(c in str(pretrained) for c in '/\\') or str(pretrained).endswith(('.pt', '.pth', '.bin', '.safetensors')):
-        raise FileNotFoundError(f"checkpoint file {pretrained} not found; pass an existing file or a tag such as 'openai'")
+        raise FileNotFoundError(
+            f"checkpoint file {pretrained} not found; pass an existing file or a tag such as 'openai'")
     else:
         path = Path(resolve_pretrained(model_name, pretrained))
         quick = bool(open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu'))
@@ -205,7 +224,8 @@ def load_clip(model_name: str = 'ViT-B-32', pretrained='openai', device='cpu', p
         sd, jit = _read_checkpoint(path)
         quick = quick or jit             # OpenAI's JIT archives were trained with QuickGELU
     root = logging.getLogger()
-    level = root.level; root.setLevel(max(level, logging.ERROR))   # open_clip warns "initialized randomly" before we load
+    # open_clip warns "initialized randomly" before we load
+    level = root.level; root.setLevel(max(level, logging.ERROR))
     try: model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick, device='cpu')
     finally: root.setLevel(level)
     if sd is not None: _load_weights(model, sd, path, model_name)
@@ -224,11 +244,13 @@ class TemporalTransformer(nn.Module):
 
     @classmethod
     def from_clip(cls, encoder: ClipEncoder, n_layers: int = 4):
-        "Initialise from CLIP's text tower: its positional embedding and its first `n_layers` blocks (the released recipe)."
+        """Initialise from CLIP's text tower: its positional embedding and its first `n_layers` blocks (the released
+        recipe)."""
         m = encoder.model
         width, blocks = m.positional_embedding.shape[1], m.transformer.resblocks
         if width != encoder.embed_dim:
-            raise ValueError(f"text width {width} != embed dim {encoder.embed_dim}: cannot initialise from CLIP; use tt_init=random")
+            raise ValueError(
+                f"text width {width} != embed dim {encoder.embed_dim}: cannot initialise from CLIP; use tt_init=random")
         if n_layers > len(blocks): raise ValueError(f"the text tower has {len(blocks)} blocks, asked for {n_layers}")
         tt = cls(width, n_layers, blocks[0].attn.num_heads, m.positional_embedding.shape[0])
         tt.blocks = nn.ModuleList([deepcopy(b) for b in blocks[:n_layers]]).float()   # fp32 even when CLIP is half
@@ -236,13 +258,15 @@ class TemporalTransformer(nn.Module):
         return tt.to(m.positional_embedding.device)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor = None, zero_pads: bool = True) -> torch.Tensor:
-        "frames [B,N,D], mask [B,N] (True = a real frame) -> [B,N,D]; padded rows come out as zeros (`zero_pads=False`: as computed, the released way)."
+        """frames [B,N,D], mask [B,N] (True = a real frame) -> [B,N,D]; padded rows come out as zeros
+        (`zero_pads=False`: as computed, the released way)."""
         B, N, D = frames.shape
         if N > self.pos.shape[0]: raise ValueError(f"{N} frames > {self.pos.shape[0]} position embeddings")
         if mask is None: mask = torch.ones(B, N, dtype=torch.bool, device=frames.device)
         if not mask.any(1).all(): raise ValueError("a video has no valid frame (mask all False)")
         x = frames + self.pos[:N].to(frames.dtype)
-        am = torch.zeros(B, N, N, dtype=frames.dtype, device=frames.device).masked_fill(~mask[:, None, :], float('-inf'))
+        am = torch.zeros(B, N, N, dtype=frames.dtype,
+                         device=frames.device).masked_fill(~mask[:, None, :], float('-inf'))
         am = am.repeat_interleave(self.heads, 0)
         for blk in self.blocks: x = blk(x, attn_mask=am)
         return (x + frames) * mask[..., None].to(frames.dtype) if zero_pads else x + frames

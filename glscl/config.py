@@ -8,10 +8,13 @@ __all__ = ['INF', 'EFFECTS', 'LIMITS', 'CHOICES', 'SettingError', 'setting', 'Co
            'list_presets', 'describe_settings', 'load_config']
 
 # %% ../nbs/00a_config.ipynb #4b2e74af
-import configparser, dataclasses, math, os
+import configparser
+import dataclasses
+import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional, Union, get_type_hints
+from typing import Optional, get_type_hints
 
 # %% ../nbs/00a_config.ipynb #c9b55c72
 class SettingError(ValueError):
@@ -22,7 +25,8 @@ class SettingError(ValueError):
 
 INF = float('inf')
 # what a setting can affect: each field of `Config` names the ones it does, and every list of keys is derived from that
-EFFECTS = dict(training="the run's losses, gradients and updates: a resume refuses a change (paths, workers, the length may change)",
+EFFECTS = dict(training="the run's losses, gradients and updates: a resume refuses a change (paths, workers, the "
+                        "length may change)",
                encodings="what the model encodes for given weights: part of the evaluation cache's key",
                index="what a search index holds or how it scores: part of the index's model id",
                eval_override="may be set anew when a trained checkpoint is evaluated (`glscl eval --set`)")
@@ -38,10 +42,12 @@ def _bounds(text: str) -> tuple:
 
 def setting(default=dataclasses.MISSING, *, affects: str, range: str = None, choices: tuple = None):
     """A `Config` field that carries what the library must know of it: `affects`, the words of `EFFECTS` it affects
-    (space-separated; '' for none), its `range` (an interval, '[0, 1)') if it is a number, its `choices` if it is a word."""
+    (space-separated; '' for none), its `range` (an interval, '[0, 1)') if it is a number, its `choices` if it is a
+    word."""
     words = tuple(affects.split())
     unknown = [w for w in words if w not in EFFECTS]
-    if unknown: raise ValueError(f"setting(affects={affects!r}): {unknown} are not effects; use words of {list(EFFECTS)}")
+    if unknown:
+        raise ValueError(f"setting(affects={affects!r}): {unknown} are not effects; use words of {list(EFFECTS)}")
     meta = dict(affects=frozenset(words), range=None if range is None else _bounds(range),
                 choices=None if choices is None else tuple(choices))
     return dataclasses.field(default=default, metadata=meta)
@@ -53,7 +59,8 @@ class Config:
     name: str = setting(affects='')
     description: str = setting(affects='')
     # data (readers of each dataset: glscl.datasets.BENCHMARKS)
-    dataset: str = setting(affects='training encodings', choices=('msrvtt', 'toy', 'msvd', 'didemo', 'lsmdc', 'activitynet'))
+    dataset: str = setting(affects='training encodings',
+                           choices=('msrvtt', 'toy', 'msvd', 'didemo', 'lsmdc', 'activitynet'))
     anno_dir: Path = setting(affects='eval_override')
     video_dir: Path = setting(affects='eval_override')
     train_split: str = setting(affects='training eval_override')
@@ -65,7 +72,8 @@ class Config:
     # backbone and temporal transformer
     clip_model: str = setting(affects='training encodings index')
     clip_pretrained: Optional[str] = setting(affects='training')
-    precision: str = setting(affects='training encodings index', choices=('fp32', 'amp-bf16', 'amp-fp16', 'released-fp16'))
+    precision: str = setting(affects='training encodings index',
+                             choices=('fp32', 'amp-bf16', 'amp-fp16', 'released-fp16'))
     tt_layers: int = setting(affects='training encodings', range='[0, inf)')
     tt_init: str = setting(affects='training encodings', choices=('clip', 'random'))
     # GIM and LIM
@@ -87,7 +95,7 @@ class Config:
     idl_text: bool = setting(affects='training')
     official_compat: bool = setting(affects='training encodings index eval_override')
     # optimisation
-    epochs: int = setting(affects='', range='[1, inf)')               # the length may change on resume (the schedule stretches)
+    epochs: int = setting(affects='', range='[1, inf)')   # the length may change on resume (the schedule stretches)
     batch_size: int = setting(affects='training', range='[1, inf)')
     lr: float = setting(affects='training', range='(0, inf)')
     coef_lr: float = setting(affects='training', range='[0, inf)')
@@ -101,7 +109,8 @@ class Config:
     num_workers: int = setting(affects='eval_override', range='[0, inf)')
     eval_batch_size: int = setting(affects='eval_override', range='[1, inf)')
     out_dir: Path = setting(affects='')
-    # toy world only (0 when the preset reads real data); its splits: validation videos (0: none), test videos (0: a sixth)
+    # toy world only (0 when the preset reads real data); its splits: validation videos (0: none), test videos (0: a
+    # sixth)
     toy_videos: int = setting(0, affects='training', range='[0, inf)')
     toy_seed: int = setting(0, affects='training', range='[0, 4294967295]')
     toy_val: int = setting(0, affects='training', range='[0, inf)')
@@ -144,11 +153,16 @@ class Config:
             v, allowed, bounds = getattr(self, f.name), f.metadata.get('choices'), f.metadata.get('range')
             if allowed is not None and v not in allowed:
                 raise SettingError(f.name, v, f"use one of {allowed}"
-                                   + (" ('fp16' is now 'released-fp16', the released half CLIP, or 'amp-fp16', autocast)" if v == 'fp16' else ''))
-            if bounds is not None and not _within(v, *bounds): raise SettingError(f.name, v, f"must be in {_interval(*bounds)}")
-        if self.dataset == 'toy' and self.toy_videos < 4: raise SettingError('toy_videos', self.toy_videos, "a toy world needs at least 4 videos")
+                                   + (" ('fp16' is now 'released-fp16', the released half CLIP, or 'amp-fp16', "
+                                      "autocast)" if v == 'fp16' else ''))
+            if bounds is not None and not _within(v, *bounds):
+                raise SettingError(f.name, v, f"must be in {_interval(*bounds)}")
+        if self.dataset == 'toy' and self.toy_videos < 4:
+            raise SettingError('toy_videos', self.toy_videos, "a toy world needs at least 4 videos")
         if self.dataset == 'toy' and self.toy_val + self.toy_test >= self.toy_videos:
-            raise SettingError('toy_val', self.toy_val, f"toy_val + toy_test must leave training videos (toy_videos = {self.toy_videos}, toy_test = {self.toy_test})")
+            raise SettingError('toy_val', self.toy_val,
+                               f"toy_val + toy_test must leave training videos (toy_videos = {self.toy_videos}, "
+                               f"toy_test = {self.toy_test})")
 
     def replace(self, **kw) -> "Config":
         "A copy with some fields changed (values are converted like the ini's strings)."
@@ -164,7 +178,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        "The inverse of `to_dict` (as a checkpoint stores it); keys this version does not know are an error, new keys take their defaults."
+        """The inverse of `to_dict` (as a checkpoint stores it); keys this version does not know are an error, new keys
+        take their defaults."""
         types = cls._types()
         unknown = sorted(set(d) - set(types))
         if unknown: raise ValueError(f"unknown setting(s) {unknown}: written by another glscl version?")
@@ -179,7 +194,8 @@ def _interval(lo, hi, lo_open, hi_open) -> str:
     return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
 # %% ../nbs/00a_config.ipynb #d2facd47
-_UNDECLARED = frozenset(EFFECTS) - {'eval_override'}        # a field made without `setting`: it may affect anything, never overridden
+# a field made without `setting`: it may affect anything, never overridden
+_UNDECLARED = frozenset(EFFECTS) - {'eval_override'}
 
 def keys_affecting(effect: str, config=None) -> tuple:
     """The settings of `config` (a `Config`, its class or a subclass; default `Config`) declared to affect `effect`
@@ -188,10 +204,12 @@ def keys_affecting(effect: str, config=None) -> tuple:
     return tuple(f.name for f in fields(config or Config) if effect in f.metadata.get('affects', _UNDECLARED))
 
 def keys_free_of(effect: str, config=None) -> tuple:
-    "The settings of `config` (default `Config`) declared not to affect `effect`: `keys_free_of('training')` may change on resume."
+    """The settings of `config` (default `Config`) declared not to affect `effect`: `keys_free_of('training')` may
+    change on resume."""
     return tuple(f.name for f in fields(config or Config) if f.name not in keys_affecting(effect, config))
 
-LIMITS = {f.name: f.metadata['range'] for f in fields(Config) if f.metadata.get('range')}       # (low, high, low open, high open)
+# (low, high, low open, high open)
+LIMITS = {f.name: f.metadata['range'] for f in fields(Config) if f.metadata.get('range')}
 CHOICES = {f.name: f.metadata['choices'] for f in fields(Config) if f.metadata.get('choices')}
 
 # %% ../nbs/00a_config.ipynb #33a71eba
@@ -202,7 +220,8 @@ def _number(typ, value, key):
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise SettingError(key, value, f"is not a number ({'an int' if typ is int else 'a float'} is needed)")
     try: x = float(value.strip()) if isinstance(value, str) else value
-    except ValueError: raise SettingError(key, value, f"is not a number ({'an int' if typ is int else 'a float'} is needed)") from None
+    except ValueError:
+        raise SettingError(key, value, f"is not a number ({'an int' if typ is int else 'a float'} is needed)") from None
     if typ is float: return float(x)
     if isinstance(value, str):
         try: return int(value.strip())
@@ -249,7 +268,8 @@ def user_data_dir() -> Path:
     return Path(base)/'glscl'
 
 def packaged_settings() -> Optional[Path]:
-    "The `settings.ini` installed inside the glscl package (a wheel or sdist install has it; a checkout has none there)."
+    """The `settings.ini` installed inside the glscl package (a wheel or sdist install has it; a checkout has none
+    there)."""
     import glscl
     p = Path(glscl.__file__).resolve().parent/'settings.ini'
     return p if p.is_file() else None
@@ -259,7 +279,8 @@ def _is_checkout(d: Path) -> bool:
     return (d/'settings.ini').is_file() and (d/'pyproject.toml').is_file() and (d/'glscl'/'config.py').is_file()
 
 def checkout_settings() -> Optional[Path]:
-    "The checkout's `settings.ini`: the current folder or a parent, else the checkout this package is imported from (editable install)."
+    """The checkout's `settings.ini`: the current folder or a parent, else the checkout this package is imported from
+    (editable install)."""
     import glscl
     here = Path.cwd().resolve()
     for d in [here, *here.parents, Path(glscl.__file__).resolve().parents[1]]:
@@ -273,15 +294,17 @@ def settings_files(path=None) -> list:
     if explicit is not None:
         p = Path(os.path.expanduser(str(explicit)))
         if not p.is_file():
-            raise FileNotFoundError(f"settings file {p} not found" + ("" if path is not None else " (named by $GLSCL_SETTINGS): fix the path or unset GLSCL_SETTINGS"))
+            raise FileNotFoundError(f"settings file {p} not found" + (
+                "" if path is not None else " (named by $GLSCL_SETTINGS): fix the path or unset GLSCL_SETTINGS"))
         files.append(p)
     default = checkout_settings() or packaged_settings()
     if default is not None and not (files and files[0].resolve() == default.resolve()): files.append(default)
     if not files:
         import glscl
-        raise FileNotFoundError(f"glscl's presets not found: no glscl checkout here and no settings.ini in the installed package "
-                                f"{Path(glscl.__file__).resolve().parent}; reinstall glscl from a wheel or sdist built with its "
-                                f"setup.py (it ships settings.ini), or set GLSCL_SETTINGS=/path/to/settings.ini")
+        raise FileNotFoundError("glscl's presets not found: no glscl checkout here and no settings.ini in the "
+                                f"installed package {Path(glscl.__file__).resolve().parent}; reinstall glscl from a "
+                                "wheel or sdist built with its setup.py (it ships settings.ini), or set "
+                                "GLSCL_SETTINGS=/path/to/settings.ini")
     return files
 
 def settings_path(path=None) -> Path:
@@ -337,24 +360,27 @@ def _section(layers, name, start=0, seen=()) -> tuple:
         if seen: where += f" (the base of [{seen[-1][1]}] in {layers[seen[-1][0]][0]})"
         raise KeyError(f"preset {name!r} not in {where}; presets are: {', '.join(_names(layers[start:]))}")
     path, cp = layers[i]
-    if (i, name) in seen: raise ValueError(f"{path}: presets {' -> '.join(n for _, n in (*seen, (i, name)))} form a cycle of `base =`")
+    if (i, name) in seen:
+        raise ValueError(f"{path}: presets {' -> '.join(n for _, n in (*seen, (i, name)))} form a cycle of `base =`")
     own = dict(cp[name])
     base = own.pop('base', None)
     vals, origin = _section(layers, base, i + 1 if base == name else i, (*seen, (i, name))) if base else ({}, {})
     return {**vals, **own}, {**origin, **{k: (i, name) for k in own}}
 
 def _under_data_home(value, path=None):
-    "A relative path of the packaged presets, placed under `data_home()`: data/X -> <data home>/X, any other P -> <data home>/P."
+    """A relative path of the packaged presets, placed under `data_home()`: data/X -> <data home>/X, any other P ->
+    <data home>/P."""
     s = str(value).strip()
     if s.lower() in ('', 'none') or Path(os.path.expanduser(s)).is_absolute(): return value
     parts = Path(s).parts
     return str((data_home(path)/Path(*(parts[1:] if parts[0] == 'data' and len(parts) > 1 else parts))).resolve())
 
 def load_config(name: str = 'toy', path=None, **overrides) -> Config:
-    """Load preset `name` (from `settings_files(path)`) as a typed `Config`; `overrides` replace single keys. Every value
-    is checked here (type, range, allowed values): an error names the file, the section that sets the key, and the value.
-    A relative path is relative to the folder of the file that sets it; the packaged presets' live under `data_home()`;
-    an override's is relative to the first file's folder (the current folder when that is the packaged file)."""
+    """Load preset `name` (from `settings_files(path)`) as a typed `Config`; `overrides` replace single keys. Every
+    value is checked here (type, range, allowed values): an error names the file, the section that sets the key, and the
+    value. A relative path is relative to the folder of the file that sets it; the packaged presets' live under
+    `data_home()`; an override's is relative to the first file's folder (the current folder when that is the packaged
+    file)."""
     files = settings_files(path)
     layers, packaged = [(f, _read_ini(f)) for f in files], [_is_packaged(f) for f in files]
     vals, origin = _section(layers, name)
@@ -368,7 +394,8 @@ def load_config(name: str = 'toy', path=None, **overrides) -> Config:
     if unknown: raise ValueError(f"{p} [{name}]: unknown setting(s) {sorted(unknown)}; known: {sorted(types)}")
     required = {f.name for f in fields(Config) if f.default is dataclasses.MISSING}
     missing = required - set(raw)
-    if missing: raise ValueError(f"{p} [{name}]: missing setting(s) {sorted(missing)}; add them or a `base =` that has them")
+    if missing:
+        raise ValueError(f"{p} [{name}]: missing setting(s) {sorted(missing)}; add them or a `base =` that has them")
     def value(k, v):
         src = origin.get(k)
         if isinstance(src, tuple) and packaged[src[0]] and types[k] in (Path, Optional[Path]) and isinstance(v, str):
@@ -385,5 +412,5 @@ def load_config(name: str = 'toy', path=None, **overrides) -> Config:
 # %% ../nbs/00a_config.ipynb #b425494b
 # Old import paths: the file-safety helpers live in glscl.filesafety (00b_file_safety); code written before
 # they had a module of their own imports them from here.
-from .filesafety import (atomic_save, atomic_write, UnsafeFile, safe_load, FolderBusy, LOCK_NAME, clean_temporaries,
-                         lock_folder, unlock_folder, folder_lock)
+from .filesafety import atomic_save, atomic_write, UnsafeFile, safe_load, FolderBusy  # noqa: F401
+from .filesafety import LOCK_NAME, clean_temporaries, lock_folder, unlock_folder, folder_lock  # noqa: F401

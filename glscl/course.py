@@ -13,24 +13,27 @@ from .config import load_config
 
 # %% ../nbs/21_course.ipynb #7daf29bf
 def course_notebooks(nbs_dir=None) -> list:
-    "The course's notebooks in order (`NN_name.ipynb`, and `NNa_name.ipynb` for the parts of one that is split: 13a ... 13h)."
+    """The course's notebooks in order (`NN_name.ipynb`, and `NNa_name.ipynb` for the parts of one that is split: 13a
+    ... 13h)."""
     if nbs_dir is None:
         from glscl.config import checkout_settings
-        home = checkout_settings()                                       # not a $GLSCL_SETTINGS file's folder, nor the package's
-        if home is None: raise FileNotFoundError("the course's notebooks live in a glscl repository checkout (nbs/), not in the "
-                                                 "installed package: clone the repository and run `glscl course` inside it")
+        home = checkout_settings()   # not a $GLSCL_SETTINGS file's folder, nor the package's
+        if home is None:
+            raise FileNotFoundError("the course's notebooks live in a glscl repository checkout (nbs/), not in the "
+                                    "installed package: clone the repository and run `glscl course` inside it")
         nbs_dir = home.parent/'nbs'
     nbs_dir = Path(nbs_dir)
     return sorted(p for p in nbs_dir.glob('[0-9][0-9]*_*.ipynb') if re.fullmatch(r'\d\d[a-z]?_\w+\.ipynb', p.name))
 
 # %% ../nbs/21_course.ipynb #b7611887
-import json, time
+import json
+import time
 
 KERNEL = 'glscl'
 
 def course_kernel() -> str:
-    """The Jupyter kernel that runs this Python: `glscl`, a kernel spec inside this environment (written into the venv on
-    first use, never into the user's home), else ipykernel's built-in `python3` when this Python is not a venv."""
+    """The Jupyter kernel that runs this Python: `glscl`, a kernel spec inside this environment (written into the venv
+    on first use, never into the user's home), else ipykernel's built-in `python3` when this Python is not a venv."""
     import sys
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     def ours(spec) -> bool:
@@ -46,7 +49,8 @@ def course_kernel() -> str:
 
 def run_notebook(nb, out_dir, preset: str = 'toy', fig_dir=None, timeout: int = 1800, **params) -> dict:
     """Execute notebook `nb` with papermill on `preset` (in this Python's kernel, `course_kernel`); the executed copy
-    goes to `out_dir`, never back into nbs/. A failing cell raises a RuntimeError naming the notebook, cell and error."""
+    goes to `out_dir`, never back into nbs/. A failing cell raises a RuntimeError naming the notebook, cell and
+    error."""
     import papermill as pm
     nb, out_dir = Path(nb), Path(out_dir)
     if not nb.is_file(): raise FileNotFoundError(f"notebook {nb} does not exist")
@@ -55,7 +59,8 @@ def run_notebook(nb, out_dir, preset: str = 'toy', fig_dir=None, timeout: int = 
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(nb), str(out_dir/nb.name), cwd=str(nb.parent), kernel_name=course_kernel(),
-                            parameters=dict(preset=preset, fig_dir=None if fig_dir is None else str(Path(fig_dir).resolve()), **params),
+                            parameters=dict(preset=preset, fig_dir=None if fig_dir is None
+                                            else str(Path(fig_dir).resolve()), **params),
                             progress_bar=False, execution_timeout=timeout)
     except pm.PapermillExecutionError as e:
         raise RuntimeError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {str(e.evalue)[:500]} "
@@ -63,9 +68,9 @@ def run_notebook(nb, out_dir, preset: str = 'toy', fig_dir=None, timeout: int = 
     return dict(notebook=nb.name, seconds=round(time.perf_counter() - t0, 1))
 
 def run_course(preset: str = 'toy', out='runs/course', only=None) -> list:
-    """Run every course notebook in order on `preset` (the landing page `index.ipynb` last, so that `make docs` shows its
-    output); print and return a summary (notebook, seconds)."""
-    load_config(preset)                                                  # a bad preset fails here, before any notebook runs
+    """Run every course notebook in order on `preset` (the landing page `index.ipynb` last, so that `make docs` shows
+    its output); print and return a summary (notebook, seconds)."""
+    load_config(preset)   # a bad preset fails here, before any notebook runs
     out = Path(out)
     nbs = [nb for nb in course_notebooks() if not only or any(s in nb.name for s in only)]
     if not nbs: raise ValueError(f"no course notebook matches --only {' '.join(only or [])}; notebooks are: "

@@ -14,8 +14,10 @@ from .config import Config
 
 # %% ../nbs/13c_processes.ipynb #d0367f23
 class EpochBatches(torch.utils.data.Sampler):
-    "This rank's batches of one epoch (DistributedSampler's permutation seeded by `seed + epoch`), full batches only, from batch `start` on."
-    def __init__(self, n: int, batch_size: int, seed: int = 0, epoch: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
+    """This rank's batches of one epoch (DistributedSampler's permutation seeded by `seed + epoch`), full batches only,
+    from batch `start` on."""
+    def __init__(self, n: int, batch_size: int, seed: int = 0, epoch: int = 0, start: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of world_size {world_size}")
         if n < batch_size: raise ValueError(f"{n} training pairs < one batch of {batch_size}: lower batch_size")
@@ -26,8 +28,9 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def rank_batches(self, rank: int = None) -> list:
         "Every batch of the epoch for `rank` (default: this sampler's), as lists of indices."
-        ds = torch.utils.data.DistributedSampler(range(self.n), num_replicas=self.world_size, rank=self.rank if rank is None else rank,
-                                                 shuffle=True, seed=self.seed, drop_last=True)
+        ds = torch.utils.data.DistributedSampler(range(self.n), num_replicas=self.world_size,
+                                                 rank=self.rank if rank is None else rank, shuffle=True,
+                                                 seed=self.seed, drop_last=True)
         ds.set_epoch(self.epoch)
         idx, b = list(ds), self.batch_size // self.world_size
         return [idx[i * b:(i + 1) * b] for i in range(self.n // self.batch_size)]
@@ -58,10 +61,11 @@ def _gather_rows(x: torch.Tensor, sizes: list) -> torch.Tensor:
     pad = torch.cat([x, x.new_zeros(n - len(x), *x.shape[1:])]).contiguous()
     bufs = [torch.empty_like(pad) for _ in sizes]
     dist.all_gather(bufs, pad)
-    return torch.cat([b[:s] for b, s in zip(bufs, sizes)])
+    return torch.cat([b[:s] for b, s in zip(bufs, sizes, strict=True)])
 
 class GatherRows(torch.autograd.Function):
-    "All ranks' rows with a gradient: backward sums every rank's gradient of my rows (exact) or keeps only mine (`released`)."
+    """All ranks' rows with a gradient: backward sums every rank's gradient of my rows (exact) or keeps only mine
+    (`released`)."""
     @staticmethod
     def forward(ctx, x, sizes, released):
         ctx.sizes, ctx.released, ctx.rank = sizes, released, world()[0]
@@ -75,7 +79,8 @@ class GatherRows(torch.autograd.Function):
         return g[start:start + ctx.sizes[ctx.rank]], None, None
 
 def gather_batch(enc: dict, released: bool = False) -> dict:
-    "An encoding dict with every rank's items, in rank order: float tensors keep their gradient, masks are gathered as they are."
+    """An encoding dict with every rank's items, in rank order: float tensors keep their gradient, masks are gathered as
+    they are."""
     rank, W = world()
     if W == 1: return enc
     n = len(next(iter(enc.values())))

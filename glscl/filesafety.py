@@ -11,26 +11,33 @@ import os
 from pathlib import Path
 
 # %% ../nbs/00b_file_safety.ipynb #2ba8896c
-import errno, shutil, tempfile
+import errno
+import shutil
+import tempfile
 
 def atomic_save(obj, path) -> Path:
-    "torch.save `obj` to `path` via a temporary file, fsync and rename: `path` is always a whole file, never half-written."
+    """torch.save `obj` to `path` via a temporary file, fsync and rename: `path` is always a whole file, never
+    half-written."""
     import torch
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 def atomic_write(path, write) -> Path:
-    "Call `write(f)` on a binary temporary file next to `path`, fsync it and rename it over `path` (never half-written)."
+    """Call `write(f)` on a binary temporary file next to `path`, fsync it and rename it over `path` (never
+    half-written)."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         try:
             with os.fdopen(fd, 'wb') as f:
                 write(f); f.flush(); os.fsync(f.fileno())
-        except (OSError, RuntimeError) as e:                          # torch's writer turns a full disk into a RuntimeError
+        except (OSError, RuntimeError) as e:   # torch's writer turns a full disk into a RuntimeError
             full = getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(e) or (
-                isinstance(e, RuntimeError) and 'write failed' in str(e) and shutil.disk_usage(path.parent).free < 2 ** 26)
+                isinstance(e, RuntimeError) and 'write failed' in str(e)
+                and shutil.disk_usage(path.parent).free < 2 ** 26)
             if not full: raise
-            raise OSError(errno.ENOSPC, f"No space left on device in {path.parent} while writing {path.name} (the previous {path.name}, "
+            raise OSError(errno.ENOSPC,
+                          f"No space left on device in {path.parent} while writing {path.name} (the previous "
+                          f"{path.name}, "
                                    "if any, is kept): free space there or write to another folder") from None
         os.replace(tmp, path)
         try:
@@ -51,7 +58,14 @@ def atomic_write(path, write) -> Path:
 # code. `folder_lock` makes one process the only writer of a folder (a run, a frame cache, an index, an evaluation
 # cache): a second one is refused with the holder's pid, a lock left by a dead process is taken over, and the
 # temporary files of atomic writes that a kill left behind are removed.
-import atexit, json as _json, logging, pickle, re, socket, sys, time
+import atexit
+import json as _json
+import logging
+import pickle
+import re
+import socket
+import sys
+import time
 try: import fcntl
 except ImportError: fcntl = None                          # Windows: an O_EXCL lock file and a pid check instead
 
@@ -67,8 +81,9 @@ def safe_load(path, what: str = 'file', hint: str = ''):
     import torch
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        why = [l for l in lines if 'GLOBAL' in l or 'global' in l] or [l for l in lines if 'Unsupported' in l] or lines[:1]
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = ([ln for ln in lines if 'GLOBAL' in ln or 'global' in ln]
+               or [ln for ln in lines if 'Unsupported' in ln] or lines[:1])
         kind = ("holds Python objects that a safe load refuses" if 'GLOBAL' in why[0] or 'global' in why[0] else
                 "is not a plain torch file (damaged, or a raw pickle, which could run code)")
         raise UnsafeFile(f"{what} {path} {kind} ({why[0][:160]}): it was not loaded, so nothing in it ran"
@@ -91,12 +106,13 @@ def _holder(p: Path) -> dict:
     except (OSError, ValueError): return {}
 
 def _busy(folder: Path, what: str, h: dict) -> FolderBusy:
-    return FolderBusy(f"{what} {folder} is being written by process {h.get('pid', '?')} ({h.get('command', '?')}, since "
-                      f"{h.get('since', '?')}): wait for it to finish or stop it; two writers would mix their files "
-                      f"(if no such process runs, delete {folder/LOCK_NAME})")
+    return FolderBusy(f"{what} {folder} is being written by process {h.get('pid', '?')} ({h.get('command', '?')}, "
+                      f"since {h.get('since', '?')}): wait for it to finish or stop it; two writers would mix their "
+                      f"files (if no such process runs, delete {folder/LOCK_NAME})")
 
 def clean_temporaries(folder) -> list:
-    "Remove the temporary files that interrupted atomic writes left in `folder` (`.NAME.XXXX.tmp`, `NAME.tmpPID`); their names."
+    """Remove the temporary files that interrupted atomic writes left in `folder` (`.NAME.XXXX.tmp`, `NAME.tmpPID`);
+    their names."""
     folder, gone = Path(folder), []
     for p in folder.iterdir() if folder.is_dir() else []:
         if p.is_file() and ((p.name.startswith('.') and p.name.endswith('.tmp')) or re.search(r'\.tmp\d+$', p.name)):
@@ -106,14 +122,15 @@ def clean_temporaries(folder) -> list:
     return gone
 
 def lock_folder(folder, what: str = 'folder') -> Path:
-    """Make this process the only writer of `folder` (created if need be) until `unlock_folder`: a `.lock` file held with
-    `flock` (released by the OS when the process dies) that records the holder, removed on release. Another live holder raises `FolderBusy`
-    naming its pid and the folder; a lock of a dead process is taken over. Then the temporaries of interrupted atomic
-    writes are removed. Re-entrant within a process."""
+    """Make this process the only writer of `folder` (created if need be) until `unlock_folder`: a `.lock` file held
+    with `flock` (released by the OS when the process dies) that records the holder, removed on release. Another live
+    holder raises `FolderBusy` naming its pid and the folder; a lock of a dead process is taken over. Then the
+    temporaries of interrupted atomic writes are removed. Re-entrant within a process."""
     folder = Path(folder).resolve(); folder.mkdir(parents=True, exist_ok=True)
     if folder in _HELD: _HELD[folder][1] += 1; return folder
     p = folder/LOCK_NAME
-    me = dict(pid=os.getpid(), host=socket.gethostname(), command=' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] or 'python',
+    me = dict(pid=os.getpid(), host=socket.gethostname(),
+              command=' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] or 'python',
               since=time.strftime('%Y-%m-%d %H:%M:%S'))
     if fcntl is not None:
         while True:
@@ -122,11 +139,13 @@ def lock_folder(folder, what: str = 'folder') -> Path:
             except OSError:
                 os.close(fd); raise _busy(folder, what, _holder(p)) from None
             try:
-                if os.stat(p).st_ino == os.fstat(fd).st_ino: break     # still the file at that name (a releaser unlinks it)
+                # still the file at that name (a releaser unlinks it)
+                if os.stat(p).st_ino == os.fstat(fd).st_ino: break
             except FileNotFoundError: pass
             os.close(fd)
         old = _holder(p)
-        if old.get('pid') and old.get('pid') != os.getpid(): _log.info("%s %s: taking over the lock of process %s, which is gone", what, folder, old['pid'])
+        if old.get('pid') and old.get('pid') != os.getpid():
+            _log.info("%s %s: taking over the lock of process %s, which is gone", what, folder, old['pid'])
         os.ftruncate(fd, 0); os.write(fd, _json.dumps(me).encode())
     else:
         for _ in range(2):

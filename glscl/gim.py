@@ -14,7 +14,8 @@ from torch import Tensor
 PAD_BIAS = -1e30   # the score a padded slot gets: far below any real one, finite so that 0 * bias == 0
 
 class GIMPadding:
-    "GIM's padding rule as the method states it: the softmax runs over each video's valid frames; padding gets weight 0 and is never read."
+    """GIM's padding rule as the method states it: the softmax runs over each video's valid frames; padding gets weight
+    0 and is never read."""
     def bias(self, mask: Tensor, dtype) -> Tensor:
         "Added to the scores of `mask [V, N]`'s slots: PAD_BIAS on padding (its weight is then exactly 0), 0 on frames."
         return (~mask).to(dtype) * PAD_BIAS
@@ -52,8 +53,8 @@ def fp32_gim(fn):
 @fp32_gim
 def frame_weights(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float = 3.0,
                   official_compat: bool = False) -> Tensor:
-    """GIM's text-conditioned frame weights `w [T, V, N]`: softmax over each video's valid frames of `eos . frame / temp`
-    (with `official_compat`, the released rule: `ReleasedPadding`)."""
+    """GIM's text-conditioned frame weights `w [T, V, N]`: softmax over each video's valid frames of `eos . frame /
+    temp` (with `official_compat`, the released rule: `ReleasedPadding`)."""
     pad = gim_padding(official_compat)
     eos, frames, mask = _gim_inputs(eos, frames, frame_mask, temp)
     f = pad.clear(frames.clone(), mask)                                      # the slots GIM reads
@@ -69,8 +70,8 @@ def frame_weights(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: 
 @fp32_gim
 def global_interaction_dense(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float = 3.0,
                              official_compat: bool = False, eps: float = 1e-8) -> Tensor:
-    """Sim1 [T, V]: cosine between each text's EOS feature `eos [T, D]` and the video `frames [V, N, D]` pooled with that
-    text's GIM weights, from scores, weights `[T, V, N]` and Gram matrices, without building the pooled videos."""
+    """Sim1 [T, V]: cosine between each text's EOS feature `eos [T, D]` and the video `frames [V, N, D]` pooled with
+    that text's GIM weights, from scores, weights `[T, V, N]` and Gram matrices, without building the pooled videos."""
     w = frame_weights(eos, frames, frame_mask, temp, official_compat)        # validated inputs; 0 on padding
     eos, frames, mask = _gim_inputs(eos, frames, frame_mask, temp)
     f = gim_padding(official_compat).clear(frames.clone(), mask)
@@ -83,21 +84,26 @@ def global_interaction_dense(eos: Tensor, frames: Tensor, frame_mask: Tensor | N
 # Appendix: input checks. `_gim_inputs` validates shapes and refuses a video with no valid frame (it has no pooled
 # feature at all: a loud error, not a silent zero), and promotes to at least float32. `_check_finite` names the texts
 # or videos whose features (the slots GIM reads) hold a NaN or an inf. `_check_scale` refuses features so large that
-# scores reach the padding bias's range.
-def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float):
+# scores reach the padding bias's range. (A hidden cell at the top imports them from glscl.gim for the lesson, hence
+# `noqa: F811` on their definitions.)
+def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: float):  # noqa: F811
     "Validate GIM inputs' shapes; return (eos, frames, mask) in a common float dtype and a bool mask."
     if not isinstance(eos, Tensor) or eos.ndim != 2:
-        raise ValueError(f"eos must be a [T, D] tensor of sentence (EOS) features, got {getattr(eos, 'shape', type(eos))}")
+        raise ValueError(
+            f"eos must be a [T, D] tensor of sentence (EOS) features, got {getattr(eos, 'shape', type(eos))}")
     if not isinstance(frames, Tensor) or frames.ndim != 3:
-        raise ValueError(f"frames must be a [V, N, D] tensor of frame features, got {getattr(frames, 'shape', type(frames))}")
+        raise ValueError(
+            f"frames must be a [V, N, D] tensor of frame features, got {getattr(frames, 'shape', type(frames))}")
     if eos.shape[1] != frames.shape[2]:
         raise ValueError(f"feature size mismatch: eos has D={eos.shape[1]} but frames have D={frames.shape[2]}; "
                          "both must come from the same joint embedding space")
     if not (len(eos) and frames.shape[0] and frames.shape[1]):
-        raise ValueError(f"GIM needs at least one text and one video with a frame slot, got eos {tuple(eos.shape)}, frames {tuple(frames.shape)}")
+        raise ValueError(f"GIM needs at least one text and one video with a frame slot, got eos {tuple(eos.shape)}, "
+                         f"frames {tuple(frames.shape)}")
     if frame_mask is None: frame_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
     if tuple(frame_mask.shape) != tuple(frames.shape[:2]):
-        raise ValueError(f"frame_mask must be [V, N] = {tuple(frames.shape[:2])} to match frames, got {tuple(frame_mask.shape)}")
+        raise ValueError(
+            f"frame_mask must be [V, N] = {tuple(frames.shape[:2])} to match frames, got {tuple(frame_mask.shape)}")
     if not temp > 0: raise ValueError(f"temp must be > 0, got {temp}")
     mask = frame_mask.to(device=frames.device) != 0
     empty = (~mask.any(1)).nonzero().flatten()
@@ -107,19 +113,22 @@ def _gim_inputs(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, temp: fl
     dt = torch.promote_types(torch.promote_types(eos.dtype, frames.dtype), torch.float32)
     return eos.to(dt), frames.to(dt), mask
 
-def _check_finite(sq_norms: Tensor, what: str):
+def _check_finite(sq_norms: Tensor, what: str):  # noqa: F811
     "Raise naming the items (rows of `sq_norms`, squared norms of the slots GIM reads) that hold a NaN or an inf."
     bad = (~torch.isfinite(sq_norms.detach())).reshape(len(sq_norms), -1).any(1).nonzero().flatten()
     if len(bad):
-        raise ValueError(f"{len(bad)} {what} feature(s) are not finite (NaN or inf; {what} indices {bad[:10].tolist()}): "
-                         f"GIM would turn every score into NaN. Re-encode those {what}s (or drop them) and check the encoder's inputs.")
+        raise ValueError(f"{len(bad)} {what} feature(s) are not finite (NaN or inf; {what} indices "
+                         f"{bad[:10].tolist()}): GIM would turn every score into NaN. Re-encode those {what}s (or drop "
+                         "them) and check the encoder's inputs.")
 
-def _check_scale(t_norm: Tensor, sq: Tensor, c: float):
-    "Raise when |score| <= |t| |f| c (text norms `t_norm`, squared frame norms `sq`, scores in units of 1/c) leaves no room below PAD_BIAS."
+def _check_scale(t_norm: Tensor, sq: Tensor, c: float):  # noqa: F811
+    """Raise when |score| <= |t| |f| c (text norms `t_norm`, squared frame norms `sq`, scores in units of 1/c) leaves no
+    room below PAD_BIAS."""
     bound = float(t_norm.detach().max() * sq.detach().max().sqrt() * c)
     if bound > -PAD_BIAS / 1e3:
-        raise ValueError(f"GIM scores could reach {bound:.3g}: features this large (norms up to {float(sq.max().sqrt()):.3g} for frames, "
-                         f"{float(t_norm.max()):.3g} for texts) leave float32 no room; normalise or rescale the features")
+        raise ValueError(f"GIM scores could reach {bound:.3g}: features this large (norms up to "
+                         f"{float(sq.max().sqrt()):.3g} for frames, {float(t_norm.max()):.3g} for texts) leave float32 "
+                         "no room; normalise or rescale the features")
 
 # %% ../nbs/17a_gim_blocks.ipynb #f1b2c3d6
 import math
@@ -163,7 +172,7 @@ def _gim_block(ea, flat, mask, pad: GIMPadding, bufs=None):
     return y, e, m[:, 0], z, zv
 
 # %% ../nbs/17a_gim_blocks.ipynb #f1b2c3da
-GIM_BLOCK_ELEMENTS = 2 ** 20   # largest [v, N, t] temporary GIM builds (4 MB in float32) unless chunk_size asks for more
+GIM_BLOCK_ELEMENTS = 2 ** 20  # largest [v, N, t] temporary GIM builds (4 MB in float32) unless chunk_size asks for more
 
 def _gim_blocks(T: int, V: int, N: int, chunk_size: int | None):
     "Texts per block and videos per block."
@@ -188,7 +197,8 @@ def global_interaction(eos: Tensor, frames: Tensor, frame_mask: Tensor | None, t
     pad = gim_padding(official_compat)
     eos, frames, mask = _gim_inputs(eos, frames, frame_mask, temp)
     T, (V, N) = len(eos), mask.shape
-    if gram is not None and tuple(gram.shape) != (V, N, N): raise ValueError(f"gram must be [V, N, N] = {(V, N, N)}, got {tuple(gram.shape)}")
+    if gram is not None and tuple(gram.shape) != (V, N, N):
+        raise ValueError(f"gram must be [V, N, N] = {(V, N, N)}, got {tuple(gram.shape)}")
     ea, flat, gram, t_norm = _gim_consts(eos, frames, mask, temp, pad, None if gram is None else gram.to(frames.dtype))
     tc, vc = _gim_blocks(T, V, N, chunk_size)
     fast = not (torch.is_grad_enabled() and (eos.requires_grad or frames.requires_grad))

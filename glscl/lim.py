@@ -15,7 +15,8 @@ from torch import nn, Tensor
 MODALITIES = ('text', 'video')
 
 class LocalInteraction(nn.Module):
-    "GLSCL's local interaction module: `n_queries` learnable queries decode a sequence into L2-normalised outputs [B, K, D]."
+    """GLSCL's local interaction module: `n_queries` learnable queries decode a sequence into L2-normalised outputs [B,
+    K, D]."""
     def __init__(self, dim: int, n_queries: int = 8, n_layers: int = 3, n_heads: int = 8, ff_dim: int = 2048,
                  dropout: float = 0.1, share_queries: bool = True, share_decoder: bool = True):
         super().__init__()
@@ -42,10 +43,12 @@ class LocalInteraction(nn.Module):
     def padding_mask(self, memory: Tensor, mask: Tensor | None, official_compat: bool = False):
         "Check `memory [B, L, D]` and `mask [B, L]` (True = real); return the decoder's key padding mask (or None)."
         if not isinstance(memory, Tensor) or memory.ndim != 3 or memory.shape[-1] != self.dim:
-            raise ValueError(f"memory must be [B, L, {self.dim}] (frames or tokens), got {getattr(memory, 'shape', type(memory))}")
+            raise ValueError(
+                f"memory must be [B, L, {self.dim}] (frames or tokens), got {getattr(memory, 'shape', type(memory))}")
         if mask is None: return None
         if tuple(mask.shape) != tuple(memory.shape[:2]):
-            raise ValueError(f"mask must be [B, L] = {tuple(memory.shape[:2])} to match memory, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be [B, L] = {tuple(memory.shape[:2])} to match memory, got {tuple(mask.shape)}")
         mask = mask.to(memory.device) != 0
         empty = (~mask.any(1)).nonzero().flatten()
         if len(empty):
@@ -74,7 +77,8 @@ def cross_attention_maps(lim: LocalInteraction, memory: Tensor, mask: Tensor | N
         x = queries.unsqueeze(0).expand(len(memory), -1, -1)
         maps = []
         for layer in decoder.layers:
-            if layer.norm_first: raise ValueError("cross_attention_maps follows the post-norm layout (norm_first=False)")
+            if layer.norm_first:
+                raise ValueError("cross_attention_maps follows the post-norm layout (norm_first=False)")
             x = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
             a, att = layer.multihead_attn(x, memory, memory, key_padding_mask=kpm, need_weights=True,
                                           average_attn_weights=True)
@@ -88,7 +92,8 @@ def cross_attention_maps(lim: LocalInteraction, memory: Tensor, mask: Tensor | N
 
 # %% ../nbs/08_learnable_queries.ipynb #b3ba9dfa
 def query_similarity(qt: Tensor, qv: Tensor) -> Tensor:
-    "Sim2 [T, V]: mean over the K query slots of the dot products of text query outputs `qt [T, K, D]` and video ones `qv [V, K, D]`."
+    """Sim2 [T, V]: mean over the K query slots of the dot products of text query outputs `qt [T, K, D]` and video ones
+    `qv [V, K, D]`."""
     if qt.ndim != 3 or qv.ndim != 3:
         raise ValueError(f"qt and qv must be [T, K, D] and [V, K, D], got {tuple(qt.shape)} and {tuple(qv.shape)}")
     if qt.shape[1:] != qv.shape[1:]:

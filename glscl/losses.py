@@ -15,18 +15,20 @@ from .config import CHOICES
 
 # %% ../nbs/09_inter_consistency.ipynb #45223787
 def contrastive_loss(sim: Tensor, logit_scale, max_scale: float = 100.0) -> Tensor:
-    """Symmetric InfoNCE on square logits `sim [B, B]` (matched pairs on the diagonal) at scale exp(logit_scale), the logit
-    scale capped at ln `max_scale`: the cap is compared in log space, so the float nearest ln 100 passes with its gradient."""
+    """Symmetric InfoNCE on square logits `sim [B, B]` (matched pairs on the diagonal) at scale exp(logit_scale), the
+    logit scale capped at ln `max_scale`: the cap is compared in log space, so the float nearest ln 100 passes with its
+    gradient."""
     if not isinstance(sim, Tensor) or sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
-        raise ValueError(f"sim must be a square [B, B] matrix with matched pairs on the diagonal, got {getattr(sim, 'shape', type(sim))}")
+        raise ValueError("sim must be a square [B, B] matrix with matched pairs on the diagonal, got "
+                         f"{getattr(sim, 'shape', type(sim))}")
     if len(sim) == 0: raise ValueError("contrastive_loss got an empty batch (sim is [0, 0])")
     if len(sim) == 1:
         import warnings
-        warnings.warn("contrastive_loss on a batch of one pair is exactly 0 (there is no negative to push away) and teaches nothing; "
-                      "use batches of at least 2 pairs", RuntimeWarning, stacklevel=2)
+        warnings.warn("contrastive_loss on a batch of one pair is exactly 0 (there is no negative to push away) and "
+                      "teaches nothing; use batches of at least 2 pairs", RuntimeWarning, stacklevel=2)
     ls = torch.as_tensor(logit_scale, dtype=sim.dtype, device=sim.device)
-    cap = ls.new_tensor(math.log(max_scale))                          # rounded as the scale is, so the float nearest ln 100 equals it
-    scale = torch.where(ls > cap, cap, ls).exp()                      # at the cap itself the scale keeps its whole gradient
+    cap = ls.new_tensor(math.log(max_scale))   # rounded as the scale is, so the float nearest ln 100 equals it
+    scale = torch.where(ls > cap, cap, ls).exp()   # at the cap itself the scale keeps its whole gradient
     labels = torch.arange(len(sim), device=sim.device)
     return 0.5 * (F.cross_entropy(scale * sim, labels) + F.cross_entropy(scale * sim.T, labels))
 
@@ -39,8 +41,11 @@ def consistency_matrix(qv: Tensor, qt: Tensor, norm: str = "k") -> Tensor:
     "ICL's M [K, K] = sum_b qv_b qt_b^T divided by K (`norm='k'`, released code) or by B (`norm='batch'`)."
     _check_queries('qv', qv); _check_queries('qt', qt)
     if qv.shape != qt.shape:
-        raise ValueError(f"qv and qt must both be [B, K, D] for the B matched pairs, got {tuple(qv.shape)} and {tuple(qt.shape)}")
-    if norm not in CHOICES['icl_norm']: raise ValueError(f"norm must be one of {CHOICES['icl_norm']} ('k': released code; the setting icl_norm), got {norm!r}")
+        raise ValueError(
+            f"qv and qt must both be [B, K, D] for the B matched pairs, got {tuple(qv.shape)} and {tuple(qt.shape)}")
+    if norm not in CHOICES['icl_norm']:
+        raise ValueError(
+            f"norm must be one of {CHOICES['icl_norm']} ('k': released code; the setting icl_norm), got {norm!r}")
     B, K, _ = qv.shape
     return torch.einsum('bkd,bjd->kj', qv, qt) / (K if norm == 'k' else B)
 
@@ -51,7 +56,8 @@ def inter_consistency_loss(qv: Tensor, qt: Tensor, beta: float, target: float = 
 
 # %% ../nbs/10_intra_diversity.ipynb #8ed2b00a
 def intra_diversity_loss(q: Tensor, alpha: float, margin: float = 0.1) -> Tensor:
-    "IDL on the query outputs `q [B, K, D]` of one modality: two-sided margin ranking of G = mean_b q_b q_b^T, times alpha."
+    """IDL on the query outputs `q [B, K, D]` of one modality: two-sided margin ranking of G = mean_b q_b q_b^T, times
+    alpha."""
     _check_queries('q', q)
     B, K, _ = q.shape
     if K < 2: raise ValueError(f"intra_diversity_loss needs at least 2 queries to keep apart, got K={K}")
@@ -63,7 +69,8 @@ def intra_diversity_loss(q: Tensor, alpha: float, margin: float = 0.1) -> Tensor
 
 # %% ../nbs/10_intra_diversity.ipynb #1e22b2ca
 def query_cosine(q: Tensor) -> Tensor:
-    "Mean cosine between two different query outputs of one item, `q [B, K, D]` (rows unit length): 1 is a full collapse."
+    """Mean cosine between two different query outputs of one item, `q [B, K, D]` (rows unit length): 1 is a full
+    collapse."""
     _check_queries('q', q)
     B, K, _ = q.shape
     if K < 2: raise ValueError(f"query_cosine needs at least 2 queries, got K={K}")

@@ -11,19 +11,24 @@ __all__ = ['RECALL_KS', 'LOWER_IS_BETTER', 'BOOT_ELEMS', 'METRIC_NAMES', 'per_qu
 # %% ../nbs/12b_intervals.ipynb #7daf9a8a
 import torch
 from torch import Tensor
-# glscl.metrics gathers the retrieval metrics of 12a (glscl.ranking), so `from glscl.metrics import retrieval_metrics` works
-from .ranking import *
+# glscl.metrics gathers the retrieval metrics of 12a (glscl.ranking), so that
+# `from glscl.metrics import retrieval_metrics` works
+from .ranking import *  # noqa: F403
+from .ranking import CHUNK_ELEMS, METRIC_KEYS
 from .ranking import _check_sim, _prepare, _target_counts, _v2t_counts, _expected_rank, _summary
 
 # %% ../nbs/12b_intervals.ipynb #2820bc10
-def per_query_counts(sim: Tensor, caption_video=None, v2t_protocol: str = 'family', chunk_elems: int = CHUNK_ELEMS) -> dict:
-    "dict(t2v=(greater, ties) per caption, v2t=(greater, ties) per video): the counts every metric of a query is a function of."
+def per_query_counts(sim: Tensor, caption_video=None, v2t_protocol: str = 'family',
+                     chunk_elems: int = CHUNK_ELEMS) -> dict:
+    """dict(t2v=(greater, ties) per caption, v2t=(greater, ties) per video): the counts every metric of a query is a
+    function of."""
     sim, cv = _prepare(sim, caption_video)
     return {'t2v': _target_counts(sim, cv, chunk_elems), 'v2t': _v2t_counts(sim, cv, v2t_protocol, chunk_elems)}
 
-def per_query_ranks(sim: Tensor, caption_video=None, v2t_protocol: str = 'family', chunk_elems: int = CHUNK_ELEMS) -> dict:
-    """dict(t2v=Tensor[T], v2t=Tensor[V]): the expected 1-based rank of each query's target (ties broken at random; a half
-    where a query ties). t2v per caption (row of `sim`), v2t per video (column, by `v2t_protocol`). Without ties
+def per_query_ranks(sim: Tensor, caption_video=None, v2t_protocol: str = 'family',
+                    chunk_elems: int = CHUNK_ELEMS) -> dict:
+    """dict(t2v=Tensor[T], v2t=Tensor[V]): the expected 1-based rank of each query's target (ties broken at random; a
+    half where a query ties). t2v per caption (row of `sim`), v2t per video (column, by `v2t_protocol`). Without ties
     R@K = 100 * mean(rank <= K); with ties R@K needs the counts (`per_query_counts`, `metrics_from_counts`)."""
     return {d: _expected_rank(*c) for d, c in per_query_counts(sim, caption_video, v2t_protocol, chunk_elems).items()}
 
@@ -47,7 +52,8 @@ def _as_runs(sims, name: str) -> list:
     return runs
 
 def _check_boot(n_boot, level):
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1: raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
 
 def _side(runs: list, caption_video, v2t_protocol: str, queries=None) -> dict:
@@ -68,10 +74,10 @@ def _side(runs: list, caption_video, v2t_protocol: str, queries=None) -> dict:
 BOOT_ELEMS = 2 ** 22        # (bootstrap draws x queries) ranks held at once
 
 def _boot_stats(counts: tuple, runs: Tensor, queries: Tensor, u: Tensor) -> Tensor:
-    """Statistics [C, 6] (METRIC_KEYS order) of C draws. `counts`: (greater, ties) [R, Q] per run and query; `runs [C, R]`
-    the drawn run indices, `queries [C, Q]` the drawn queries, `u [C, Q]` one uniform per drawn query that breaks its ties:
-    its rank is greater + 1 + floor(u (ties + 1)), uniform over its tied places. Per run, R@K, MdR (np.median) and MnR
-    of those ranks; then the mean over the drawn runs (a run drawn twice counts twice)."""
+    """Statistics [C, 6] (METRIC_KEYS order) of C draws. `counts`: (greater, ties) [R, Q] per run and query; `runs [C,
+    R]` the drawn run indices, `queries [C, Q]` the drawn queries, `u [C, Q]` one uniform per drawn query that breaks
+    its ties: its rank is greater + 1 + floor(u (ties + 1)), uniform over its tied places. Per run, R@K, MdR (np.median)
+    and MnR of those ranks; then the mean over the drawn runs (a run drawn twice counts twice)."""
     greater, ties = counts
     R, Q = greater.shape
     per_run = []
@@ -80,14 +86,16 @@ def _boot_stats(counts: tuple, runs: Tensor, queries: Tensor, u: Tensor) -> Tens
         s = rank.sort(1).values
         per_run.append(torch.stack([100 * (rank <= k).double().mean(1) for k in RECALL_KS]
                                    + [(s[:, (Q - 1) // 2] + s[:, Q // 2]) / 2, rank.mean(1)], 1))
-    n = torch.zeros(len(runs), R, dtype=torch.float64).scatter_add_(1, runs, torch.ones(runs.shape, dtype=torch.float64))
+    n = torch.zeros(len(runs), R, dtype=torch.float64).scatter_add_(1, runs,
+                                                                    torch.ones(runs.shape, dtype=torch.float64))
     return (n[:, :, None] * torch.stack(per_run, 1)).sum(1) / runs.shape[1]
 
 def _bootstrap(sides: list, n_boot: int, seed: int) -> list:
     """Bootstrap statistics [n_boot, 6] of each side's per-query `counts` (greater, ties) [R_side, Q]; the sides share
-    their Q queries. Draw b, from one torch.Generator seeded with `seed`: for each side in order, R_side run indices with
-    replacement (a later side with as many runs as the first reuses its indices: runs paired by position), then Q query
-    indices with replacement and Q uniforms (float64) that break the drawn queries' ties, both shared by every side."""
+    their Q queries. Draw b, from one torch.Generator seeded with `seed`: for each side in order, R_side run indices
+    with replacement (a later side with as many runs as the first reuses its indices: runs paired by position), then Q
+    query indices with replacement and Q uniforms (float64) that break the drawn queries' ties, both shared by every
+    side."""
     g = torch.Generator().manual_seed(seed)
     Q = sides[0][0].shape[1]
     paired = len({c[0].shape[0] for c in sides}) == 1
@@ -105,7 +113,8 @@ def _bootstrap(sides: list, n_boot: int, seed: int) -> list:
     return [torch.cat(o) for o in out]
 
 def _percentile(stats: Tensor, level: float) -> tuple:
-    "The percentile interval (lo [6], hi [6]) of bootstrap statistics [n_boot, 6] (linear interpolation, as np.percentile)."
+    """The percentile interval (lo [6], hi [6]) of bootstrap statistics [n_boot, 6] (linear interpolation, as
+    np.percentile)."""
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     lo, hi = torch.quantile(stats.double(), q, dim=0)
     return lo, hi
@@ -127,7 +136,8 @@ def metric_interval(sim, caption_video=None, n_boot: int = 2000, seed: int = 0, 
 
 # %% ../nbs/12b_intervals.ipynb #7ca45196
 def _verdict(key: str, lo: float, hi: float) -> str:
-    "'better' if the interval of A - B lies wholly on A's better side, 'worse' if wholly on the other, else 'within noise'."
+    """'better' if the interval of A - B lies wholly on A's better side, 'worse' if wholly on the other, else 'within
+    noise'."""
     good_lo, good_hi = (-hi, -lo) if key in LOWER_IS_BETTER else (lo, hi)
     return 'better' if good_lo > 0 else 'worse' if good_hi < 0 else 'within noise'
 
@@ -142,8 +152,8 @@ def compare(sim_a, sim_b, caption_video=None, n_boot: int = 2000, seed: int = 0,
     _check_boot(n_boot, level)
     runs_a, runs_b = _as_runs(sim_a, 'sim_a'), _as_runs(sim_b, 'sim_b')
     if runs_a[0].shape != runs_b[0].shape:
-        raise ValueError(f"sim_a {tuple(runs_a[0].shape)} and sim_b {tuple(runs_b[0].shape)} must score the same queries "
-                         "and videos (the same split, in the same order)")
+        raise ValueError(f"sim_a {tuple(runs_a[0].shape)} and sim_b {tuple(runs_b[0].shape)} must score the same "
+                         "queries and videos (the same split, in the same order)")
     a, b = _side(runs_a, caption_video, v2t_protocol, queries), _side(runs_b, caption_video, v2t_protocol, queries)
     out = {}
     for d in a:
@@ -152,14 +162,16 @@ def compare(sim_a, sim_b, caption_video=None, n_boot: int = 2000, seed: int = 0,
         out[d] = {}
         for j, k in enumerate(METRIC_KEYS):
             pa, pb = a[d]['point'][k], b[d]['point'][k]
-            out[d][k] = dict(a=pa, b=pb, diff=pa - pb, lo=lo[j].item(), hi=hi[j].item(), verdict=_verdict(k, lo[j].item(), hi[j].item()))
+            out[d][k] = dict(a=pa, b=pb, diff=pa - pb, lo=lo[j].item(), hi=hi[j].item(),
+                             verdict=_verdict(k, lo[j].item(), hi[j].item()))
     return out
 
 # %% ../nbs/12b_intervals.ipynb #4b256135
 METRIC_NAMES = dict(R1='R@1', R5='R@5', R10='R@10', R50='R@50', MdR='MdR', MnR='MnR')
 
 def format_compare(result: dict, names=('A', 'B'), level: float = 0.95, title=None) -> str:
-    "A plain-text table of a `compare` result: one line per metric with A, B, A - B, its interval and the verdict for A."
+    """A plain-text table of a `compare` result: one line per metric with A, B, A - B, its interval and the verdict for
+    A."""
     a, b = (str(n) for n in names)
     w = max(len(a), len(b), 6)
     iv = f"{level:.0%} interval"
@@ -171,11 +183,13 @@ def format_compare(result: dict, names=('A', 'B'), level: float = 0.95, title=No
             if not {'a', 'b', 'diff', 'lo', 'hi', 'verdict'} <= set(r):
                 raise ValueError(f"result[{d!r}][{k!r}] is not a compare() entry (needs a, b, diff, lo, hi, verdict)")
             lines.append(f"{d} {METRIC_NAMES.get(k, k):<4} {r['a']:>{w}.1f} {r['b']:>{w}.1f} "
-                         f"{r['diff']:>+{max(8, len(a) + len(b) + 3)}.1f}  {'[%+.1f, %+.1f]' % (r['lo'], r['hi']):<18} {r['verdict']}")
+                         f"{r['diff']:>+{max(8, len(a) + len(b) + 3)}.1f}  {'[%+.1f, %+.1f]' % (r['lo'], r['hi']):<18} "
+                         f"{r['verdict']}")
     return '\n'.join(lines)
 
 def paper_inside(interval: dict, paper: dict) -> dict:
-    "{'t2v': {'R1': True, ...}, ...}: whether each published number of `paper` ({'t2v': {'R1': 48.1}, ...}) lies in our interval."
+    """{'t2v': {'R1': True, ...}, ...}: whether each published number of `paper` ({'t2v': {'R1': 48.1}, ...}) lies in
+    our interval."""
     out = {}
     for d, vals in paper.items():
         if d not in ('t2v', 'v2t'): raise ValueError(f"paper numbers are per direction 't2v' or 'v2t', got {d!r}")
@@ -186,9 +200,11 @@ def paper_inside(interval: dict, paper: dict) -> dict:
     return out
 
 def format_interval(interval: dict, paper: dict = None, level: float = 0.95, title=None) -> str:
-    "One line per metric: ours with its interval, and where `paper` has the metric, the paper's number and whether it lies inside."
+    """One line per metric: ours with its interval, and where `paper` has the metric, the paper's number and whether it
+    lies inside."""
     inside = paper_inside(interval, paper or {})
-    lines = ([str(title)] if title else []) + [(f"{'':<8} {'ours':>7}  {f'{level:.0%} interval':<16}" + ('  paper' if paper else '')).rstrip()]
+    lines = (([str(title)] if title else [])
+             + [(f"{'':<8} {'ours':>7}  {f'{level:.0%} interval':<16}" + ('  paper' if paper else '')).rstrip()])
     for d in ('t2v', 'v2t'):
         for k, (v, lo, hi) in interval[d].items():
             line = f"{d} {METRIC_NAMES.get(k, k):<4} {v:>7.1f}  {f'[{lo:.1f}, {hi:.1f}]':<16}"

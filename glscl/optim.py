@@ -18,12 +18,13 @@ def no_weight_decay(name: str, p: torch.Tensor) -> bool:
     return p.ndim < 2 or any(k in name for k in ('embedding', 'queries', 'logit_scale')) or name.endswith('.pos')
 
 def released_decay(name: str, p: torch.Tensor) -> bool:
-    "The released rule: weight decay on every parameter whose name does not contain `bias` (gains, embeddings, queries included)."
+    """The released rule: weight decay on every parameter whose name does not contain `bias` (gains, embeddings, queries
+    included)."""
     return 'bias' not in name
 
 def param_groups(model: torch.nn.Module, cfg: Config) -> list:
-    """Four optimizer groups: CLIP (names with `clip.`) or new module, with or without weight decay (`cfg.weight_decay_rule`:
-    'glscl' or 'released'); each group carries its `name`. Frozen parameters are left out."""
+    """Four optimizer groups: CLIP (names with `clip.`) or new module, with or without weight decay
+    (`cfg.weight_decay_rule`: 'glscl' or 'released'); each group carries its `name`. Frozen parameters are left out."""
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad: continue
@@ -52,10 +53,13 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 # %% ../nbs/13a_optimizer.ipynb #98a2087b
 class BertAdam(torch.optim.Optimizer):
-    "The released optimizer: Adam moments without bias correction and decoupled weight decay, p -= lr (m / (sqrt(v) + eps) + wd p)."
-    def __init__(self, params, lr: float = 1e-4, betas: tuple = (0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.0):
+    """The released optimizer: Adam moments without bias correction and decoupled weight decay, p -= lr (m / (sqrt(v) +
+    eps) + wd p)."""
+    def __init__(self, params, lr: float = 1e-4, betas: tuple = (0.9, 0.98), eps: float = 1e-6,
+                 weight_decay: float = 0.0):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"BertAdam: need lr, eps, weight_decay >= 0 and betas in [0, 1), got {lr}, {eps}, {weight_decay}, {betas}")
+            raise ValueError(f"BertAdam: need lr, eps, weight_decay >= 0 and betas in [0, 1), got {lr}, {eps}, "
+                             f"{weight_decay}, {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
@@ -85,7 +89,8 @@ OPTIMIZERS['bertadam'] = _bertadam
 
 # %% ../nbs/13a_optimizer.ipynb #212f0df2
 def warmup_cosine(step: int, total: int, warmup: float = 0.1) -> float:
-    "The released schedule's factor at `step` (from 0) of `total`: linear warmup over a share `warmup`, then cos over the whole run."
+    """The released schedule's factor at `step` (from 0) of `total`: linear warmup over a share `warmup`, then cos over
+    the whole run."""
     x = step / max(1, total)
     if x < warmup: return x / warmup
     return 0.5 * (1.0 + math.cos(math.pi * x))

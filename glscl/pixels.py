@@ -21,7 +21,8 @@ OPENAI_MEAN, OPENAI_STD = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
 
 @lru_cache(maxsize=8)
 def _resize_crop_tf(image_size: int) -> v2.Compose:
-    "torchvision's short-side bicubic resize (antialiased) and centre crop to `image_size`, as open_clip's eval transform."
+    """torchvision's short-side bicubic resize (antialiased) and centre crop to `image_size`, as open_clip's eval
+    transform."""
     return v2.Compose([v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
                        v2.CenterCrop(image_size)])
 
@@ -36,13 +37,16 @@ def resize_crop(frames, image_size: int = 224) -> torch.Tensor:
     return x.to(torch.float32, memory_format=torch.contiguous_format)
 
 def normalize_frames(x: torch.Tensor) -> torch.Tensor:
-    "Pixels [..., 3, S, S] in 0..255 (uint8 or float) -> CLIP input: / 255, then OpenAI's mean and std, on `x`'s device."
+    """Pixels [..., 3, S, S] in 0..255 (uint8 or float) -> CLIP input: / 255, then OpenAI's mean and std, on `x`'s
+    device."""
     x = x.float() / 255
-    mean = torch.tensor(OPENAI_MEAN, device=x.device).view(3, 1, 1); std = torch.tensor(OPENAI_STD, device=x.device).view(3, 1, 1)
+    mean = torch.tensor(OPENAI_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(OPENAI_STD, device=x.device).view(3, 1, 1)
     return ((x - mean) / std).contiguous()
 
 def clip_preprocess(frames, image_size: int = 224) -> torch.Tensor:
-    "uint8 frames [n,H,W,3] -> CLIP input float32 [n,3,S,S]: `resize_crop` (torchvision v2 on uint8), then `normalize_frames`."
+    """uint8 frames [n,H,W,3] -> CLIP input float32 [n,3,S,S]: `resize_crop` (torchvision v2 on uint8), then
+    `normalize_frames`."""
     return normalize_frames(resize_crop(frames, image_size))
 
 # %% ../nbs/01b_pixels.ipynb #938ea52c
@@ -55,7 +59,8 @@ def _rand_augment(spec: str, image_size: int):
     hparams = dict(translate_const=int(image_size * 0.45), img_mean=(128, 128, 128), interpolation=Image.BICUBIC)
     try: return rand_augment_transform(spec, hparams)
     except Exception as e:
-        raise ValueError(f"bad RandAugment spec {spec!r} ({e!r}); expected timm's format, e.g. {RELEASED_AUGMENT!r}") from e
+        raise ValueError(
+            f"bad RandAugment spec {spec!r} ({e!r}); expected timm's format, e.g. {RELEASED_AUGMENT!r}") from e
 
 def augment_seed(seed: int, epoch: int, index: int) -> int:
     "The augmentation seed of item `index` in `epoch` of a run seeded `seed` (the same in any worker or rank)."
@@ -66,7 +71,8 @@ def augment_clip(frames: np.ndarray, spec: str, seed: int, image_size: int = 224
     on every frame: timm's global RNGs are set to `random.seed(seed)`, `np.random.seed(seed)` before each frame,
     and the caller's RNG states are restored afterwards."""
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3: raise ValueError(f"frames must be [n,H,W,3], got shape {frames.shape}")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [n,H,W,3], got shape {frames.shape}")
     if frames.dtype != np.uint8: raise ValueError(f"frames must be uint8 (0..255), got {frames.dtype}")
     if isinstance(seed, (bool, np.bool_)) or int(seed) != seed or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}; see augment_seed")

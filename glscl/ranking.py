@@ -17,7 +17,8 @@ CHUNK_ELEMS = 2 ** 22       # scores compared at once (a 16 MB block of float32)
 def _check_sim(sim, name: str = 'sim') -> Tensor:
     "`sim` as a non-empty 2-D tensor of finite scores, or a ValueError saying what is wrong and where."
     if not isinstance(sim, Tensor) or sim.ndim != 2 or 0 in sim.shape:
-        raise ValueError(f"{name} must be a non-empty 2-D similarity matrix [queries, gallery], got {getattr(sim, 'shape', type(sim))}")
+        raise ValueError(f"{name} must be a non-empty 2-D similarity matrix [queries, gallery], got "
+                         f"{getattr(sim, 'shape', type(sim))}")
     bad = ~torch.isfinite(sim)
     if bad.any():
         r, c = bad.nonzero()[0].tolist()
@@ -29,8 +30,8 @@ def _check_index(idx, n: int, n_cols: int, name: str, shape) -> Tensor:
     "`idx` as a LongTensor [n] of columns in [0, n_cols), or a ValueError with the shapes."
     idx = torch.as_tensor(idx)
     if idx.shape != (n,) or idx.is_floating_point() or idx.dtype == torch.bool:
-        raise ValueError(f"{name} must hold one integer column per query, shape ({n},) for sim of shape {tuple(shape)}; "
-                         f"got shape {tuple(idx.shape)} ({idx.dtype})")
+        raise ValueError(f"{name} must hold one integer column per query, shape ({n},) for sim of shape "
+                         f"{tuple(shape)}; got shape {tuple(idx.shape)} ({idx.dtype})")
     if idx.min() < 0 or idx.max() >= n_cols:
         raise ValueError(f"{name} values must be columns in [0, {n_cols}) for sim of shape {tuple(shape)}; "
                          f"got values from {int(idx.min())} to {int(idx.max())}")
@@ -38,7 +39,8 @@ def _check_index(idx, n: int, n_cols: int, name: str, shape) -> Tensor:
 
 # %% ../nbs/12a_retrieval_metrics.ipynb #b24200c6
 def _count_against_best(s: Tensor, own: Tensor) -> tuple:
-    "Rows of scores `s` and masks `own` of each row's correct items: (#others strictly above the best correct score, #others tied with it)."
+    """Rows of scores `s` and masks `own` of each row's correct items: (#others strictly above the best correct score,
+    #others tied with it)."""
     best = s.masked_fill(~own, float('-inf')).amax(1, keepdim=True)
     other = ~own
     return ((s > best) & other).sum(1), ((s == best) & other).sum(1)
@@ -61,22 +63,26 @@ def _expected_rank(greater: Tensor, ties: Tensor) -> Tensor:
 
 # %% ../nbs/12a_retrieval_metrics.ipynb #d95e9546
 def retrieval_ranks(sim: Tensor, target, chunk_elems: int = CHUNK_ELEMS) -> Tensor:
-    "Expected 1-based rank [Q] of each query's correct column `target [Q]` in its row of `sim [Q, G]`, ties broken at random."
+    """Expected 1-based rank [Q] of each query's correct column `target [Q]` in its row of `sim [Q, G]`, ties broken at
+    random."""
     sim = _check_sim(sim)
     target = _check_index(target, sim.shape[0], sim.shape[1], 'target', sim.shape)
     return _expected_rank(*_target_counts(sim, target, chunk_elems))
 
 # %% ../nbs/12a_retrieval_metrics.ipynb #b85d7467
 def _expected_hit(greater: Tensor, ties: Tensor, k: int) -> Tensor:
-    "Chance that the correct item is in the top k when its ties are broken at random: clamp((k - greater) / (ties + 1), 0, 1)."
+    """Chance that the correct item is in the top k when its ties are broken at random: clamp((k - greater) / (ties +
+    1), 0, 1)."""
     return ((k - greater.double()) / (ties.double() + 1)).clamp(0, 1)
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive integer, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
     return k
 
 def recall_at(sim: Tensor, target, k: int, chunk_elems: int = CHUNK_ELEMS) -> float:
-    "Expected recall@k in percent of the correct columns `target [Q]` in the rows of `sim [Q, G]`, ties broken at random."
+    """Expected recall@k in percent of the correct columns `target [Q]` in the rows of `sim [Q, G]`, ties broken at
+    random."""
     sim = _check_sim(sim)
     target = _check_index(target, sim.shape[0], sim.shape[1], 'target', sim.shape)
     return 100 * _expected_hit(*_target_counts(sim, target, chunk_elems), _check_k(k)).mean().item()
@@ -99,7 +105,8 @@ def _summary(greater: Tensor, ties: Tensor) -> dict:
 V2T_PROTOCOLS = {
     'family': "video-to-text by the family's protocol (CLIP4Clip, released GLSCL): for each other video the best of "
               "its captions, the video's own best caption ranked among the V per-video scores",
-    'per-caption': "video-to-text per caption: the video's own best caption ranked against every caption of the other videos",
+    'per-caption': "video-to-text per caption: the video's own best caption ranked against every caption of the other "
+                   "videos",
 }
 
 def _check_protocol(v2t_protocol: str) -> str:
@@ -120,7 +127,8 @@ def per_video_best(sim: Tensor, cv: Tensor, chunk_elems: int = CHUNK_ELEMS) -> T
 def _v2t_counts(sim: Tensor, cv: Tensor, v2t_protocol: str = 'family', chunk_elems: int = CHUNK_ELEMS) -> tuple:
     "Per-video (greater, ties) of video-to-text under `v2t_protocol` ('family' or 'per-caption')."
     videos = torch.arange(sim.shape[1], device=sim.device)
-    if _check_protocol(v2t_protocol) == 'family': return _target_counts(per_video_best(sim, cv, chunk_elems), videos, chunk_elems)
+    if _check_protocol(v2t_protocol) == 'family':
+        return _target_counts(per_video_best(sim, cv, chunk_elems), videos, chunk_elems)
     return _rank_counts(sim.T, lambda rows: cv[None] == videos[rows, None], chunk_elems)
 
 # %% ../nbs/12a_retrieval_metrics.ipynb #13f39c6e
@@ -140,8 +148,9 @@ def _prepare(sim: Tensor, caption_video=None) -> tuple:
     T, V = sim.shape
     if caption_video is None:
         if T != V:
-            raise ValueError(f"sim has shape {tuple(sim.shape)} (texts x videos); without caption_video it must be square, "
-                             "text i matching video i (MSR-VTT 1k-A). Pass caption_video [T] for several captions per video.")
+            raise ValueError(f"sim has shape {tuple(sim.shape)} (texts x videos); without caption_video it must be "
+                             "square, text i matching video i (MSR-VTT 1k-A). Pass caption_video [T] for several "
+                             "captions per video.")
         caption_video = torch.arange(T)
     return sim, _check_caption_video(caption_video, sim)
 
@@ -153,16 +162,18 @@ def _v2t(sim: Tensor, cv: Tensor, chunk_elems: int = CHUNK_ELEMS, v2t_protocol: 
     "Video-to-text metrics: each video's best caption (columns of sim), ranked by `v2t_protocol` (`V2T_PROTOCOLS`)."
     return _summary(*_v2t_counts(sim, cv, v2t_protocol, chunk_elems))
 
-def retrieval_metrics(sim: Tensor, caption_video=None, chunk_elems: int = CHUNK_ELEMS, v2t_protocol: str = 'family') -> dict:
-    """{'t2v': {...}, 'v2t': {...}} with R1 R5 R10 R50 (percent), MdR, MnR from `sim [T, V]`; matched pairs on the diagonal,
-    or `caption_video [T]`. Video-to-text by `v2t_protocol`: 'family' (the papers' tables) or 'per-caption' (stricter);
-    with one caption per video the two are the same."""
+def retrieval_metrics(sim: Tensor, caption_video=None, chunk_elems: int = CHUNK_ELEMS,
+                      v2t_protocol: str = 'family') -> dict:
+    """{'t2v': {...}, 'v2t': {...}} with R1 R5 R10 R50 (percent), MdR, MnR from `sim [T, V]`; matched pairs on the
+    diagonal, or `caption_video [T]`. Video-to-text by `v2t_protocol`: 'family' (the papers' tables) or 'per-caption'
+    (stricter); with one caption per video the two are the same."""
     sim, cv = _prepare(sim, caption_video)
     return {'t2v': _t2v(sim, cv, chunk_elems), 'v2t': _v2t(sim, cv, chunk_elems, v2t_protocol)}
 
 # %% ../nbs/12a_retrieval_metrics.ipynb #6dd80fb8
 def dual_softmax(sim: Tensor, temp: float = 100.0) -> Tensor:
-    "DSL (Cheng et al. 2021, CAMoE): `sim * softmax(temp * sim, dim=0)`, a prior over the queries of each gallery column. Rank t2v on `dual_softmax(sim)` and v2t on `dual_softmax(sim.T)`."
+    """DSL (Cheng et al. 2021, CAMoE): `sim * softmax(temp * sim, dim=0)`, a prior over the queries of each gallery
+    column. Rank t2v on `dual_softmax(sim)` and v2t on `dual_softmax(sim.T)`."""
     sim = _check_sim(sim)
     return sim * torch.softmax(temp * sim, dim=0)
 
@@ -174,10 +185,12 @@ def activation_set(bank_sim: Tensor, k: int = 1) -> Tensor:
     return mask
 
 def qb_norm(sim: Tensor, bank_sim: Tensor, beta: float = 20.0, k: int = 1) -> Tensor:
-    "QB-Norm, dynamic inverted softmax: rows of `sim [T, V]` whose top-1 is in the activation set of `bank_sim [Q, V]` become beta*sim - logsumexp(beta*bank_sim, 0); the others stay raw."
+    """QB-Norm, dynamic inverted softmax: rows of `sim [T, V]` whose top-1 is in the activation set of `bank_sim [Q, V]`
+    become beta*sim - logsumexp(beta*bank_sim, 0); the others stay raw."""
     sim, bank_sim = _check_sim(sim), _check_sim(bank_sim, 'bank_sim')
     if bank_sim.shape[1] != sim.shape[1]:
-        raise ValueError(f"bank_sim must score the same {sim.shape[1]} gallery items as sim {tuple(sim.shape)}, got {tuple(bank_sim.shape)}")
+        raise ValueError(f"bank_sim must score the same {sim.shape[1]} gallery items as sim {tuple(sim.shape)}, got "
+                         f"{tuple(bank_sim.shape)}")
     if not 1 <= _check_k(k) <= sim.shape[1]: raise ValueError(f"k must be in [1, {sim.shape[1]}], got {k}")
     bank_sim = bank_sim.to(sim.device)
     active = activation_set(bank_sim, k)[sim.argmax(1)]
@@ -187,7 +200,8 @@ def qb_norm(sim: Tensor, bank_sim: Tensor, beta: float = 20.0, k: int = 1) -> Te
 # %% ../nbs/12a_retrieval_metrics.ipynb #474751f2
 def metrics_rows(sim: Tensor, caption_video=None, bank_sim=None, dsl: bool = False,
                  dsl_temp: float = 100.0, qb_beta: float = 20.0, qb_k: int = 1, v2t_protocol: str = 'family') -> dict:
-    "Labelled metric rows: 'plain', plus 'QB-Norm' (t2v on qb_norm(sim, bank_sim); v2t = plain) when `bank_sim` is given, plus 'DSL' (t2v on dual_softmax(sim), v2t on dual_softmax(sim.T)) when `dsl`."
+    """Labelled metric rows: 'plain', plus 'QB-Norm' (t2v on qb_norm(sim, bank_sim); v2t = plain) when `bank_sim` is
+    given, plus 'DSL' (t2v on dual_softmax(sim), v2t on dual_softmax(sim.T)) when `dsl`."""
     sim, cv = _prepare(sim, caption_video)
     plain = {'t2v': _t2v(sim, cv), 'v2t': _v2t(sim, cv, v2t_protocol=v2t_protocol)}
     rows = {'plain': plain}
@@ -201,12 +215,14 @@ def metrics_rows(sim: Tensor, caption_video=None, bank_sim=None, dsl: bool = Fal
 _HEADS = ('R@1', 'R@5', 'R@10', 'R@50', 'MdR', 'MnR')
 
 def v2t_note(caption_video, v2t_protocol: str = 'family') -> str:
-    "The line a table prints under v2t numbers of a multi-caption split (which protocol); '' with one caption per video."
+    """The line a table prints under v2t numbers of a multi-caption split (which protocol); '' with one caption per
+    video."""
     cv = torch.as_tensor(caption_video)
     return '' if len(cv) == len(torch.unique(cv)) else f"v2t: {V2T_PROTOCOLS[_check_protocol(v2t_protocol)]}"
 
 def format_metrics(rows: dict, title=None, note: str = '') -> str:
-    "A plain-text table of labelled rows: t2v R@1 R@5 R@10 R@50 MdR MnR | v2t the same, numbers with 1 decimal; `note` (e.g. `v2t_note`) under it."
+    """A plain-text table of labelled rows: t2v R@1 R@5 R@10 R@50 MdR MnR | v2t the same, numbers with 1 decimal; `note`
+    (e.g. `v2t_note`) under it."""
     for name, row in rows.items():
         if not all(d in row and set(METRIC_KEYS) <= set(row[d]) for d in ('t2v', 'v2t')):
             raise ValueError(f"row {name!r} must hold 't2v' and 'v2t' dicts with keys {METRIC_KEYS}")

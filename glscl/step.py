@@ -8,7 +8,8 @@ __all__ = ['LOG_STEP_KEYS', 'DEVICES', 'weights_finite', 'NonFiniteLoss', 'forwa
            'GradCache', 'probe_device', 'pick_device']
 
 # %% ../nbs/13f_step.ipynb #2f6bdfe8
-import contextlib, math
+import contextlib
+import math
 import torch
 from .config import Config
 from .model import GLSCL
@@ -28,10 +29,11 @@ class NonFiniteLoss(RuntimeError):
 
 LOG_STEP_KEYS = ('loss', 'nce', 'icl', 'idl')
 
-def forward_backward(model: GLSCL, batch: dict, cfg: Config, step: int = 0, gather=None, scaler=None, forward=None) -> dict:
-    """The loss of `batch` (the `step`-th, from 0) and its gradients, written anew into every parameter's `.grad`; returns the
-    forward's output, detached. Raises `NonFiniteLoss` before any gradient is written. `forward`: the DDP wrapper of
-    `model` under torchrun; `scaler`: amp-fp16's gradient scaler (the gradients are then scaled). With
+def forward_backward(model: GLSCL, batch: dict, cfg: Config, step: int = 0, gather=None,
+                     scaler=None, forward=None) -> dict:
+    """The loss of `batch` (the `step`-th, from 0) and its gradients, written anew into every parameter's `.grad`;
+    returns the forward's output, detached. Raises `NonFiniteLoss` before any gradient is written. `forward`: the DDP
+    wrapper of `model` under torchrun; `scaler`: amp-fp16's gradient scaler (the gradients are then scaled). With
     `cfg.grad_cache_chunk` the towers go through `GradCache`, outside the DDP wrapper, and the gradients are averaged
     over the processes after its last backward (`average_gradients`)."""
     dev = _device(model)
@@ -41,74 +43,92 @@ def forward_backward(model: GLSCL, batch: dict, cfg: Config, step: int = 0, gath
         if cache is not None: out = cache.forward(batch, gather)
         else:
             with autocast(cfg, dev): out = (forward or model)(batch, gather=gather)
-    except ValueError as e:                                            # the model's checks saw NaN or inf: from the data or the weights?
-        inputs_ok = all(bool(torch.isfinite(v).all()) for v in batch.values() if torch.is_tensor(v) and v.is_floating_point())
+    except ValueError as e:   # the model's checks saw NaN or inf: from the data or the weights?
+        inputs_ok = all(bool(torch.isfinite(v).all()) for v in batch.values() if torch.is_tensor(v)
+                        and v.is_floating_point())
         if 'NaN or inf' not in str(e) or not inputs_ok: raise
         bad = nonfinite_tensors(model.state_dict())
         big = max(float(p.detach().abs().max()) for p in model.parameters())
-        raise NonFiniteLoss(f"step {step + 1}: the forward gave NaN or inf from finite inputs ({str(e).split(';')[0][:100]}): the weights "
-                            + (f"hold NaN or inf ({', '.join(bad[:4])})" if bad else f"diverged (largest |weight| {big:.3g})")
-                            + "; training stopped before this step's update: the run's last.pt is the last good checkpoint. Lower lr and "
+        raise NonFiniteLoss(f"step {step + 1}: the forward gave NaN or inf from finite inputs "
+                            f"({str(e).split(';')[0][:100]}): the weights "
+                            + (f"hold NaN or inf ({', '.join(bad[:4])})" if bad
+                               else f"diverged (largest |weight| {big:.3g})")
+                            + "; training stopped before this step's update: the run's last.pt is the last good "
+                              "checkpoint. Lower lr and "
                             "resume from it, or start again.") from e
     loss = out['loss'].item()
     if not math.isfinite(loss):
-        raise NonFiniteLoss(f"step {step + 1}: the loss is {loss} (" + ', '.join(f"{k}={out[k].item():.4g}" for k in LOG_STEP_KEYS if k != 'loss')
-                            + "); training stopped before this step's update. Lower lr, check the data, or resume from the last checkpoint.")
+        raise NonFiniteLoss(f"step {step + 1}: the loss is {loss} (" + ', '.join(f"{k}={out[k].item():.4g}"
+                                                                                 for k in LOG_STEP_KEYS if k != 'loss')
+                            + "); training stopped before this step's update. Lower lr, check the data, or resume from "
+                              "the last checkpoint.")
     model.zero_grad(set_to_none=True)
     scaled = out['loss'] if scaler is None else scaler.scale(out['loss'])
     if cache is None: scaled.backward()
     else: cache.backward(scaled); average_gradients(model)
     return {k: v.detach() for k, v in out.items()}
 
-def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, gather=None, scaler=None, forward=None) -> dict:
-    """One optimisation step on `batch` (the `step`-th, from 0); returns the logged numbers. Raises `NonFiniteLoss` before
-    touching the weights. `forward`: the DDP wrapper of `model` under torchrun; `scaler`: amp-fp16's gradient scaler."""
+def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, gather=None,
+               scaler=None, forward=None) -> dict:
+    """One optimisation step on `batch` (the `step`-th, from 0); returns the logged numbers. Raises `NonFiniteLoss`
+    before touching the weights. `forward`: the DDP wrapper of `model` under torchrun; `scaler`: amp-fp16's gradient
+    scaler."""
     out = forward_backward(model, batch, cfg, step, gather, scaler, forward)
     parts = {k: out[k].item() for k in LOG_STEP_KEYS}
-    gauges = {k: out[k].item() for k in ('qcos_t', 'qcos_v') if k in out}     # LIM's collapse gauges, when it has queries
+    gauges = {k: out[k].item() for k in ('qcos_t', 'qcos_v') if k in out}   # LIM's collapse gauges, when it has queries
     if scaler is not None: scaler.unscale_(opt)
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float('inf')).item()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                           cfg.grad_clip if cfg.grad_clip > 0 else float('inf')).item()
     if not math.isfinite(gnorm) and scaler is None:
-        raise NonFiniteLoss(f"step {step + 1}: the gradient norm is {gnorm} (loss {parts['loss']:.4g}); training stopped before the update.")
+        raise NonFiniteLoss(f"step {step + 1}: the gradient norm is {gnorm} (loss {parts['loss']:.4g}); training "
+                            "stopped before the update.")
     lrs = {g.get('name', str(i)): g['lr'] for i, g in enumerate(opt.param_groups)}
     if scaler is None: opt.step()
     else: scaler.step(opt); scaler.update()                     # an overflowed step is skipped and the scale lowered
     sched.step()
     with torch.no_grad(): model.logit_scale.clamp_(max=math.log(100))
     if not weights_finite([p for g in opt.param_groups for p in g['params']]):   # the weights this update changed
-        raise NonFiniteLoss(f"step {step + 1}: the update made weights NaN or inf ({', '.join(nonfinite_tensors(model.state_dict())[:4])}; "
-                            f"loss {parts['loss']:.4g}, gradient norm {gnorm:.4g}): the run diverged and stopped before saving them; its "
-                            "last.pt is the last good checkpoint. Lower lr and resume from it, or start again.")
-    return dict(parts, **gauges, grad_norm=gnorm, lr=lrs.get('new/decay', max(lrs.values())), lr_clip=lrs.get('clip/decay', min(lrs.values())),
-                logit_scale=model.logit_scale.exp().item(), **({} if math.isfinite(gnorm) else dict(skipped=True)))
+        raise NonFiniteLoss(f"step {step + 1}: the update made weights NaN or inf "
+                            f"({', '.join(nonfinite_tensors(model.state_dict())[:4])}; loss {parts['loss']:.4g}, "
+                            f"gradient norm {gnorm:.4g}): the run diverged and stopped before saving them; its last.pt "
+                            "is the last good checkpoint. Lower lr and resume from it, or start again.")
+    return dict(parts, **gauges, grad_norm=gnorm, lr=lrs.get('new/decay', max(lrs.values())),
+                lr_clip=lrs.get('clip/decay', min(lrs.values())), logit_scale=model.logit_scale.exp().item(),
+                **({} if math.isfinite(gnorm) else dict(skipped=True)))
 
 # %% ../nbs/13f_step.ipynb #eb14e4f7
 def row_chunks(n: int, size: int) -> list:
-    "Slices of `range(n)`, `size` rows each (the last one may be shorter); one slice of all when `size` is 0 or at least `n`."
+    """Slices of `range(n)`, `size` rows each (the last one may be shorter); one slice of all when `size` is 0 or at
+    least `n`."""
     if size < 0: raise ValueError(f"chunk size {size}: use a positive number of rows, or 0 for one chunk")
     if not size or size >= n: return [slice(0, n)]
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 # %% ../nbs/13f_step.ipynb #d61132c5
 class GradCache:
-    """Gradient caching of GLSCL's CLIP towers, `chunk` items at a time (`amp`: a function returning the autocast context).
-    `forward(batch, gather)` runs the towers chunk by chunk without a graph, remembering torch's random state before each
-    chunk, then the rest of the model and the losses on the whole batch from their outputs (leaf tensors); it returns the
-    model's output. `backward(loss)` backpropagates `loss` into the heads and the tower outputs, then for each chunk
-    restores its random state, encodes it again with a graph and backpropagates the cached gradient of its outputs.
-    The gradients are those of one forward of the whole batch; the towers' activations exist for one chunk at a time."""
+    """Gradient caching of GLSCL's CLIP towers, `chunk` items at a time (`amp`: a function returning the autocast
+    context). `forward(batch, gather)` runs the towers chunk by chunk without a graph, remembering torch's random state
+    before each chunk, then the rest of the model and the losses on the whole batch from their outputs (leaf tensors);
+    it returns the model's output. `backward(loss)` backpropagates `loss` into the heads and the tower outputs, then for
+    each chunk restores its random state, encodes it again with a graph and backpropagates the cached gradient of its
+    outputs. The gradients are those of one forward of the whole batch; the towers' activations exist for one chunk at a
+    time."""
     def __init__(self, model: GLSCL, chunk: int, amp=contextlib.nullcontext):
-        if chunk < 1: raise ValueError(f"grad_cache_chunk = {chunk}: use a positive number of items per chunk, or 0 to switch gradient caching off")
+        if chunk < 1:
+            raise ValueError(f"grad_cache_chunk = {chunk}: use a positive number of items per chunk, or 0 to switch "
+                             "gradient caching off")
         bn = [n for n, m in model.clip.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        if bn: raise ValueError(f"grad_cache_chunk = {chunk} with CLIP {model.cfg.clip_model}: its BatchNorm layers ({bn[0]}, ...) would "
-                                "normalise each chunk with the chunk's statistics, so the gradients would not be the batch's; "
-                                "use a ViT CLIP, or grad_cache_chunk = 0")
+        if bn:
+            raise ValueError(f"grad_cache_chunk = {chunk} with CLIP {model.cfg.clip_model}: its BatchNorm layers "
+                             f"({bn[0]}, ...) would normalise each chunk with the chunk's statistics, so the gradients "
+                             "would not be the batch's; use a ViT CLIP, or grad_cache_chunk = 0")
         self.model, self.chunk, self.amp, self.jobs = model, chunk, amp, []
 
     def forward(self, batch: dict, gather=None) -> dict:
         m, dev, feats = self.model, _device(self.model), batch.get('frame_features')
         towers = dict(text=lambda s: m.text_tower(batch['ids'][s], batch['mask'][s]),
-                      video=lambda s: m.frame_tower(batch['frames'][s], batch['frame_mask'][s], None if feats is None else feats[s]))
+                      video=lambda s: m.frame_tower(batch['frames'][s], batch['frame_mask'][s],
+                                                    None if feats is None else feats[s]))
         self.slices, self.jobs, outs = row_chunks(len(batch['ids']), self.chunk), [], {}
         for name, fn in towers.items():
             learns = torch.is_grad_enabled() and any(p.requires_grad for p in m.tower_parameters(name))
@@ -126,12 +146,12 @@ class GradCache:
 
     def backward(self, loss: torch.Tensor):
         dev = _device(self.model)
-        loss.backward()                                                  # the heads' gradients, and dL/dz of the tower outputs
+        loss.backward()   # the heads' gradients, and dL/dz of the tower outputs
         after = torch_rng(dev)
         try:
             for fn, states, out in self.jobs:
                 keys = [k for k, x in out.items() if x.requires_grad and x.grad is not None]
-                for s, state in zip(self.slices, states if keys else []):
+                for s, state in zip(self.slices, states if keys else [], strict=False):
                     set_torch_rng(state, dev)                            # the same dropout masks as the first pass
                     with self.amp(): part = fn(s)
                     torch.autograd.backward([part[k] for k in keys], [out[k].grad[s] for k in keys])
@@ -147,7 +167,8 @@ class GradCache:
 # GLSCL on a small batch, a loss and its gradients (compared between the two), then one `train_step`. If an op is
 # missing or the numbers disagree, `auto` logs why and uses the CPU. The verdict is cached for the process.
 # A name given explicitly ('cuda', 'cuda:1', 'mps', 'cpu') is used as given, or refused with a message that says why.
-import functools, logging
+import functools
+import logging
 from typing import Optional
 from .config import load_config
 from .optim import make_optimizer, make_scheduler
@@ -188,9 +209,11 @@ def probe_device(device, atol: float = 1e-3) -> Optional[str]:
     import torch
     with torch.random.fork_rng(devices=[]):
         try: got = _probe_step(device)
-        except Exception as e: return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        except Exception as e:
+            return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
         ref = got if torch.device(device).type == 'cpu' else _probe_step('cpu')
-    bad = [i for i, (a, b) in enumerate(zip(got, ref)) if a.shape != b.shape or not (a.float() - b.float()).abs().max() <= atol]
+    bad = [i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a.shape != b.shape
+           or not (a.float() - b.float()).abs().max() <= atol]
     return None if not bad else f"results differ from the CPU's beyond {atol} (tensors {bad[:5]} of {len(ref)})"
 
 def _mps_available() -> bool:
@@ -205,7 +228,8 @@ def _mps_verdict() -> Optional[str]:
 
 def pick_device(name=None):
     """The torch.device to run on. 'auto' (or None): CUDA when available, else Apple's MPS when it runs every op type of
-    the toy run (`probe_device`), else the CPU. 'cuda', 'cuda:N', 'mps', 'cpu': that device, or an error saying why not."""
+    the toy run (`probe_device`), else the CPU. 'cuda', 'cuda:N', 'mps', 'cpu': that device, or an error saying why
+    not."""
     import torch
     if isinstance(name, torch.device): name = str(name)
     name = 'auto' if name is None else str(name).strip().lower()
@@ -217,7 +241,8 @@ def pick_device(name=None):
         if _mps_available():
             why = _mps_verdict()
             if why is None: return torch.device('mps')
-            _dlog.warning("device auto: Apple's MPS is available but cannot run this course's ops (%s); using the CPU", why)
+            _dlog.warning(
+                "device auto: Apple's MPS is available but cannot run this course's ops (%s); using the CPU", why)
         return torch.device('cpu')
     if kind == 'cuda':
         if not torch.cuda.is_available():
@@ -226,9 +251,11 @@ def pick_device(name=None):
         if index and int(index) >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
     if kind == 'mps':
-        if not _mps_available(): raise ValueError(f"device 'mps': Apple's MPS is not available here (it needs a Mac with Apple silicon); use 'auto' or 'cpu'")
+        if not _mps_available():
+            raise ValueError("device 'mps': Apple's MPS is not available here (it needs a Mac with Apple silicon); use "
+                             "'auto' or 'cpu'")
         why = _mps_verdict()
         if why is not None:
-            raise ValueError(f"device 'mps' cannot run this course's ops ({why}); use 'cpu', or set PYTORCH_ENABLE_MPS_FALLBACK=1 "
-                             "to run the missing ops on the CPU")
+            raise ValueError(f"device 'mps' cannot run this course's ops ({why}); use 'cpu', or set "
+                             "PYTORCH_ENABLE_MPS_FALLBACK=1 to run the missing ops on the CPU")
     return torch.device(name)

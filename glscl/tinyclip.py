@@ -9,9 +9,13 @@ __all__ = ['log', 'TINY_CLIP', 'TINY_RECIPE', 'TINY_PIXELS', 'register_tiny_clip
            'unpin_tiny_clip', 'verify_pinned', 'frame_caption_recall']
 
 # %% ../nbs/06_tiny_clip.ipynb #49184247
-import json, logging, tempfile, time
+import json
+import logging
+import tempfile
+import time
 from pathlib import Path
-import torch, torch.nn.functional as F
+import torch
+import torch.nn.functional as F
 import open_clip
 from tqdm.auto import tqdm
 from .filesafety import atomic_save
@@ -75,7 +79,7 @@ def pretrain_tiny_clip(steps: int = 300, batch_size: int = 128, lr: float = 1e-3
 
 # %% ../nbs/06_tiny_clip.ipynb #c258f1b2
 TINY_RECIPE = dict(steps=300, batch_size=128, lr=1e-3, seed=0, n_frames=8192)
-TINY_PIXELS = 'torchvision-v2-uint8'     # how frames became pixels (glscl.video.resize_crop): a change rebuilds the cache
+TINY_PIXELS = 'torchvision-v2-uint8'   # how frames became pixels (glscl.video.resize_crop): a change rebuilds the cache
 
 def _recipe() -> dict: return {**TINY_RECIPE, 'config': TINY_CLIP, 'pixels': TINY_PIXELS}
 
@@ -91,12 +95,14 @@ def tiny_clip_checkpoint(path=None, rebuild: bool = False) -> Path:
             finite = all(torch.isfinite(v).all() for v in ckpt.values() if torch.is_tensor(v) and v.is_floating_point())
         except Exception as e:                                          # truncated or overwritten: it is only a cache
             meta, finite = None, True
-            log.warning(f"the cached tiny CLIP {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); rebuilding it")
+            log.warning(
+                f"the cached tiny CLIP {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); rebuilding it")
         if meta == _recipe() and finite: return path
-        if meta is not None: log.warning(f"{path} was built with another recipe or holds non-finite weights; rebuilding it")
+        if meta is not None:
+            log.warning(f"{path} was built with another recipe or holds non-finite weights; rebuilding it")
     t0 = time.time()
     pinned = pinned_tiny_clip()
-    with torch.random.fork_rng(devices=[]):                             # seeding the recipe leaves the caller's random state alone
+    with torch.random.fork_rng(devices=[]):   # seeding the recipe leaves the caller's random state alone
         if pinned is not None and not rebuild:                          # the course's weights, shipped with glscl
             sd = unpin_tiny_clip(pinned)
             log.info(f"glscl-tiny from the pinned weights {pinned} -> {path}")
@@ -135,7 +141,8 @@ def pinned_tiny_clip():
 
 # %% ../nbs/06_tiny_clip.ipynb #87477ef8
 def pin_tiny_clip(sd: dict, path, recipe: dict = None) -> Path:
-    "Write the state dict `sd` of `recipe` (default: the course's) as a pinned file: every tensor but the token rows the replay gives."
+    """Write the state dict `sd` of `recipe` (default: the course's) as a pinned file: every tensor but the token rows
+    the replay gives."""
     from safetensors.torch import save_file
     recipe = recipe or _recipe()
     w = sd['token_embedding.weight']
@@ -168,7 +175,8 @@ def verify_pinned(progress: bool = True) -> dict:
     """Run the recipe on this machine and compare its weights with the pinned ones: whether they are bit for bit equal,
     and the largest absolute difference of any weight (another CPU's arithmetic makes them differ)."""
     pinned = pinned_tiny_clip()
-    if pinned is None: raise FileNotFoundError("this glscl has no pinned tiny CLIP (glscl/assets/glscl-tiny-toy.safetensors)")
+    if pinned is None:
+        raise FileNotFoundError("this glscl has no pinned tiny CLIP (glscl/assets/glscl-tiny-toy.safetensors)")
     ref, new = unpin_tiny_clip(pinned), pretrain_tiny_clip(**TINY_RECIPE, progress=progress)
     diff = {k: (new[k].float() - ref[k].float()).abs().max().item() for k in ref}
     return dict(equal=all(torch.equal(new[k], ref[k]) for k in ref), max_abs_diff=max(diff.values()),

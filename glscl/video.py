@@ -5,15 +5,17 @@ PyAV with the same numbering; `glscl.video`, which also gathers the CLIP pixels 
 
 # %% ../nbs/01a_frames.ipynb #921a582e
 from __future__ import annotations
-import logging, math, os, uuid
+import logging
+import math
+import os
+import uuid
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import av
 import numpy as np
-import torch
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # noqa: F401  (used by the cells 04_frame_cache exports to glscl.video)
 
 _log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -31,7 +33,8 @@ def frame_indices(n_frames: int, video_fps: float, max_frames: int = 12, fps: fl
     """Indices of the frames to keep: one every 1/`fps` seconds, thinned evenly to at most `max_frames`.
     `rule` 'glscl': frames floor(k video_fps / fps), thinned at rounded positions; 'released': the released
     code's rule, every round(video_fps / fps)-th frame, thinned at truncated positions."""
-    if rule not in FRAME_RULES: raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
+    if rule not in FRAME_RULES:
+        raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
     if int(n_frames) != n_frames or n_frames < 1: raise ValueError(f"n_frames must be an int >= 1, got {n_frames}")
     if int(max_frames) != max_frames or max_frames < 1:
         raise ValueError(f"max_frames must be an int >= 1, got {max_frames}")
@@ -99,7 +102,8 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float, crf: int = 23) -
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8, got {frames.dtype}; use np.clip(x, 0, 255).astype(np.uint8)")
     h, w = frames.shape[1:3]
-    if h % 2 or w % 2: raise ValueError(f"H.264 (yuv420p) needs even height and width, got {h}x{w}; crop or pad a pixel")
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 (yuv420p) needs even height and width, got {h}x{w}; crop or pad a pixel")
     if not 0 <= crf <= 51: raise ValueError(f"crf must be in [0, 51] (lower = better quality), got {crf}")
     return _write_h264(path, frames, fps, crf)
 
@@ -124,7 +128,8 @@ def video_backend(backend: Optional[str] = None) -> str:
         try: _decord(); return "decord"
         except ImportError: return "pyav"
     if name not in VIDEO_BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r} (from {src}); allowed values are {('auto',) + VIDEO_BACKENDS}")
+        raise ValueError(
+            f"unknown video backend {backend!r} (from {src}); allowed values are {('auto',) + VIDEO_BACKENDS}")
     if name == "decord": _decord()                       # a clear ImportError now, not inside a DataLoader worker
     return name
 
@@ -142,7 +147,8 @@ def _declared_frames(path: Path) -> int:
 def _check_complete(path: Path, n: int):
     "A VideoError when the file holds fewer frames than its header declares (a download cut short)."
     declared = _declared_frames(path)
-    if declared > n: raise _video_error(path, f"it is truncated: the container declares {declared} frames but holds only {n}")
+    if declared > n:
+        raise _video_error(path, f"it is truncated: the container declares {declared} frames but holds only {n}")
 
 def _read_decord(path: Path, max_frames: int, fps: float, rule: str) -> np.ndarray:
     "decord: index the file, then `get_batch` seeks to each chosen frame and decodes only those."
@@ -159,10 +165,12 @@ def _read_decord(path: Path, max_frames: int, fps: float, rule: str) -> np.ndarr
     except Exception as e:
         raise _video_error(path, f"decoding frames {idx.tolist()} of {n} failed ({str(e).strip()[-200:]})") from e
 
-MAX_PIXELS = 4096 * 4096      # frames larger than this are refused (a 8192x8192 video took 7.6 GB to index); $GLSCL_MAX_PIXELS changes it
+MAX_PIXELS = 4096 * 4096      # frames larger than this are refused (a 8192x8192 video took 7.6 GB to index);
+                              # $GLSCL_MAX_PIXELS changes it
 
 def check_frame_size(path: Path, max_pixels: int = None):
-    "A VideoError (a counted skip, never a memory blow-up) when `path`'s frames hold more than `max_pixels` pixels (read from the header)."
+    """A VideoError (a counted skip, never a memory blow-up) when `path`'s frames hold more than `max_pixels` pixels
+    (read from the header)."""
     cap = int(max_pixels or os.environ.get('GLSCL_MAX_PIXELS') or MAX_PIXELS)
     try:
         with av.open(str(path)) as c:
@@ -170,15 +178,16 @@ def check_frame_size(path: Path, max_pixels: int = None):
             w, h = c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height
     except Exception: return                                             # unreadable: the backend says why
     if w * h > cap:
-        raise VideoError(f"video {path} is {w}x{h} ({w * h / 1e6:.0f} Mpixels), above the cap of {cap / 1e6:.0f} Mpixels "
-                         f"(decoding it would take {12 * w * h * 3 / 2**30:.1f} GiB for 12 frames): re-encode it smaller "
-                         "(glscl.video.compress_videos) or raise $GLSCL_MAX_PIXELS; it is skipped")
+        raise VideoError(f"video {path} is {w}x{h} ({w * h / 1e6:.0f} Mpixels), above the cap of {cap / 1e6:.0f} "
+                         f"Mpixels (decoding it would take {12 * w * h * 3 / 2**30:.1f} GiB for 12 frames): re-encode "
+                         "it smaller (glscl.video.compress_videos) or raise $GLSCL_MAX_PIXELS; it is skipped")
 
 def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: str = "glscl",
                   backend: Optional[str] = None) -> tuple:
     """Decode only the frames `frame_indices` picks (with `rule`): (frames uint8 [n,H,W,3], mask bool [max_frames]).
     `backend`: 'decord', 'pyav' or 'auto' (default: $GLSCL_VIDEO_BACKEND, else 'auto'); both give the same frames."""
-    if rule not in FRAME_RULES: raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
+    if rule not in FRAME_RULES:
+        raise ValueError(f"unknown frame sampling rule {rule!r}; allowed values are {FRAME_RULES}")
     backend, path = video_backend(backend), Path(path)
     if path.is_dir(): raise _video_error(path, "it is a directory, not a video file")
     if not path.is_file(): raise FileNotFoundError(f"video file {path} does not exist")
@@ -188,7 +197,9 @@ def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: 
     mask = np.zeros(int(max_frames), np.bool_)
     n = int(min(mask.size, len(frames)))
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not 1 <= len(frames) <= mask.size:
-        raise _video_error(path, f"{backend} returned {frames.dtype} {frames.shape}, expected uint8 [n,H,W,3] with 1 <= n <= {mask.size}")
+        raise _video_error(path,
+                           f"{backend} returned {frames.dtype} {frames.shape}, expected uint8 [n,H,W,3] with 1 <= n <= "
+                           f"{mask.size}")
     mask[:n] = True
     return frames, mask
 
@@ -228,7 +239,8 @@ def _pyav_decode(container, stream, targets: Sequence, keys: Sequence, stats: Op
                 continue
             last = f.pts
             if f.pts == t: out[t] = rgb.reformat(f, format="rgb24").to_ndarray()
-            elif f.pts > t: raise RuntimeError(f"the frame at pts {t} was never decoded (the decoder went on to pts {f.pts})")
+            elif f.pts > t:
+                raise RuntimeError(f"the frame at pts {t} was never decoded (the decoder went on to pts {f.pts})")
     return out
 
 def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Optional[dict] = None) -> np.ndarray:
@@ -241,16 +253,21 @@ def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Option
             video_fps = float(s.average_rate) if s.average_rate else float("nan")
             declared = _header_frames(c)
             try: pts, keys = _pyav_index(c, s)
-            except Exception as e: raise _video_error(path, f"PyAV cannot read its packets ({str(e).strip()[:200]})") from e
+            except Exception as e:
+                raise _video_error(path, f"PyAV cannot read its packets ({str(e).strip()[:200]})") from e
             n = len(pts)
             if n < 1 or not keys: raise _video_error(path, "it has no frames" if n < 1 else "it has no keyframe")
-            if not (math.isfinite(video_fps) and video_fps > 0): raise _video_error(path, f"its frame rate is {video_fps}")
-            if declared > n: raise _video_error(path, f"it is truncated: the container declares {declared} frames but holds only {n}")
+            if not (math.isfinite(video_fps) and video_fps > 0):
+                raise _video_error(path, f"its frame rate is {video_fps}")
+            if declared > n:
+                raise _video_error(path,
+                                   f"it is truncated: the container declares {declared} frames but holds only {n}")
             idx = frame_indices(n, video_fps, max_frames, fps, rule)
             want = [pts[i] for i in idx]
             try: got = _pyav_decode(c, s, sorted(set(want)), keys, stats)
             except Exception as e:
-                raise _video_error(path, f"decoding frames {idx.tolist()} of {n} failed ({str(e).strip()[:200]})") from e
+                raise _video_error(path,
+                                   f"decoding frames {idx.tolist()} of {n} failed ({str(e).strip()[:200]})") from e
     except VideoError: raise
     except Exception as e: raise _video_error(path, f"PyAV cannot open it ({str(e).strip()[:200]})") from e
     return np.stack([got[t] for t in want])
@@ -258,8 +275,8 @@ def _read_pyav(path: Path, max_frames: int, fps: float, rule: str, stats: Option
 # %% ../nbs/01a_frames.ipynb #28704014
 # the CLIP pixels (01b, glscl.pixels) sit below the decoders; glscl.video gathers their names, so that
 # `from glscl.video import clip_preprocess` works as before
-from .pixels import *
-from .pixels import _rand_augment                # glscl.data builds its training transform from it
+from .pixels import *  # noqa: F403
+from .pixels import _rand_augment  # noqa: F401  (glscl.data builds its training transform from it)
 
 # %% ../nbs/04a_frame_cache.ipynb #9f99826c
 def _resized(h: int, w: int, short_side: int) -> tuple:

@@ -1,4 +1,6 @@
-import os, pathlib, pytest, torch
+import pathlib
+import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check of `make test`: the library is in sync with the notebooks, the notebooks are clean,
-# the unit tests pass, and every notebook runs end to end with papermill on the toy preset.
+# ruff finds nothing (its rules: [tool.ruff] in pyproject.toml), the unit tests pass, and every notebook
+# runs end to end with papermill on the toy preset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -15,4 +16,5 @@ if [ "$before" != "$after" ]; then
   exit 1
 fi
 echo "nbdev-export and nbdev-clean leave no diff"
+$BIN/ruff check .
 $BIN/python -m pytest -q -rs --durations=12 "$@" tests

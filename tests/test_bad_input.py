@@ -1,31 +1,37 @@
 """Bad input (issue 14): nothing of the user's is lost, one bad number poisons nothing, nothing is cut or coerced
 silently, skips are counted wherever loading happens, the CLI fails in one line, and nothing outside the repository
 changes. Each test goes through the public API or the CLI and failed on the code before the fix."""
-import json, logging, os, subprocess, sys, warnings
+import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
-import pytest, torch
+import pytest
+import torch
 
 from glscl.config import load_config, SettingError
 
-from glscl.cli import course_kernel
-from glscl.data import (read_msrvtt, tokenize, check_caption, collate_videos, count_skips, VideoDataset, VideoTextDataset,
+from glscl.data import (read_msrvtt, tokenize, check_caption, collate_videos, count_skips, VideoDataset,
                         MSRVTT_FILES)
 from glscl.toyworld import make_toy_msrvtt
 from glscl.model import GLSCL, mean_pooling_similarity
+from conftest import cli_here
 from glscl.losses import contrastive_loss
 from glscl.presetdata import dataset_from_config
 import glscl.train as T
 
 ROOT = Path(__file__).resolve().parents[1]
-NB_META = dict(kernelspec=dict(name='python3', language='python', display_name='Python 3'), language_info=dict(name='python'))
+NB_META = dict(kernelspec=dict(name='python3', language='python', display_name='Python 3'),
+               language_info=dict(name='python'))
 
 def cli(*args, env=None, cwd=None):
     "The console script in a process of its own."
-    return subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+    return subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args],
+                          capture_output=True, text=True, env=env, cwd=cwd)
 
-from conftest import cli_here
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -49,11 +55,11 @@ def test_toy_writer_refuses_a_folder_with_other_files(tmp_path):
 def test_toy_overwrite_replaces_only_a_toy_world(tmp_path, capsys):
     w = make_toy_msrvtt(tmp_path/'w', 8)
     with pytest.raises(FileExistsError, match='overwrite'): make_toy_msrvtt(w, 9)
-    code, err = cli_here(capsys, 'toy', '--out', str(w))                        # the preset's 240 videos: other parameters
+    code, err = cli_here(capsys, 'toy', '--out', str(w))   # the preset's 240 videos: other parameters
     assert code == 2 and '--overwrite' in err
     make_toy_msrvtt(w, 9, overwrite=True)
     assert len(list((w/'videos').glob('*.mp4'))) == 9
-    (w/'notes.md').write_text('mine')                                           # now the folder holds something of the user's
+    (w/'notes.md').write_text('mine')   # now the folder holds something of the user's
     with pytest.raises(FileExistsError, match='notes.md'): make_toy_msrvtt(w, 10, overwrite=True)
     assert (w/'notes.md').read_text() == 'mine' and len(list((w/'videos').glob('*.mp4'))) == 9
 
@@ -62,16 +68,18 @@ def test_interrupted_toy_writer_keeps_the_old_world_and_its_temp_is_cleaned(tmp_
     w = make_toy_msrvtt(tmp_path/'w', 8)
     before = sorted(p.name for p in (w/'videos').iterdir())
     calls, orig = [], TW.write_video
-    def crash(path, frames, fps, crf=23):                                       # Ctrl-C while the third video is written
+    def crash(path, frames, fps, crf=23):   # Ctrl-C while the third video is written
         calls.append(path)
         if len(calls) == 3: raise KeyboardInterrupt
         return orig(path, frames, fps, crf)
     monkeypatch.setattr(TW, 'write_video', crash)
     with pytest.raises(KeyboardInterrupt): make_toy_msrvtt(w, 9, overwrite=True)
     monkeypatch.setattr(TW, 'write_video', orig)
-    assert sorted(p.name for p in (w/'videos').iterdir()) == before and json.loads((w/'toy_events.json').read_text())['params']['n_videos'] == 8
+    assert (sorted(p.name for p in (w/'videos').iterdir()) == before
+            and json.loads((w/'toy_events.json').read_text())['params']['n_videos'] == 8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['w']
-    stale = tmp_path/'.toy-w.999999999.new-abc'; stale.mkdir(); (stale/'x').write_text('half')   # a writer killed with -9
+    # a writer killed with -9
+    stale = tmp_path/'.toy-w.999999999.new-abc'; stale.mkdir(); (stale/'x').write_text('half')
     make_toy_msrvtt(w, 9, overwrite=True)
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ['w']
 
@@ -100,7 +108,8 @@ def test_model_similarity_names_the_bad_text_and_video(model):
     torch.manual_seed(0)
     K, D = model.cfg.n_queries, model.clip.embed_dim
     text = dict(eos=torch.randn(3, D), query=torch.randn(3, K, D))
-    video = dict(frames=torch.randn(2, 4, D), mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool), query=torch.randn(2, K, D))
+    video = dict(frames=torch.randn(2, 4, D), mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool),
+                 query=torch.randn(2, K, D))
     ref = model.similarity(text, video)
     video['frames'][0, 3] = float('nan')                                        # a padded slot: never read
     assert torch.allclose(model.similarity(text, video), ref)
@@ -146,7 +155,7 @@ def test_unquoted_comma_in_a_test_caption_is_kept_whole(world, tmp_path):
     lines[1] = 'ret0,msr0,' + lines[1].split(',')[2] + ',a red ball, then a blue box, rises'
     (a/MSRVTT_FILES['test']).write_text('\n'.join(lines) + '\n')
     assert read_msrvtt(a, 'test')[0][1] == 'a red ball, then a blue box, rises'
-    lines[2] = 'ret1,msr1'                                                          # a field missing: named, not guessed
+    lines[2] = 'ret1,msr1'   # a field missing: named, not guessed
     (a/MSRVTT_FILES['test']).write_text('\n'.join(lines) + '\n')
     with pytest.raises(ValueError, match=r'JSFUSION_test\.csv, line 3: 2 fields'): read_msrvtt(a, 'test')
 
@@ -178,18 +187,23 @@ def write_ini(tmp_path, body):
     return p
 
 @pytest.mark.parametrize('line,key,why', [('lr = -1', 'lr', r'\(0, inf\)'), ('epochs = 1.5', 'epochs', 'whole number'),
-                                          ('lim_dropout = nan', 'lim_dropout', r'\[0, 1\)'), ('max_words = 100', 'max_words', r'\[3, 77\]'),
-                                          ('official_compat = maybe', 'official_compat', 'boolean'), ('adam_beta2 = 1', 'adam_beta2', r'\[0, 1\)'),
-                                          ('batch_size = 0', 'batch_size', 'must be in'), ('seed = -1', 'seed', 'must be in'),
+                                          ('lim_dropout = nan', 'lim_dropout', r'\[0, 1\)'),
+                                          ('max_words = 100', 'max_words', r'\[3, 77\]'),
+                                          ('official_compat = maybe', 'official_compat', 'boolean'),
+                                          ('adam_beta2 = 1', 'adam_beta2', r'\[0, 1\)'),
+                                          ('batch_size = 0', 'batch_size', 'must be in'),
+                                          ('seed = -1', 'seed', 'must be in'),
                                           ('precision = fp16', 'precision', 'released-fp16')])
 def test_every_preset_value_is_checked_at_load(tmp_path, line, key, why):
     p = write_ini(tmp_path, f'[bad]\nbase = toy\n{line}\n')
-    with pytest.raises(SettingError, match=rf"setting {key} = .*{why}.*settings\.ini \[bad\]") as e: load_config('bad', p)
+    with pytest.raises(SettingError, match=rf"setting {key} = .*{why}.*settings\.ini \[bad\]") as e:
+        load_config('bad', p)
     assert e.value.key == key
 
 def test_inherited_bad_value_names_its_own_section(tmp_path):
     p = write_ini(tmp_path, '[parent]\nbase = toy\nwarmup = 2\n[child]\nbase = parent\nlr = 1e-4\n')
-    with pytest.raises(SettingError, match=r"warmup = 2\.0: must be in \[0, 1\); set in .*\[parent\] \(read by preset \[child\]\)"):
+    with pytest.raises(SettingError,
+                       match=r"warmup = 2\.0: must be in \[0, 1\); set in .*\[parent\] \(read by preset \[child\]\)"):
         load_config('child', p)
 
 def test_no_lossy_coercion_in_overrides_and_configs():
@@ -219,7 +233,7 @@ def test_skips_counted_with_workers_and_all_bad_batches(broken, caplog):
     sizes = []
     for b in dl:
         count_skips(ds, b, dl); sizes.append(b['size'])
-    assert sizes == [0, 2] and ds.n_skipped == 2                                 # the all-bad batch is a batch of size 0
+    assert sizes == [0, 2] and ds.n_skipped == 2   # the all-bad batch is a batch of size 0
     ds0 = VideoDataset(['video0', 'video2'], broken/'videos', max_frames=4, image_size=32)
     dl0 = torch.utils.data.DataLoader(ds0, batch_size=2, collate_fn=collate_videos)
     for b in dl0: count_skips(ds0, b, dl0)
@@ -252,17 +266,19 @@ def test_cli_failures_are_one_line(args, words, capsys):
 
 def test_course_runner_reports_a_failing_notebook_in_one_line(tmp_path):
     import nbformat
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('preset = "toy"\nfig_dir = None', metadata={'tags': ['parameters']}),
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('preset = "toy"\nfig_dir = None',
+                                                                   metadata={'tags': ['parameters']}),
                                          nbformat.v4.new_code_cell('1 / 0')], metadata=NB_META)
     nbformat.write(nb, tmp_path/'boom.ipynb')
     from glscl.cli import run_notebook
-    with pytest.raises(RuntimeError, match=r"boom\.ipynb failed in cell \d+: ZeroDivisionError: division by zero .*executed notebook"):
+    with pytest.raises(
+        RuntimeError, match=r"boom\.ipynb failed in cell \d+: ZeroDivisionError: division by zero .*executed notebook"):
         run_notebook(tmp_path/'boom.ipynb', tmp_path/'out')
 
 def test_corrupted_tiny_clip_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     import glscl.tinyclip as C
     p = tmp_path/'tiny.pt'; p.write_bytes(b'\x80\x04garbage')
-    monkeypatch.setattr(C, 'pretrain_tiny_clip', lambda **kw: {'w': torch.zeros(2)})   # the rebuild itself takes minutes
+    monkeypatch.setattr(C, 'pretrain_tiny_clip', lambda **kw: {'w': torch.zeros(2)})  # the rebuild itself takes minutes
     with caplog.at_level(logging.WARNING): assert C.tiny_clip_checkpoint(p) == p
     assert 'cannot be read' in caplog.text and str(p) in caplog.text
     assert torch.load(p, weights_only=True)['glscl_recipe']['config'] == C.TINY_CLIP
@@ -270,15 +286,18 @@ def test_corrupted_tiny_clip_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
 # --- the user's machine stays as it was -------------------------------------------------------------------------------
 
 def test_notebooks_run_in_this_python_without_writing_outside_the_repository(tmp_path):
-    "With an empty home and Jupyter paths, papermill still finds this venv's Python, and nothing is written to the home."
+    """With an empty home and Jupyter paths, papermill still finds this venv's Python, and nothing is written to the
+    home."""
     home = tmp_path/'home'; home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(('JUPYTER', 'IPYTHON'))}
     env.update(HOME=str(home), XDG_DATA_HOME=str(home/'.local/share'), XDG_CONFIG_HOME=str(home/'.config'),
                XDG_CACHE_HOME=str(home/'.cache'), IPYTHONDIR=str(tmp_path/'ipython'), MPLCONFIGDIR=str(tmp_path/'mpl'))
     code = (f"import nbformat, sys; from glscl.cli import run_notebook, course_kernel; META = {NB_META!r}\n"
-            f"nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('preset=1\\nfig_dir=None', metadata={{'tags': ['parameters']}}),"
+            "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('preset=1\\nfig_dir=None', "
+            "metadata={'tags': ['parameters']}),"
             "nbformat.v4.new_code_cell('import sys; open(\"exe.txt\", \"w\").write(sys.executable)')], metadata=META)\n"
-            f"nbformat.write(nb, {str(tmp_path/'n.ipynb')!r}); run_notebook({str(tmp_path/'n.ipynb')!r}, {str(tmp_path/'out')!r}); print(course_kernel())")
+            f"nbformat.write(nb, {str(tmp_path/'n.ipynb')!r}); run_notebook({str(tmp_path/'n.ipynb')!r}, "
+            f"{str(tmp_path/'out')!r}); print(course_kernel())")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert Path((tmp_path/'exe.txt').read_text()).resolve() == Path(sys.executable).resolve()

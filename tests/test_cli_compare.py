@@ -1,7 +1,11 @@
-"""`glscl compare` end to end on two tiny toy runs (the second compare reads every encoding from the cache), its one-line
-errors, and QB-Norm's query bank going through the same encoding cache as the test split."""
-import subprocess, sys, shutil, json
-import pytest, torch
+"""`glscl compare` end to end on two tiny toy runs (the second compare reads every encoding from the cache), its
+one-line errors, and QB-Norm's query bank going through the same encoding cache as the test split."""
+import subprocess
+import sys
+import shutil
+import json
+import pytest
+import torch
 import glscl.train as T
 import glscl.evaluation as E                      # where the encoders that the cache calls live
 from glscl.cli import main, parse_paper
@@ -17,13 +21,15 @@ def runs(tmp_path_factory):
     w = make_toy_msrvtt(tmp/'toy', n_videos=24, seed=5)
     out = []
     for seed in (0, 1):
-        cfg = load_config('toy', anno_dir=str(w), video_dir=str(w/'videos'), out_dir=str(tmp/f'run{seed}'), seed=seed, **SETS)
+        cfg = load_config('toy', anno_dir=str(w), video_dir=str(w/'videos'), out_dir=str(tmp/f'run{seed}'),
+                          seed=seed, **SETS)
         T.train(cfg, progress=False, final_extra=False)
         out.append(tmp/f'run{seed}')
     return dict(world=w, a=out[0], b=out[1], tmp=tmp)
 
 def cli(*args):
-    return subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, '-c', 'from glscl.cli import main; main()', *args],
+                          capture_output=True, text=True)
 
 def no_encoding(*a, **k): raise AssertionError('encoded although the cache holds these encodings')
 
@@ -34,15 +40,15 @@ def test_compare_two_runs_then_from_the_cache(runs, capsys, monkeypatch):
     lines = first.splitlines()
     for d in ('t2v', 'v2t'):
         for m in ('R@1', 'R@5', 'R@10', 'R@50', 'MdR', 'MnR'):
-            row = next(l for l in lines if l.startswith(f'{d} {m} '))
+            row = next(ln for ln in lines if ln.startswith(f'{d} {m} '))
             assert row.rstrip().endswith(('better', 'worse', 'within noise')), row
-    assert any(l.startswith('A ') for l in lines) and any(l.startswith('B ') for l in lines)      # both rows
+    assert any(ln.startswith('A ') for ln in lines) and any(ln.startswith('B ') for ln in lines)      # both rows
     # the second compare reads both checkpoints' encodings from the cache: encoding anything would raise
     monkeypatch.setattr(E, 'encode_split', no_encoding); monkeypatch.setattr(E, 'encode_texts', no_encoding)
     main(['compare', str(runs['a']), str(runs['b']), '--n-boot', '300', '--quiet'])
     second = capsys.readouterr().out
     assert second.count('encodings from the cache') == 2
-    strip = lambda s: [l for l in s.splitlines() if not l.startswith(('A: ', 'B: '))]
+    strip = lambda s: [ln for ln in s.splitlines() if not ln.startswith(('A: ', 'B: '))]
     assert strip(second) == strip(first)                                        # deterministic for a seed
 
 
@@ -59,16 +65,17 @@ def test_compare_matches_the_library(runs):
 def test_compare_against_the_paper(runs, capsys):
     main(['compare', str(runs['a']), '--paper', 't2v_R1=48.1', '--paper', 'v2t_MnR=10.3', '--n-boot', '300', '--quiet'])
     out = capsys.readouterr().out
-    row = next(l for l in out.splitlines() if l.startswith('t2v R@1 '))
+    row = next(ln for ln in out.splitlines() if ln.startswith('t2v R@1 '))
     assert '48.1' in row and ('inside' in row or 'outside' in row)
-    assert '10.3' in next(l for l in out.splitlines() if l.startswith('v2t MnR '))
+    assert '10.3' in next(ln for ln in out.splitlines() if ln.startswith('v2t MnR '))
     assert 'best of many test evaluations' in out
     main(['compare', str(runs['a']), '--n-boot', '100', '--quiet'])               # A alone: its intervals
     assert 't2v R@1' in capsys.readouterr().out
 
 
 def test_parse_paper():
-    assert parse_paper(['t2v_R1=48.1', 'v2t_MnR=10.3', 't2v_R5=73.9']) == {'t2v': {'R1': 48.1, 'R5': 73.9}, 'v2t': {'MnR': 10.3}}
+    assert parse_paper(['t2v_R1=48.1', 'v2t_MnR=10.3', 't2v_R5=73.9']) == {'t2v': {'R1': 48.1, 'R5': 73.9},
+                                                                           'v2t': {'MnR': 10.3}}
     for bad in ('t2v_R2=1', 'r1=48', 't2v_R1', 't2v_R1=high'):
         with pytest.raises(ValueError, match='DIRECTION_METRIC=NUMBER'): parse_paper([bad])
 
@@ -102,7 +109,8 @@ def test_querybank_goes_through_the_cache(runs, monkeypatch, tmp_path):
     assert len(list(tmp_path.glob('bank50-train-*.pt'))) == 1 and len(list(tmp_path.glob('enc-test-*.pt'))) == 1
     monkeypatch.setattr(E, 'encode_split', no_encoding); monkeypatch.setattr(E, 'encode_texts', no_encoding)
     r2 = T.evaluate(model, cache_dir=tmp_path, extra=True, qb_bank=50, progress=False)
-    assert (r1['cached'], r2['cached']) == (False, True) and r2['metrics'] == r1['metrics'] and 'QB-Norm' in r2['metrics']
+    assert ((r1['cached'], r2['cached']) == (False, True) and r2['metrics'] == r1['metrics']
+            and 'QB-Norm' in r2['metrics'])
     monkeypatch.undo()
     n = dict(texts=0)
     real = T.encode_texts
@@ -128,7 +136,8 @@ def test_cli_tables_name_the_v2t_protocol_on_multi_caption_splits(monkeypatch, c
     main(['compare', 'x.pt', '--n-boot', '50'])
     assert capsys.readouterr().out.splitlines()[-1].startswith("v2t: video-to-text by the family's protocol")
     sq = torch.rand(3, 3)                                     # one caption per video: nothing to say
-    monkeypatch.setattr(C, 'evaluate_checkpoint', lambda *a, **k: dict(metrics=metrics_rows(sq), sim=sq, caption_video=torch.arange(3),
-                                                                       cached=True, split='test', v2t_note='', checkpoint='y.pt'))
+    monkeypatch.setattr(C, 'evaluate_checkpoint', lambda *a, **k: dict(metrics=metrics_rows(sq), sim=sq,
+                                                                       caption_video=torch.arange(3), cached=True,
+                                                                       split='test', v2t_note='', checkpoint='y.pt'))
     main(['eval', '--checkpoint', 'y.pt', '--plain'])
     assert 'v2t:' not in capsys.readouterr().out

@@ -1,8 +1,10 @@
 "CLIP encoding: tokens/EOS and frames equal open_clip's own outputs; checkpoints; offline errors; temporal transformer."
-import time
-import pytest, torch, torch.nn.functional as F, open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+import open_clip
 import glscl.clip as gc
-from glscl.clip import load_clip, TemporalTransformer, ClipEncoder
+from glscl.clip import load_clip, TemporalTransformer
 from glscl.tinyclip import clip_contrastive_targets, pretrain_tiny_clip
 from glscl.data import tokenize
 
@@ -13,7 +15,8 @@ def enc():
     torch.manual_seed(0)
     return load_clip('glscl-tiny', None)
 
-CAPS = ['a red circle moves left', 'at the end a big blue box gets bigger', 'a green triangle rises, then a yellow ball falls']
+CAPS = ['a red circle moves left', 'at the end a big blue box gets bigger',
+        'a green triangle rises, then a yellow ball falls']
 
 def test_eos_equals_open_clip(enc):
     ids, mask = tokenize(CAPS, max_words=32)
@@ -33,7 +36,8 @@ def test_short_max_words_keeps_eos(enc):
     with pytest.raises(ValueError, match='context length'): enc.encode_text(torch.ones(1, 40, dtype=torch.long))
 
 def test_pad_mask_hides_only_the_padding(enc):
-    "The released variant (`pad_mask`): real tokens and the EOS feature are unchanged, padded positions' features change."
+    """The released variant (`pad_mask`): real tokens and the EOS feature are unchanged, padded positions' features
+    change."""
     ids, mask = tokenize(CAPS, max_words=32)
     with torch.no_grad(): plain, released = enc.encode_text(ids), enc.encode_text(ids, mask)
     assert torch.allclose(plain[1], released[1], atol=1e-5)
@@ -93,7 +97,9 @@ def test_temporal_transformer_mask_and_init(enc):
     assert len(tt.blocks) == 4 and torch.equal(tt.pos, enc.model.positional_embedding)
     sd_b, sd_t = tt.blocks[2].state_dict(), enc.model.transformer.resblocks[2].state_dict()
     assert all(torch.equal(sd_b[k], sd_t[k]) for k in sd_b)
-    assert tt.blocks[0].attn.in_proj_weight.data_ptr() != enc.model.transformer.resblocks[0].attn.in_proj_weight.data_ptr()
+    assert (
+        tt.blocks[0].attn.in_proj_weight.data_ptr() != enc.model.transformer.resblocks[0].attn.in_proj_weight.data_ptr()
+    )
     f = torch.randn(3, 7, 128)
     mask = torch.ones(3, 7, dtype=torch.bool); mask[0, 5:] = False; mask[2, 2:] = False
     out = tt(f, mask)
@@ -116,7 +122,8 @@ def test_temporal_transformer_residual_reference(enc):
 def test_temporal_transformer_gets_gradients(enc):
     tt = TemporalTransformer.from_clip(enc, 4)
     tt(torch.randn(2, 4, 128), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()).pow(2).sum().backward()
-    assert tt.pos.grad.abs().sum() > 0 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in tt.blocks.parameters())
+    assert (tt.pos.grad.abs().sum() > 0
+            and all(p.grad is not None and p.grad.abs().sum() > 0 for p in tt.blocks.parameters()))
 
 def test_contrastive_targets_reference():
     cid = torch.tensor([3, 1, 3, 2, 3])

@@ -2,13 +2,15 @@
 end of each notebook, the landing page linking every notebook in order, no dead relative link in the notebooks'
 prose or in README (images included), and no file or notebook named in the prose (notebooks' markdown, every .md of
 the repository, settings.ini) that a clone of the repository does not hold."""
-import json, re, subprocess
+import json
+import re
+import subprocess
 from pathlib import Path
 import pytest
+from glscl.cli import course_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
-from glscl.cli import course_notebooks
 COURSE = course_notebooks(NBS)                 # NN_name, and NNa_name for the parts of a split notebook (13a ... 13h)
 LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)\)')
 
@@ -23,7 +25,8 @@ def numbers(names: list) -> list:
 
 def test_numbering_has_no_gap_and_no_repeat():
     nums = numbers([p.name for p in COURSE])
-    assert list(dict.fromkeys(int(n) for n, _ in nums)) == list(range(len(set(n for n, _ in nums)))), [p.name for p in COURSE]
+    assert list(dict.fromkeys(int(n)
+                              for n, _ in nums)) == list(range(len(set(n for n, _ in nums)))), [p.name for p in COURSE]
     for n in dict.fromkeys(n for n, _ in nums):
         parts = [s for m, s in nums if m == n]
         assert parts == [''] or parts == [chr(ord('a') + i) for i in range(len(parts))], (n, parts)
@@ -37,7 +40,8 @@ def test_the_numbering_check_sees_gaps_repeats_and_split_parts():
 @pytest.mark.parametrize('nb', COURSE, ids=[p.stem for p in COURSE])
 def test_ends_with_a_recap_and_the_next_link(nb):
     last = [c for c in cells(nb) if c['cell_type'] == 'markdown'][-1]
-    assert cells(nb)[-1] is not None and text(last).startswith('## Recap'), f"{nb.name}: the last markdown cell is not a recap"
+    assert (cells(nb)[-1] is not None
+            and text(last).startswith('## Recap')), f"{nb.name}: the last markdown cell is not a recap"
     i = COURSE.index(nb)
     want = COURSE[i + 1].name if i + 1 < len(COURSE) else 'index.ipynb'
     assert want in relative_links(text(last)), f"{nb.name}: the recap does not link to {want}"
@@ -65,7 +69,8 @@ def test_figures_carry_their_notebook_number(nb):
 
 def test_the_checker_sees_dead_links(tmp_path):
     nb = tmp_path/'00_x.ipynb'
-    nb.write_text(json.dumps({'cells': [{'cell_type': 'markdown', 'source': ['see [a](01_missing.ipynb) and ![b](images/no.png)']}]}))
+    nb.write_text(json.dumps({'cells': [{'cell_type': 'markdown', 'source': ['see [a](01_missing.ipynb) and '
+                                                                             '![b](images/no.png)']}]}))
     assert relative_links(text(cells(nb)[0])) == ['01_missing.ipynb', 'images/no.png']
 
 
@@ -74,7 +79,8 @@ def test_the_checker_sees_dead_links(tmp_path):
 # name, or a course notebook's stem (`15_train_msrvtt`). It must exist inside the repository, looked up from the
 # file that names it, from the repository's root, or (notebooks) in nbs/.
 TOP = ('nbs', 'glscl', 'tests', 'benchmarks', 'tools', 'data', 'docs', '.ci')
-PATH = re.compile(r'(?<![\w./:-])((?:\.\./)+[\w.-]+(?:/[\w.-]+)*|(?:[\w.-]+/)*[\w-]+\.(?:md|ipynb|ini|toml|py|sh|cfg|txt|svg|png))(?![\w/-])')
+PATH = re.compile(
+    r'(?<![\w./:-])((?:\.\./)+[\w.-]+(?:/[\w.-]+)*|(?:[\w.-]+/)*[\w-]+\.(?:md|ipynb|ini|toml|py|sh|cfg|txt|svg|png))(?![\w/-])')
 NOTEBOOK = re.compile(r'(?<![\w./-])(\d\d[a-z]?_[a-z][a-z0-9_]*)(\.ipynb)?(?![\w/-]|\.(?!ipynb)\w)')
 NOT_OURS = {'glscl/settings.ini': "the copy of settings.ini that setup.py writes into a wheel or sdist",
             'my.ini': "README's example of a user's own presets file"}
@@ -84,7 +90,8 @@ def named_files(md: str) -> list:
     out = []
     for m in PATH.finditer(md):
         p = m.group(1)
-        if p.startswith('../') or ('/' in p and p.split('/')[0] in TOP) or ('/' not in p and p.endswith(('.md', '.ipynb', '.ini', '.toml'))):
+        if (p.startswith('../') or ('/' in p and p.split('/')[0] in TOP)
+            or ('/' not in p and p.endswith(('.md', '.ipynb', '.ini', '.toml')))):
             out.append(p)
     out += [m.group(1) + '.ipynb' for m in NOTEBOOK.finditer(md)]
     return [p for p in out if p not in NOT_OURS]
@@ -104,7 +111,8 @@ def prose_documents(root: Path = ROOT) -> list:
     return docs + [(f, (root/f).parent, (root/f).read_text()) for f in mds + ['settings.ini'] if (root/f).is_file()]
 
 def test_prose_names_only_files_of_the_repository():
-    dead = [f"{where}: {p}" for where, here, md in prose_documents() for p in named_files(md) if not in_repository(p, here)]
+    dead = [f"{where}: {p}" for where, here, md in prose_documents() for p in named_files(md)
+            if not in_repository(p, here)]
     assert not dead, "prose names files that a clone does not hold:\n" + '\n'.join(dead)
 
 def test_the_name_checker_sees_missing_and_outside_files(tmp_path):
@@ -113,5 +121,7 @@ def test_the_name_checker_sees_missing_and_outside_files(tmp_path):
     md = ("see `../shared/NOTES.md`, [01](01_here.ipynb), notebook `02_gone`, `benchmarks/nothing.py`, `MISSING.md`, "
           "figure `13_toy_run.png`, `runs/toy/last.pt` and `MSRVTT_data.json`")
     names = named_files(md)
-    assert names == ['../shared/NOTES.md', '01_here.ipynb', 'benchmarks/nothing.py', 'MISSING.md', '01_here.ipynb', '02_gone.ipynb'], names
-    assert [p for p in names if not in_repository(p, tmp_path/'nbs', tmp_path)] == ['../shared/NOTES.md', 'benchmarks/nothing.py', 'MISSING.md', '02_gone.ipynb']
+    assert names == ['../shared/NOTES.md', '01_here.ipynb', 'benchmarks/nothing.py', 'MISSING.md', '01_here.ipynb',
+                     '02_gone.ipynb'], names
+    assert [p for p in names if not in_repository(p, tmp_path/'nbs', tmp_path)] == [
+        '../shared/NOTES.md', 'benchmarks/nothing.py', 'MISSING.md', '02_gone.ipynb']

@@ -1,5 +1,10 @@
 "Tests of glscl.data: MSR-VTT readers, frame sampling, video writing/compression, CLIP preprocessing, tokens, datasets."
-import csv, json, logging, math, random, sys
+import csv
+import json
+import logging
+import math
+import random
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,14 +31,16 @@ def write_anno(d: Path, n_videos=5, caps_per_video=3):
             sents.append({"caption": f"cap {j} of video{i}", "video_id": f"video{i}", "sen_id": sen_id}); sen_id += 1
     videos = [{"category": i % 20, "url": f"https://youtube/{i}", "video_id": f"video{i}", "start time": 1.0,
                "end time": 11.0, "split": "train", "id": i} for i in range(n_videos)]
-    videos += [{"video_id": f"video{9770 + r}", "split": "test", "id": 9770 + r} for r in range(3)]   # the json lists test videos too
+    # the json lists test videos too
+    videos += [{"video_id": f"video{9770 + r}", "split": "test", "id": 9770 + r} for r in range(3)]
     (d / "MSRVTT_data.json").write_text(json.dumps({"info": {"year": 2016}, "videos": videos, "sentences": sents}))
     for name, ids in (("MSRVTT_train.9k.csv", [0, 1, 2, 3]), ("MSRVTT_train.7k.csv", [0, 1])):
         with open(d / name, "w", newline="") as f:
             w = csv.writer(f); w.writerow(["video_id"]); w.writerows([[f"video{i}"] for i in ids])
     with open(d / "MSRVTT_JSFUSION_test.csv", "w", newline="") as f:
         w = csv.writer(f); w.writerow(["key", "vid_key", "video_id", "sentence"])
-        w.writerows([[f"ret{r}", f"msr{9770 + r}", f"video{9770 + r}", f"a person, is doing thing {r}"] for r in range(3)])
+        w.writerows([[f"ret{r}", f"msr{9770 + r}", f"video{9770 + r}", f"a person, is doing thing {r}"]
+                     for r in range(3)])
     return d
 
 
@@ -52,7 +59,8 @@ def test_read_train_splits(anno):
     sents = json.loads((anno / "MSRVTT_data.json").read_text())["sentences"]
     ref9 = [(s["video_id"], s["caption"]) for s in sents if s["video_id"] in {f"video{i}" for i in range(4)}]
     ref7 = [(s["video_id"], s["caption"]) for s in sents if s["video_id"] in {"video0", "video1"}]
-    assert train == ref9 and len(train) == 12 and train[:2] == [("video0", "cap 0 of video0"), ("video1", "cap 0 of video1")]
+    assert (train == ref9 and len(train) == 12
+            and train[:2] == [("video0", "cap 0 of video0"), ("video1", "cap 0 of video1")])
     assert train7k == ref7 and len(train7k) == 6
     assert all(isinstance(v, str) and isinstance(c, str) for v, c in train)
 
@@ -96,7 +104,8 @@ def test_empty_caption_json(anno):
 
 
 def test_empty_sentence_test_csv(anno):
-    (anno / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr1,video1,ok\nret1,msr2,video2,\n")
+    (anno / "MSRVTT_JSFUSION_test.csv").write_text(
+        "key,vid_key,video_id,sentence\nret0,msr1,video1,ok\nret1,msr2,video2,\n")
     with pytest.raises(ValueError) as e: read_msrvtt(anno, "test")
     assert "MSRVTT_JSFUSION_test.csv" in str(e.value) and "line 3" in str(e.value) and "ret1" in str(e.value)
 
@@ -178,7 +187,7 @@ def test_frame_indices_released_examples():
     # 20 s at 30 fps: 20 positions 0, 30, ..., 570 thinned at linspace(0, 19, 12) = 0, 1.73, 3.45, ... truncated
     assert r(600, 30.0) == [0, 30, 90, 150, 180, 240, 300, 360, 390, 450, 510, 570]
     assert frame_indices(600, 30.0).tolist() == [0, 60, 90, 150, 210, 270, 300, 360, 420, 480, 510, 570]  # rounded
-    assert r(5, 0.4) == [0, 1, 2, 3, 4]                          # video slower than 1 fps: stride max(1, round(0.4)) = 1
+    assert r(5, 0.4) == [0, 1, 2, 3, 4]   # video slower than 1 fps: stride max(1, round(0.4)) = 1
     assert r(10, 0.6) == list(range(10))                          # round(0.6) = 1
     assert r(40, 4.0) == list(range(0, 40, 4)) == frame_indices(40, 4.0).tolist()   # whole stride, no thinning: equal
     assert r(40, 4.0, max_frames=6) == [0, 4, 12, 20, 28, 36]    # linspace(0, 9, 6) = 0, 1.8, 3.6, 5.4, 7.2, 9
@@ -247,7 +256,7 @@ class SpyReader:
 
 @pytest.fixture
 def spy(monkeypatch):
-    decord = pytest.importorskip("decord")                              # no decord wheel on macOS / aarch64: PyAV reads there
+    decord = pytest.importorskip("decord")   # no decord wheel on macOS / aarch64: PyAV reads there
     SpyReader.real, SpyReader.calls, SpyReader.fps, SpyReader.shape_hack = decord.VideoReader, [], None, False
     monkeypatch.setattr(decord, "VideoReader", SpyReader)
     return SpyReader
@@ -373,7 +382,8 @@ def test_compress_videos(tmp_path, caplog):
 # ---------------------------------------------------------------- CLIP preprocessing
 def smooth_image(h, w):
     yy, xx = np.mgrid[0:h, 0:w]
-    return np.stack([xx * 255 / w, yy * 255 / h, 128 + 90 * np.sin(xx / 7) * np.cos(yy / 9)], -1).clip(0, 255).astype(np.uint8)
+    return np.stack([xx * 255 / w, yy * 255 / h,
+                     128 + 90 * np.sin(xx / 7) * np.cos(yy / 9)], -1).clip(0, 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("h,w,S", [(120, 160, 64), (161, 97, 64), (240, 320, 224), (64, 64, 64), (90, 120, 96)])
@@ -457,8 +467,10 @@ def test_video_text_dataset(world, caplog):
         items = [ds[i] for i in range(4)]
     assert items[3] is None and ds.n_skipped == 1 and "video3.mp4" in caplog.text
     batch = collate_videos(items)
-    assert batch["n_skipped"] == 1 and batch["index"].tolist() == [0, 1, 2] and batch["video_index"].tolist() == [0, 1, 2]
-    assert batch["frames"].shape == (3, 8, 3, 32, 32) and batch["ids"].shape == (3, 16) and batch["mask"].dtype == torch.bool
+    assert (batch["n_skipped"] == 1 and batch["index"].tolist() == [0, 1, 2]
+            and batch["video_index"].tolist() == [0, 1, 2])
+    assert (batch["frames"].shape == (3, 8, 3, 32, 32) and batch["ids"].shape == (3, 16)
+            and batch["mask"].dtype == torch.bool)
     assert batch["frame_mask"].sum(1).tolist() == [6, 3, 8]
     assert batch["frames"][1, 3:].abs().sum() == 0 and batch["frames"][1, :3].abs().sum() > 0
     frames, fmask = load_video(vids / "video1.mp4", max_frames=8, image_size=32)
@@ -467,7 +479,8 @@ def test_video_text_dataset(world, caplog):
 
 def test_dataset_missing_video_logged(world, caplog):
     anno, vids = world
-    ds = VideoTextDataset([("video0", "good"), ("video42", "never downloaded"), ("video1", "good too")], vids, image_size=32)
+    ds = VideoTextDataset([("video0", "good"), ("video42", "never downloaded"), ("video1", "good too")],
+                          vids, image_size=32)
     with caplog.at_level(logging.WARNING, logger="glscl.data"):
         batch = collate_videos([ds[i] for i in range(3)])
     assert ds.n_skipped == 1 and "video42.mp4" in caplog.text
@@ -516,7 +529,8 @@ def test_collate_synthetic():
         n = it["frames"].shape[0]
         assert torch.equal(b["frames"][r, :n], it["frames"]) and (b["frames"][r, n:] == 0).all()
         assert b["frame_mask"][r].tolist() == [True] * n + [False] * (4 - n)
-    assert b["index"].tolist() == [0, 2, 3] and b["video_index"].tolist() == [10, 12, 13] and b["index"].dtype == torch.long
+    assert (b["index"].tolist() == [0, 2, 3] and b["video_index"].tolist() == [10, 12, 13]
+            and b["index"].dtype == torch.long)
     assert torch.equal(b["ids"][:, 0], torch.tensor([0, 2, 3]))
     assert collate_videos([None, None]) == dict(size=0, n_skipped=2)          # an all-bad batch: counted, never None
 
@@ -532,7 +546,9 @@ def rng_states(): return random.getstate(), np.random.get_state()
 
 
 def same_states(a, b):
-    return a[0] == b[0] and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a[1], b[1]))
+    return (a[0] == b[0]
+            and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+                    for x, y in zip(a[1], b[1], strict=False)))
 
 
 def reference_augment(frames, spec, seed, image_size):
@@ -615,7 +631,9 @@ def test_augment_seed():
 def textured_world(tmp_path):
     "Two textured videos (augmentation visibly changes them) at 29.97 fps, so the sampling rules differ."
     vids = tmp_path / "tv"
-    write_video(vids / "v0.mp4", np.stack([smooth_image(48, 64)] * 4 + [255 - smooth_image(48, 64)] * 30 + [smooth_image(48, 64)] * 40), fps=29.97)
+    write_video(vids / "v0.mp4",
+                np.stack([smooth_image(48, 64)] * 4 + [255 - smooth_image(48, 64)] * 30
+                         + [smooth_image(48, 64)] * 40), fps=29.97)
     write_video(vids / "v1.mp4", moving_clip(70, 48, 64), fps=29.97)
     return vids
 
@@ -636,7 +654,8 @@ def test_dataset_no_augment_by_default(textured_world):
 
 def test_dataset_augment_per_seed_epoch_index(textured_world):
     pairs = [("v0", "a clip"), ("v1", "another clip"), ("v0", "a clip again")]
-    mk = lambda seed=0: VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32, augment=RELEASED_AUGMENT, seed=seed)
+    mk = lambda seed=0: VideoTextDataset(pairs, textured_world, max_frames=4, image_size=32,
+                                         augment=RELEASED_AUGMENT, seed=seed)
     ds = mk()
     raw = {v: sample_frames(textured_world / f"{v}.mp4", 4)[0] for v in ("v0", "v1")}
     plain = {v: clip_preprocess(f, 32) for v, f in raw.items()}
@@ -675,7 +694,8 @@ def test_memo_holds_raw_frames(textured_world):
     items = [ds[i] for i in range(4)]
     videos = lambda: {k: v for k, v in ds.memo.items() if k[0] != 'tokens'}
     assert items[3] is None and ds.n_skipped == 1 and len(videos()) == 2     # unreadable videos are not memoised
-    tokens = {k[1]: v for k, v in ds.memo.items() if k[0] == 'tokens'}      # and each caption's tokens, as tokenize gives them
+    # and each caption's tokens, as tokenize gives them
+    tokens = {k[1]: v for k, v in ds.memo.items() if k[0] == 'tokens'}
     assert sorted(tokens) == ['a clip', 'again', 'another']
     for c, (ids, m) in tokens.items(): assert torch.equal(ids, tokenize(c)[0][0]) and torch.equal(m, tokenize(c)[1][0])
     for key, (frames, mask) in videos().items():
@@ -685,7 +705,8 @@ def test_memo_holds_raw_frames(textured_world):
     memo_copy = {k: v[0].copy() for k, v in videos().items()}
     ds.set_epoch(1); [ds[i] for i in range(3)]
     assert all(np.array_equal(ds.memo[k][0], f) for k, f in memo_copy.items())   # augmentation never writes into it
-    big = VideoDataset(["v0"], textured_world, max_frames=4, image_size=48, memo=ds.memo)   # one memo serves any image size
+    # one memo serves any image size
+    big = VideoDataset(["v0"], textured_world, max_frames=4, image_size=48, memo=ds.memo)
     assert big[0]["frames"].shape[-1] == 48 and len(videos()) == 2
     rel = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32, frame_sampling="released", memo=ds.memo)
     rel[0]
@@ -693,7 +714,8 @@ def test_memo_holds_raw_frames(textured_world):
 
 
 def test_loading_options_through_the_constructor(textured_world):
-    "uint8, memo, frame_cache and pixels are keyword arguments (defaults: float pixels, no memo, no cache) and stay readable."
+    """uint8, memo, frame_cache and pixels are keyword arguments (defaults: float pixels, no memo, no cache) and stay
+    readable."""
     plain = VideoDataset(["v0"], textured_world, max_frames=4, image_size=32)
     assert (plain.uint8, plain.memo, plain.frame_cache, plain.pixels) == (False, None, None, True)
     assert plain[0]["frames"].dtype == torch.float32
@@ -703,7 +725,8 @@ def test_loading_options_through_the_constructor(textured_world):
     t = VideoTextDataset([("v0", "a clip")], textured_world, max_frames=4, image_size=32, pixels=False)
     item = t[0]
     n = plain[0]["frames"].shape[0]
-    assert not t.pixels and item["frames"].shape == (n, 0) and torch.equal(item["frame_mask"], plain[0]["frame_mask"])   # frame count, no pixels
+    # frame count, no pixels
+    assert not t.pixels and item["frames"].shape == (n, 0) and torch.equal(item["frame_mask"], plain[0]["frame_mask"])
 
 
 def test_dataset_frame_sampling(textured_world):
@@ -715,9 +738,11 @@ def test_dataset_frame_sampling(textured_world):
     a = sample_frames(textured_world / "v1.mp4", rule="glscl")[0]
     b = sample_frames(textured_world / "v1.mp4", rule="released")[0]
     assert len(a) == 3 and len(b) == 3 and not np.array_equal(a, b)           # frames 0, 29, 59 vs 0, 30, 60
-    with pytest.raises(ValueError, match="released"): VideoTextDataset([("v1", "x")], textured_world, frame_sampling="x")
+    with pytest.raises(ValueError, match="released"):
+        VideoTextDataset([("v1", "x")], textured_world, frame_sampling="x")
     with pytest.raises(ValueError, match="released"): VideoDataset(["v1"], textured_world, frame_sampling="x")
-    with pytest.raises(ValueError, match="RandAugment spec"): VideoTextDataset([("v1", "x")], textured_world, augment="nope")
+    with pytest.raises(ValueError, match="RandAugment spec"):
+        VideoTextDataset([("v1", "x")], textured_world, augment="nope")
 
 
 def test_from_config_sampling_and_augment(world, textured_world):
@@ -726,7 +751,8 @@ def test_from_config_sampling_and_augment(world, textured_world):
     cfg = load_config("toy").replace(anno_dir=str(anno), video_dir=str(vids), max_frames=4, image_size=32,
                                      frame_sampling="released", augment=RELEASED_AUGMENT, seed=11)
     ds = dataset_from_config(cfg, "train7k")
-    assert (ds.frame_sampling, ds.augment, ds.seed, ds.max_frames, ds.image_size) == ("released", RELEASED_AUGMENT, 11, 4, 32)
+    assert (ds.frame_sampling, ds.augment, ds.seed, ds.max_frames, ds.image_size) == ("released",
+                                                                                      RELEASED_AUGMENT, 11, 4, 32)
     assert ds[0]["frames"].shape == (4, 3, 32, 32)
     vds = videos_from_config(cfg, ["video2", "video0"])
     assert (vds.frame_sampling, vds.augment, vds.max_frames, vds.fps, vds.image_size) == ("released", None, 4, 1.0, 32)

@@ -1,6 +1,7 @@
 "glscl.efficiency: each baseline head against a slow per-pair loop written here, the FLOP counts, the growth fit."
 import math
-import pytest, torch
+import pytest
+import torch
 import torch.nn.functional as F
 from glscl.efficiency import (XPoolHead, XCLIPHead, GLSCLHead, make_heads, random_features,
                               count_flops, flop_model, flops_at, gim_flops, fit_growth, efficiency_table, format_table,
@@ -80,7 +81,7 @@ def test_xclip_loop(feats):
         f = F.normalize(video['frames'][b][video['mask'][b]].double(), dim=-1)
         vbar = F.normalize(video['frames'][b][video['mask'][b]].double().mean(0), dim=0)
         fw = w @ f.T                                                         # [words, frames]
-        words = agg(torch.tensor([agg(fw[l]) for l in range(len(w))], dtype=torch.float64))
+        words = agg(torch.tensor([agg(fw[i]) for i in range(len(w))], dtype=torch.float64))
         frames_ = agg(torch.tensor([agg(fw[:, n]) for n in range(len(f))], dtype=torch.float64))
         return (float(s @ vbar) + agg(w @ vbar) + agg(f @ s) + (words + frames_) / 2) / 4
     torch.testing.assert_close(XCLIPHead(tau)(text, video).double(), loop(pair), atol=1e-5, rtol=1e-5)
@@ -115,7 +116,8 @@ def test_flop_model_closed_forms():
     "The fitted coefficients equal each head's count written out by hand, and predict a count at another size."
     h = make_heads(D, ff_dim=32)
     assert flop_model(h['CLIP4Clip (meanP)'], N, L, D) == dict(a=0, b=0, c=2 * D, d=0)
-    assert flop_model(h['X-Pool'], N, L, D) == dict(a=2 * D * D, b=4 * N * D * D, c=2 * (2 * N * D + 2 * D * D + D), d=0)
+    assert flop_model(h['X-Pool'], N, L, D) == dict(a=2 * D * D, b=4 * N * D * D,
+                                                    c=2 * (2 * N * D + 2 * D * D + D), d=0)
     assert flop_model(h['X-CLIP'], N, L, D) == dict(a=0, b=0, c=2 * (D + L * D + N * D + N * L * D), d=0)
     m = flop_model(h['GLSCL (GIM + LIM)'], N, L, D)
     assert m['c'] == 2 * (N * (D + 1) + N * N) + 2 * 8 * D and m['a'] > 0 and m['b'] > 0
@@ -133,7 +135,7 @@ def test_table_marks_extrapolation():
     heads = {'GLSCL (GIM)': GIMHead(), 'X-CLIP': XCLIPHead()}
     rows = efficiency_table(sizes=(16, 64), N=4, L=4, D=8, budget_s=1e-9, repeats=1, heads=heads, progress=False)
     assert [r['head'] for r in rows] == list(heads)
-    assert all(not r['cells'][64]['measured'] for r in rows)                   # the budget allows nothing past the probes
+    assert all(not r['cells'][64]['measured'] for r in rows)   # the budget allows nothing past the probes
     assert all(r['cells'][16]['measured'] for r in rows)
     txt = format_table(rows)
     assert '~' in txt and 'X-CLIP' in txt

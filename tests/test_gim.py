@@ -1,6 +1,7 @@
 "GIM (glscl.gim) against slow per-pair references written here."
 import math
-import pytest, torch
+import pytest
+import torch
 import glscl.gim as gim
 from glscl.gim import frame_weights, global_interaction
 
@@ -12,7 +13,7 @@ def loop_weights(t, f, m, temp):
     s = [float(t @ f[i]) / temp for i in idx]
     mx = max(s)
     e = [math.exp(x - mx) for x in s]
-    for i, x in zip(idx, e): w[i] = x / sum(e)
+    for i, x in zip(idx, e, strict=True): w[i] = x / sum(e)
     return w
 
 
@@ -59,7 +60,8 @@ def test_weights_match_loop(batch):
     assert w.shape == (5, 7, 6)
     for a in range(5):
         for b in range(7):
-            torch.testing.assert_close(w[a, b].double(), loop_weights(eos[a], frames[b], mask[b], 3.0), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(w[a, b].double(), loop_weights(eos[a], frames[b], mask[b], 3.0),
+                                       atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(w.sum(-1), torch.ones(5, 7))
     assert (w[:, ~mask] == 0).all()
 
@@ -69,19 +71,22 @@ def test_weights_released_variant(batch):
     w = frame_weights(eos, frames, mask, 3.0, official_compat=True)
     for a in range(5):
         for b in range(7):
-            torch.testing.assert_close(w[a, b].double(), loop_weights_released(eos[a], frames[b], mask[b], 3.0), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(w[a, b].double(), loop_weights_released(eos[a], frames[b], mask[b], 3.0),
+                                       atol=1e-6, rtol=1e-5)
     assert (w.sum(-1)[:, 1] < 1 - 1e-3).all()        # a padded video's weights no longer sum to one
 
 
 @pytest.mark.parametrize('temp', [0.5, 3.0, 10.0])
 def test_sim1_matches_loop(batch, temp):
     eos, frames, mask = batch
-    torch.testing.assert_close(global_interaction(eos, frames, mask, temp).double(), loop_sim1(eos, frames, mask, temp), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(global_interaction(eos, frames, mask, temp).double(), loop_sim1(eos, frames, mask, temp),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_sim1_matches_per_pair_v(batch):
     eos, frames, mask = batch
-    torch.testing.assert_close(global_interaction(eos, frames, mask), per_pair_v(eos, frames, mask, 3.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(global_interaction(eos, frames, mask), per_pair_v(eos, frames, mask, 3.0),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_garbage_padding_ignored(batch):
@@ -99,13 +104,15 @@ def test_official_compat_is_the_released_computation(batch):
     g = frames.clone()
     g[~mask] = torch.randn(int((~mask).sum()), frames.shape[-1])
     released = loop_sim1(eos, g, mask, 3.0, released=True)
-    torch.testing.assert_close(global_interaction(eos, g, mask, official_compat=True).double(), released, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(global_interaction(eos, g, mask, official_compat=True).double(), released,
+                               atol=1e-5, rtol=1e-5)
     # padding changes the released weights ...
     w_clean = frame_weights(eos, frames, mask, official_compat=True)
     w_garb = frame_weights(eos, g, mask, official_compat=True)
     assert (w_clean - w_garb).abs().max() > 1e-3
     # ... but only by a positive factor per pair, which the cosine removes: Sim1 equals the default mode's
-    torch.testing.assert_close(global_interaction(eos, g, mask, official_compat=True), global_interaction(eos, g, mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(global_interaction(eos, g, mask, official_compat=True), global_interaction(eos, g, mask),
+                               atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize('chunk', [1, 2, 3, 5, 100])
@@ -202,7 +209,8 @@ def test_non_finite_real_feature_is_an_error_naming_it(batch):
 
 
 def test_official_compat_reads_every_slot(batch):
-    "The released computation's softmax reads padded slots, so a NaN there is an error naming the video, not a NaN matrix."
+    """The released computation's softmax reads padded slots, so a NaN there is an error naming the video, not a NaN
+    matrix."""
     eos, frames, mask = batch
     g = frames.clone(); g[1, 3, 0] = float('nan')
     with pytest.raises(ValueError, match=r'video indices \[1\]'):
@@ -210,7 +218,8 @@ def test_official_compat_reads_every_slot(batch):
 
 
 def test_gradient_path_equals_inference_path(batch):
-    "With gradients GIM runs out of place; without, in place in reused buffers: same numbers, and finite padded gradients."
+    """With gradients GIM runs out of place; without, in place in reused buffers: same numbers, and finite padded
+    gradients."""
     eos, frames, mask = batch
     g = frames.clone(); g[~mask] = float('nan')
     for oc in (False, True):
@@ -229,6 +238,7 @@ def test_large_scores_stay_exact():
     g = torch.Generator().manual_seed(1)
     eos, frames = 20 * torch.randn(4, 16, generator=g), 20 * torch.randn(6, 5, 16, generator=g)
     mask = torch.arange(5)[None] < torch.tensor([5, 2, 1, 4, 3, 5])[:, None]
-    torch.testing.assert_close(global_interaction(eos, frames, mask, 0.5).double(), loop_sim1(eos, frames, mask, 0.5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(global_interaction(eos, frames, mask, 0.5).double(), loop_sim1(eos, frames, mask, 0.5),
+                               atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match='leave float32 no room'):
         global_interaction(eos * 1e16, frames * 1e16, mask)

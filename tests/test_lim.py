@@ -1,6 +1,7 @@
 "LIM (glscl.lim) against a hand-written post-norm decoder and loop references."
 import math
-import pytest, torch
+import pytest
+import torch
 import torch.nn.functional as F
 from glscl.lim import LocalInteraction, cross_attention_maps, query_similarity
 
@@ -12,7 +13,8 @@ def make(**kw):
 
 
 def ref_attention(mha, x, mem, valid):
-    "Multi-head attention head by head and query by query; `valid [L]` bool or None. Returns (out, weights averaged over heads)."
+    """Multi-head attention head by head and query by query; `valid [L]` bool or None. Returns (out, weights averaged
+    over heads)."""
     Wq, Wk, Wv = mha.in_proj_weight.chunk(3)
     bq, bk, bv = mha.in_proj_bias.chunk(3)
     q, k, v = x @ Wq.T + bq, mem @ Wk.T + bk, mem @ Wv.T + bv
@@ -62,7 +64,8 @@ def test_forward_matches_reference(data):
         ref, _ = ref_decode(lim, frames, fmask, 'video')
         torch.testing.assert_close(lim(frames, fmask), F.normalize(ref, dim=-1), atol=1e-5, rtol=1e-5)
         ref_nomask, _ = ref_decode(lim, frames, None, 'video')
-        torch.testing.assert_close(lim(frames, fmask, official_compat=True), F.normalize(ref_nomask, dim=-1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lim(frames, fmask, official_compat=True), F.normalize(ref_nomask, dim=-1),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_outputs_unit_norm_and_shape(data):
@@ -97,7 +100,8 @@ def test_padding_mask_respected(data):
 
 def test_shared_and_unshared():
     n = lambda m: sum(p.numel() for p in m.parameters())
-    shared, uq, ud, uu = make(), make(share_queries=False), make(share_decoder=False), make(share_queries=False, share_decoder=False)
+    shared, uq, ud, uu = make(), make(share_queries=False), make(share_decoder=False), make(
+        share_queries=False, share_decoder=False)
     dec = sum(p.numel() for p in shared.decoder.parameters())
     assert n(uq) == n(shared) + K * D and n(ud) == n(shared) + dec and n(uu) == 2 * n(shared)
     mem = torch.randn(2, 5, D)

@@ -1,6 +1,7 @@
 "glscl.losses (contrastive, ICL, IDL) against loop references written here."
 import math
-import pytest, torch
+import pytest
+import torch
 import torch.nn.functional as F
 import glscl.losses as losses
 from glscl.losses import contrastive_loss, inter_consistency_loss, intra_diversity_loss, consistency_matrix
@@ -11,7 +12,7 @@ def loop_nce(sim, logit_scale):
     X = [[s * float(x) for x in row] for row in sim]
     def ce(M):
         return -sum(M[a][a] - math.log(sum(math.exp(x) for x in M[a])) for a in range(len(M))) / len(M)
-    return 0.5 * (ce(X) + ce([list(r) for r in zip(*X)]))
+    return 0.5 * (ce(X) + ce([list(r) for r in zip(*X, strict=True)]))
 
 
 def loop_icl(qv, qt, beta, target, norm):
@@ -60,7 +61,8 @@ def test_the_cap_keeps_the_gradient_at_ln_100():
     def grad(f, ls):
         x = torch.tensor(ls, dtype=torch.float32, requires_grad=True)
         f(sim.float(), x).backward(); return x.grad.item()
-    released = lambda S, x: 0.5 * (F.cross_entropy(x.exp() * S, torch.arange(6)) + F.cross_entropy(x.exp() * S.T, torch.arange(6)))
+    released = lambda S, x: 0.5 * (F.cross_entropy(x.exp() * S,
+                                                   torch.arange(6)) + F.cross_entropy(x.exp() * S.T, torch.arange(6)))
     at_cap = torch.tensor(math.log(100), dtype=torch.float32).item()
     assert math.exp(at_cap) > 100                                    # float32 rounds ln 100 up: exp(s) > 100
     g = grad(contrastive_loss, at_cap)
@@ -98,7 +100,8 @@ def test_contrastive_errors():
 def test_icl_matches_loop(norm):
     qv, qt = F.normalize(torch.randn(6, 4, 5), dim=-1), F.normalize(torch.randn(6, 4, 5), dim=-1)
     for beta, target in [(0.02, 0.75), (1.0, 0.3)]:
-        assert abs(inter_consistency_loss(qv, qt, beta, target, norm).item() - loop_icl(qv, qt, beta, target, norm)) < 1e-5
+        assert abs(inter_consistency_loss(qv, qt, beta, target, norm).item() - loop_icl(qv, qt,
+                                                                                        beta, target, norm)) < 1e-5
 
 
 def test_icl_norms_differ_and_matrix():
@@ -142,12 +145,14 @@ def test_idl_orthogonal_and_collapsed():
     assert intra_diversity_loss(spread, alpha, margin) == 0
     collapsed = F.normalize(torch.ones(4, 8, 16), dim=-1)
     # every hinge is exactly the margin: 2 * alpha * margin = 2e-5, the size of assert_close's default atol, so atol=0
-    torch.testing.assert_close(intra_diversity_loss(collapsed, alpha, margin), torch.tensor(2 * alpha * margin), rtol=1e-5, atol=0)
+    torch.testing.assert_close(intra_diversity_loss(collapsed, alpha, margin), torch.tensor(2 * alpha * margin),
+                               rtol=1e-5, atol=0)
     assert intra_diversity_loss(collapsed, alpha, margin) > 0
 
 
 def idl_queries(B=3, K=5, D=7, seed=0):
-    "Unnormalised queries whose norms grow with k: G_ii differ (0.25 ... 9 times), so the two sides of the ranking differ."
+    """Unnormalised queries whose norms grow with k: G_ii differ (0.25 ... 9 times), so the two sides of the ranking
+    differ."""
     g = torch.Generator().manual_seed(seed)
     scale = torch.linspace(0.5, 3.0, K)
     return torch.randn(B, K, D, generator=g, dtype=torch.float64).float() * scale[None, :, None]
@@ -182,8 +187,9 @@ def test_idl_every_hinge_active_and_large(alpha):
 
 @pytest.mark.parametrize('seed', [0, 1])
 def test_idl_mixed_hinges_match_loop(seed):
-    "A margin inside the spread of G_ii - G_ij: pairs with both, one or no side active; exact against the loop (atol=0)."
-    q = idl_queries(B=4, K=6, D=5, seed=seed)                  # B != K: G is a mean over the batch, not over the queries
+    """A margin inside the spread of G_ii - G_ij: pairs with both, one or no side active; exact against the loop
+    (atol=0)."""
+    q = idl_queries(B=4, K=6, D=5, seed=seed)   # B != K: G is a mean over the batch, not over the queries
     _, _, G = hinge_sides(q, 0.0)
     d = G.diagonal(); off = ~torch.eye(len(G), dtype=torch.bool)
     margin = float((d[:, None] - G)[off].median())

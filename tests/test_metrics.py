@@ -1,6 +1,10 @@
-"glscl.metrics (ranks, R@K, MdR, MnR, multi-sentence, DSL, QB-Norm, the table) against slow loop references written here."
-import math, random, statistics
-import pytest, torch
+"""glscl.metrics (ranks, R@K, MdR, MnR, multi-sentence, DSL, QB-Norm, the table) against slow loop references written
+here."""
+import math
+import random
+import statistics
+import pytest
+import torch
 import glscl.metrics as metrics
 from glscl.metrics import (retrieval_ranks, recall_at, retrieval_metrics, dual_softmax, qb_norm, activation_set,
                            metrics_rows, format_metrics, per_query_counts, per_query_ranks, metrics_from_counts,
@@ -41,14 +45,16 @@ def shuffled_rank(row, c, n, rng):
 
 def loop_direction(rows, targets):
     "R@K, MdR (statistics.median: mean of the two middle values), MnR of rows with one correct column each."
-    ranks = [loop_rank(r, c) for r, c in zip(rows, targets)]
-    out = {f'R{k}': 100 * sum(loop_hit(r, c, k) for r, c in zip(rows, targets)) / len(rows) for k in (1, 5, 10, 50)}
+    ranks = [loop_rank(r, c) for r, c in zip(rows, targets, strict=True)]
+    out = {f'R{k}': 100 * sum(loop_hit(r, c, k) for r, c in zip(rows, targets, strict=True)) / len(rows)
+           for k in (1, 5, 10, 50)}
     return dict(out, MdR=statistics.median(ranks), MnR=sum(ranks) / len(ranks))
 
 def loop_metrics(sim):
     S = sim.tolist()
     n = len(S)
-    return {'t2v': loop_direction(S, range(n)), 'v2t': loop_direction([list(c) for c in zip(*S)], range(n))}
+    return {'t2v': loop_direction(S, range(n)),
+            'v2t': loop_direction([list(c) for c in zip(*S, strict=True)], range(n))}
 
 def assert_metrics_close(got, want, tol=1e-9):
     for d in ('t2v', 'v2t'):
@@ -63,8 +69,9 @@ def test_exports():
     import glscl.ranking as ranking
     assert {'retrieval_ranks', 'recall_at', 'retrieval_metrics', 'dual_softmax', 'qb_norm', 'metrics_rows',
             'format_metrics', 'V2T_PROTOCOLS'} <= set(ranking.__all__)
-    assert {'per_query_ranks', 'per_query_counts', 'metric_interval', 'compare', 'format_compare'} <= set(metrics.__all__)
-    assert all(getattr(metrics, n) is getattr(ranking, n) for n in ranking.__all__)      # glscl.metrics gathers 12a's names
+    assert {'per_query_ranks', 'per_query_counts', 'metric_interval', 'compare',
+            'format_compare'} <= set(metrics.__all__)
+    assert all(getattr(metrics, n) is getattr(ranking, n) for n in ranking.__all__)  # glscl.metrics gathers 12a's names
 
 
 @pytest.mark.parametrize('levels', [3, 1000])       # 3 levels: many ties; 1000: almost none
@@ -203,7 +210,8 @@ def test_non_finite_raises_with_position(bad):
     sim = torch.rand(4, 5)
     sim[1, 3] = bad; sim[2, 0] = bad
     for f in (lambda: retrieval_metrics(sim, [0, 1, 2, 3]), lambda: retrieval_ranks(sim, [0, 1, 2, 3]),
-              lambda: recall_at(sim, [0, 1, 2, 3], 1), lambda: dual_softmax(sim), lambda: metrics_rows(sim, [0, 1, 2, 3])):
+              lambda: recall_at(sim, [0, 1, 2, 3], 1), lambda: dual_softmax(sim),
+              lambda: metrics_rows(sim, [0, 1, 2, 3])):
         with pytest.raises(ValueError, match=r'2 non-finite.*\(1, 3\)'): f()
     with pytest.raises(ValueError, match=r'bank_sim.*1 non-finite.*\(0, 2\)'):
         bank = torch.rand(3, 5); bank[0, 2] = bad
@@ -218,7 +226,8 @@ def test_shape_errors():
     with pytest.raises(ValueError, match=r'\[0, 4\)'): retrieval_metrics(torch.rand(3, 4), [0, 1, 4])
     with pytest.raises(ValueError, match=r'\[0, 4\)'): retrieval_metrics(torch.rand(3, 4), [0, -1, 2])
     with pytest.raises(ValueError, match=r'integer'): retrieval_metrics(torch.rand(3, 3), torch.tensor([0., 1., 2.]))
-    with pytest.raises(ValueError, match=r'at least one caption.*column 3'): retrieval_metrics(torch.rand(4, 4), [0, 1, 2, 2])
+    with pytest.raises(ValueError, match=r'at least one caption.*column 3'):
+        retrieval_metrics(torch.rand(4, 4), [0, 1, 2, 2])
     with pytest.raises(ValueError, match=r'\(3,\)'): retrieval_ranks(torch.rand(3, 4), torch.tensor([[0, 1, 2]]))
     with pytest.raises(ValueError, match=r'\[0, 4\)'): recall_at(torch.rand(3, 4), [0, 1, 9], 1)
     with pytest.raises(ValueError, match=r'positive integer'): recall_at(torch.rand(3, 4), [0, 1, 2], 0)
@@ -238,7 +247,8 @@ def loop_dsl(S, temp):
 def test_dual_softmax_matches_loop(temp):
     S = torch.rand(6, 4, dtype=torch.float64) * 2 - 1
     # atol=0: at temp 100 most entries are far below float64's default atol of 1e-7 (measured error 1e-14 relative)
-    torch.testing.assert_close(dual_softmax(S, temp), torch.tensor(loop_dsl(S.tolist(), temp), dtype=torch.float64), rtol=1e-10, atol=0)
+    torch.testing.assert_close(dual_softmax(S, temp), torch.tensor(loop_dsl(S.tolist(), temp), dtype=torch.float64),
+                               rtol=1e-10, atol=0)
     assert not torch.allclose(dual_softmax(S, temp), dual_softmax(S.T, temp).T)     # the two directions differ
 
 
@@ -282,7 +292,8 @@ def test_qb_norm_matches_loop(k):
     for i, active in enumerate(flags):
         if active: torch.testing.assert_close(got[i], ref[i].log())     # the log of the paper's ratio
         else: assert torch.equal(got[i], S[i])                           # outside the set: unchanged
-    assert activation_set(B, k).tolist() == [j in {j for row in B.tolist() for j in sorted(range(6), key=lambda j: -row[j])[:k]} for j in range(6)]
+    assert activation_set(B, k).tolist() == [
+        j in {j for row in B.tolist() for j in sorted(range(6), key=lambda j: -row[j])[:k]} for j in range(6)]
 
 
 def test_qb_norm_hand_case():
@@ -330,15 +341,15 @@ def test_format_metrics():
     lines = s.splitlines()
     assert lines[0] == 'my run'
     assert all(h in lines[1] for h in ('t2v', 'v2t', 'R@1', 'R@5', 'R@10', 'R@50', 'MdR', 'MnR'))
-    plain = next(l for l in lines if l.startswith('plain'))
+    plain = next(ln for ln in lines if ln.startswith('plain'))
     assert [x.split() for x in plain.split('|')[1:]] == [['12.3', '40.0', '55.6', '90.0', '7.0', '20.3'],
                                                           ['11.0', '39.0', '54.0', '89.0', '8.5', '1000.0']]
-    assert sum(l.startswith('QB-Norm') for l in lines) == 1
+    assert sum(ln.startswith('QB-Norm') for ln in lines) == 1
     assert 'my run' not in format_metrics(rows)
     with pytest.raises(ValueError, match="'bad'"): format_metrics({'bad': {'t2v': {'R1': 1.0}}})
     # a real row formats too, one line per label
     s2 = format_metrics(metrics_rows(torch.rand(5, 5), dsl=True))
-    assert [l.split()[0] for l in s2.splitlines()[2:]] == ['plain', 'DSL']
+    assert [ln.split()[0] for ln in s2.splitlines()[2:]] == ['plain', 'DSL']
 
 
 # ---------------------------------------------------------------- video-to-text: the family's protocol (issue 24)
@@ -359,7 +370,8 @@ def loop_summary(counts):
         positions = range(g + 1, g + t + 2)
         ranks.append(sum(positions) / len(positions))
         for k in hits: hits[k] += sum(1 for p in positions if p <= k) / len(positions)
-    return dict({f'R{k}': 100 * h / len(counts) for k, h in hits.items()}, MdR=statistics.median(ranks), MnR=sum(ranks) / len(ranks))
+    return dict({f'R{k}': 100 * h / len(counts) for k, h in hits.items()}, MdR=statistics.median(ranks),
+                MnR=sum(ranks) / len(ranks))
 
 
 @pytest.mark.parametrize('levels', [3, 10_000])          # 3 levels: many ties between videos' best captions
@@ -373,14 +385,15 @@ def test_v2t_family_protocol_matches_loop(levels):
         got = retrieval_metrics(sim, cv, **kw)
         assert_metrics_close(got, {'t2v': loop_direction(sim.tolist(), cv), 'v2t': want})
     g, t = per_query_counts(sim, cv)['v2t']
-    assert list(zip(g.tolist(), t.tolist())) == loop_v2t_family_counts(sim.tolist(), cv, V)
+    assert list(zip(g.tolist(), t.tolist(), strict=True)) == loop_v2t_family_counts(sim.tolist(), cv, V)
     B = per_video_best(sim, torch.tensor(cv), chunk_elems=10)
     S = sim.tolist()
     assert B.tolist() == [[max(S[i][v] for i in range(T) if cv[i] == u) for u in range(V)] for v in range(V)]
 
 
 def test_family_and_per_caption_differ_on_near_duplicates():
-    dup = torch.tensor([[0.70, 0.1, 0.2], [0.80, 0.9, 0.1], [0.79, 0.9, 0.1], [0.78, 0.9, 0.1], [0.77, 0.9, 0.1], [0.75, 0.2, 0.8]])
+    dup = torch.tensor([[0.70, 0.1, 0.2], [0.80, 0.9, 0.1], [0.79, 0.9, 0.1], [0.78, 0.9, 0.1], [0.77, 0.9, 0.1],
+                        [0.75, 0.2, 0.8]])
     cv = [0, 1, 1, 1, 1, 2]
     assert per_query_ranks(dup, cv)['v2t'].tolist() == [3.0, 1.0, 1.0]
     assert per_query_ranks(dup, cv, 'per-caption')['v2t'].tolist() == [6.0, 1.0, 1.0]
@@ -389,13 +402,16 @@ def test_family_and_per_caption_differ_on_near_duplicates():
     # with ties R@1 differs too: own best tied with 3 captions of one other video = 1 video (family) or 3 captions
     tie = torch.tensor([[0.5, 0.0], [0.5, 0.9], [0.5, 0.9], [0.5, 0.9]])
     assert retrieval_metrics(tie, [0, 1, 1, 1])['v2t']['R1'] == pytest.approx(100 * (1 / 2 + 1) / 2)
-    assert retrieval_metrics(tie, [0, 1, 1, 1], v2t_protocol='per-caption')['v2t']['R1'] == pytest.approx(100 * (1 / 4 + 1) / 2)
-    with pytest.raises(ValueError, match="'family', 'per-caption'"): retrieval_metrics(dup, cv, v2t_protocol='per_caption')
+    assert retrieval_metrics(tie, [0, 1, 1, 1],
+                             v2t_protocol='per-caption')['v2t']['R1'] == pytest.approx(100 * (1 / 4 + 1) / 2)
+    with pytest.raises(ValueError, match="'family', 'per-caption'"):
+        retrieval_metrics(dup, cv, v2t_protocol='per_caption')
 
 
 @pytest.mark.parametrize('levels', [3, 10_000])
 def test_single_caption_and_paragraph_splits_are_unchanged(levels):
-    "MSR-VTT 1k-A (square) and paragraph benchmarks (one pair per video, any order): both protocols = the old per-caption code."
+    """MSR-VTT 1k-A (square) and paragraph benchmarks (one pair per video, any order): both protocols = the old
+    per-caption code."""
     sim = torch.randint(0, levels, (15, 15)).float()
     old = loop_metrics(sim)                                   # the transpose's diagonal, as before issue 24
     for p in V2T_PROTOCOLS: assert_metrics_close(retrieval_metrics(sim, v2t_protocol=p), old)
@@ -415,7 +431,8 @@ def test_v2t_note_and_table_label():
 # ---------------------------------------------------------------- per-query results and the bootstrap (issue 20)
 
 def test_per_query_results_give_the_metrics_exactly():
-    for sim, cv in ((torch.randint(0, 4, (12, 12)).float(), None), (torch.randint(0, 5, (40, 8)).float(), torch.arange(40) % 8)):
+    for sim, cv in ((torch.randint(0, 4, (12, 12)).float(), None),
+                    (torch.randint(0, 5, (40, 8)).float(), torch.arange(40) % 8)):
         for p in V2T_PROTOCOLS:
             counts, ranks = per_query_counts(sim, cv, p), per_query_ranks(sim, cv, p)
             assert {d: metrics_from_counts(*c) for d, c in counts.items()} == retrieval_metrics(sim, cv, v2t_protocol=p)
@@ -452,7 +469,8 @@ def loop_bootstrap(sides, cv, n_boot, seed, d):
         for i in range(len(sides)):
             per_run = []
             for r in draws[i]:
-                ranks = [counts[i][r][qj][0] + 1 + math.floor(u[j] * (counts[i][r][qj][1] + 1)) for j, qj in enumerate(q)]
+                ranks = [counts[i][r][qj][0] + 1 + math.floor(u[j] * (counts[i][r][qj][1] + 1))
+                         for j, qj in enumerate(q)]
                 per_run.append([100 * sum(x <= k for x in ranks) / Q for k in (1, 5, 10, 50)]
                                + [statistics.median(ranks), sum(ranks) / Q])
             out[i].append([sum(x[c] for x in per_run) / len(per_run) for c in range(6)])
@@ -465,12 +483,13 @@ def loop_point(runs, cv, d):
     return [sum(m[k] for m in ms) / len(ms) for k in KEYS]
 
 CASES = {
-    'square, ties': (lambda: [torch.randint(0, 4, (14, 14)).float()], lambda: [torch.randint(0, 4, (14, 14)).float()], None),
+    'square, ties': (lambda: [torch.randint(0, 4, (14, 14)).float()],
+                     lambda: [torch.randint(0, 4, (14, 14)).float()], None),
     'multi-caption': (lambda: [torch.randn(30, 6)], lambda: [torch.randn(30, 6)], [q % 6 for q in range(30)]),
     'runs paired 2 v 2': (lambda: [torch.randint(0, 6, (10, 10)).float() for _ in range(2)],
                           lambda: [torch.randint(0, 6, (10, 10)).float() for _ in range(2)], None),
-    'runs unpaired 2 v 3': (lambda: [torch.randn(24, 8) for _ in range(2)], lambda: [torch.randn(24, 8) for _ in range(3)],
-                            [q % 8 for q in range(24)]),
+    'runs unpaired 2 v 3': (lambda: [torch.randn(24, 8) for _ in range(2)],
+                            lambda: [torch.randn(24, 8) for _ in range(3)], [q % 8 for q in range(24)]),
 }
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -491,10 +510,11 @@ def test_interval_and_compare_match_the_loop_bootstrap(case):
             col = [x[c] for x in sa]
             want = (pa[c], loop_percentile(col, (1 - level) / 2), loop_percentile(col, (1 + level) / 2))
             assert iv[d][k] == pytest.approx(want, abs=1e-9), (case, d, k)
-            diffs = [x[c] - y[c] for x, y in zip(sa2, sb2)]
+            diffs = [x[c] - y[c] for x, y in zip(sa2, sb2, strict=True)]
             lo, hi = loop_percentile(diffs, (1 - level) / 2), loop_percentile(diffs, (1 + level) / 2)
             r = res[d][k]
-            assert (r['a'], r['b'], r['diff'], r['lo'], r['hi']) == pytest.approx((pa[c], pb[c], pa[c] - pb[c], lo, hi), abs=1e-9), (case, d, k)
+            assert (r['a'], r['b'], r['diff'],
+                    r['lo'], r['hi']) == pytest.approx((pa[c], pb[c], pa[c] - pb[c], lo, hi), abs=1e-9), (case, d, k)
             better = (lo > 0) if k not in ('MdR', 'MnR') else (hi < 0)
             worse = (hi < 0) if k not in ('MdR', 'MnR') else (lo > 0)
             assert r['verdict'] == ('better' if better else 'worse' if worse else 'within noise')
@@ -509,7 +529,7 @@ def test_deterministic_for_a_seed():
     assert metric_interval(a, n_boot=200, seed=7) == metric_interval(a, n_boot=200, seed=7)
     assert metric_interval(a, n_boot=200, seed=7) != metric_interval(a, n_boot=200, seed=8)
     assert metric_interval([a], n_boot=200, seed=7) == metric_interval(a, n_boot=200, seed=7)      # a list of one run
-    import glscl.metrics as M                                                                        # chunked draws: same
+    import glscl.metrics as M   # chunked draws: same
     old = M.BOOT_ELEMS
     try:
         M.BOOT_ELEMS = 50 * 7
@@ -541,12 +561,13 @@ def test_a_tied_similarity_never_looks_better_than_chance():
     for d in ('t2v', 'v2t'):
         for k, chance in (('R1', 100 / V), ('R5', 500 / V), ('MnR', (V + 1) / 2)):
             v, lo, hi = iv[d][k]
-            assert abs(v - chance) < 1e-9 and lo < chance < hi, (d, k, iv[d][k])     # the value is chance; the interval holds it
+            # the value is chance; the interval holds it
+            assert abs(v - chance) < 1e-9 and lo < chance < hi, (d, k, iv[d][k])
     n_better = 0
     for s in range(20):                                      # a random matrix is chance too, in expectation
         r = compare(flat, torch.randn(T, V, generator=torch.Generator().manual_seed(s)), cv, n_boot=300)
         n_better += sum(r[d][k]['verdict'] == 'better' for d in ('t2v', 'v2t') for k in ('R1', 'R10', 'MnR'))
-    assert n_better <= 3                                     # 120 verdicts at ~2.5% each by luck; ties-as-hits would give ~60
+    assert n_better <= 3   # 120 verdicts at ~2.5% each by luck; ties-as-hits would give ~60
     # the square case: a random model has one hit at R@1 in expectation and none 37% of the time; the tie-breaking draws
     # keep the all-tied model from looking better than such an unlucky random one
     sq = torch.zeros(30, 30)
@@ -566,7 +587,8 @@ def test_seeds_combine_as_documented():
     assert wide == (50.0, 0.0, 100.0)
     # paired by position: the same runs on both sides differ by exactly 0 in every draw
     same = compare([good, bad], [good, bad], n_boot=500)
-    assert all(same[d][k]['lo'] == same[d][k]['hi'] == 0.0 and same[d][k]['verdict'] == 'within noise' for d in same for k in KEYS)
+    assert all(same[d][k]['lo'] == same[d][k]['hi'] == 0.0 and same[d][k]['verdict'] == 'within noise'
+               for d in same for k in KEYS)
     # 2 runs against 3: drawn independently; B's R@1 = 100 * Binomial(3, 1/3) / 3, A's = 100 * Binomial(2, 1/2) / 2
     r = compare([good, bad], [good, bad, bad], n_boot=4000, level=0.9)['t2v']['R1']
     assert r['a'] == 50.0 and r['b'] == pytest.approx(100 / 3) and r['diff'] == pytest.approx(50 - 100 / 3)
@@ -582,7 +604,8 @@ def test_compare_verdicts_and_errors():
     good = vids @ vids.T + 0.5 * torch.randn(V, V)
     worse = vids @ vids.T + 1.5 * torch.randn(V, V)
     r = compare(good, worse, n_boot=300)
-    assert r['t2v']['R1']['verdict'] == 'better' and r['t2v']['MnR']['verdict'] == 'better' and r['t2v']['MnR']['diff'] < 0
+    assert (r['t2v']['R1']['verdict'] == 'better' and r['t2v']['MnR']['verdict'] == 'better'
+            and r['t2v']['MnR']['diff'] < 0)
     r2 = compare(worse, good, n_boot=300)
     assert r2['t2v']['R1']['verdict'] == 'worse' and r2['t2v']['MnR']['verdict'] == 'worse'
     with pytest.raises(ValueError, match='same queries'): compare(good, good[:, :10])
@@ -590,11 +613,12 @@ def test_compare_verdicts_and_errors():
     with pytest.raises(ValueError, match='empty list'): metric_interval([])
     with pytest.raises(ValueError, match='n_boot'): compare(good, worse, n_boot=0)
     with pytest.raises(ValueError, match='level'): metric_interval(good, level=1.0)
-    with pytest.raises(ValueError, match='non-finite'): compare(good, worse.masked_fill(torch.eye(V, dtype=torch.bool), float('nan')))
+    with pytest.raises(ValueError, match='non-finite'):
+        compare(good, worse.masked_fill(torch.eye(V, dtype=torch.bool), float('nan')))
     s = format_compare(r, names=('ours', 'base'))
     lines = s.splitlines()
     assert 'ours - base' in lines[0] and '95% interval' in lines[0] and len(lines) == 2 + 12
-    r1 = next(l for l in lines if l.startswith('t2v R@1'))
+    r1 = next(ln for ln in lines if ln.startswith('t2v R@1'))
     assert r1.split()[-1] == 'better' and f"{r['t2v']['R1']['a']:.1f}" in r1 and f"[{r['t2v']['R1']['lo']:+.1f}," in r1
 
 
@@ -603,7 +627,7 @@ def test_paper_inside_and_format_interval():
     got = paper_inside(iv, {'t2v': {'R1': 48.1, 'R5': 51.0}, 'v2t': {'R1': 44.0}})
     assert got == {'t2v': {'R1': True, 'R5': False}, 'v2t': {'R1': False}}
     s = format_interval(iv, paper={'t2v': {'R1': 48.1, 'R5': 51.0}})
-    assert '48.1 inside' in next(l for l in s.splitlines() if l.startswith('t2v R@1 '))
-    assert 'outside, ours lower' in next(l for l in s.splitlines() if l.startswith('t2v R@5 '))
+    assert '48.1 inside' in next(ln for ln in s.splitlines() if ln.startswith('t2v R@1 '))
+    assert 'outside, ours lower' in next(ln for ln in s.splitlines() if ln.startswith('t2v R@5 '))
     with pytest.raises(ValueError, match='R2'): paper_inside(iv, {'t2v': {'R2': 1.0}})
     with pytest.raises(ValueError, match="'t2x'"): paper_inside(iv, {'t2x': {'R1': 1.0}})

@@ -1,5 +1,7 @@
 "The GLSCL module: its forward against a slow per-pair reference, gradients, caches, chunks, compat switch."
-import pytest, torch, torch.nn.functional as F
+import pytest
+import torch
+import torch.nn.functional as F
 from glscl.config import load_config
 from glscl.model import GLSCL
 from glscl.losses import intra_diversity_loss, inter_consistency_loss
@@ -46,10 +48,12 @@ def test_similarity_matches_reference(model, cfg):
         S = model.similarity(t, v)
     # S's entries go down to ~4e-3 here: relative tolerance (measured error 3e-6), no absolute floor of 1e-5
     torch.testing.assert_close(S, reference_similarity(cfg, t, v), rtol=1e-4, atol=0)
-    assert t['query'].shape == (4, cfg.n_queries, 128) and torch.allclose(t['query'].norm(dim=-1), torch.ones(4, cfg.n_queries), atol=1e-5)
+    assert (t['query'].shape == (4, cfg.n_queries, 128)
+            and torch.allclose(t['query'].norm(dim=-1), torch.ones(4, cfg.n_queries), atol=1e-5))
     with torch.no_grad(): s1 = model.similarity(t, v, use_lim=False)
     # lambda * Sim2 is 0.01 ... 0.06 here: relative tolerance (measured error 1e-7)
-    torch.testing.assert_close(S - s1, cfg.sim_lambda * (t['query'].flatten(1) @ v['query'].flatten(1).T) / cfg.n_queries,
+    torch.testing.assert_close(S - s1,
+                               cfg.sim_lambda * (t['query'].flatten(1) @ v['query'].flatten(1).T) / cfg.n_queries,
                                rtol=1e-5, atol=0)
 
 def test_forward_losses_match_reference(model, cfg):
@@ -60,17 +64,19 @@ def test_forward_losses_match_reference(model, cfg):
     S = reference_similarity(cfg, t, v)
     s = model.logit_scale.exp().clamp(max=100)
     B = len(S)
-    nce = 0.5 * (sum(-torch.log_softmax(s * S[i], 0)[i] for i in range(B)) / B + sum(-torch.log_softmax(s * S[:, i], 0)[i] for i in range(B)) / B)
+    nce = 0.5 * (sum(-torch.log_softmax(s * S[i], 0)[i]
+                     for i in range(B)) / B + sum(-torch.log_softmax(s * S[:, i], 0)[i] for i in range(B)) / B)
     qv, qt = v['query'], t['query']; K = qv.shape[1]
     M = sum(qv[i] @ qt[i].T for i in range(B)) / K
-    icl = ((qv.mean(0) - qt.mean(0)) ** 2).mean() + cfg.icl_beta * sum((M[k, k] - cfg.icl_target) ** 2 for k in range(K))
+    icl = (((qv.mean(0) - qt.mean(0)) ** 2).mean()
+           + cfg.icl_beta * sum((M[k, k] - cfg.icl_target) ** 2 for k in range(K)))
     G = sum(qv[i] @ qv[i].T for i in range(B)) / B
     idl = cfg.idl_alpha * sum(F.relu(cfg.idl_margin + G[i, j] - G[i, i]) + F.relu(cfg.idl_margin + G[i, j] - G[j, j])
                               for i in range(K) for j in range(K) if i != j) / (K * (K - 1))
     # each part against its own size (atol=0): at the paper's alpha IDL is ~1e-5, under any absolute tolerance of 1e-5
     for k, ref in dict(nce=nce, icl=icl, idl=idl).items():
         assert ref > 0, k
-        torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0, msg=lambda m: f'{k}: {m}')
+        torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0, msg=lambda m, k=k: f'{k}: {m}')
     beta_term = cfg.icl_beta * sum((M[k, k] - cfg.icl_target) ** 2 for k in range(K))
     assert beta_term > 100 * 1e-4 * icl                           # ICL's diagonal term is visible at that tolerance
     torch.testing.assert_close(out['loss'], nce + icl + idl, rtol=1e-5, atol=0)
@@ -82,7 +88,8 @@ def test_gradients_reach_every_part(cfg):
     for name, mod in [('lim', m.lim), ('temporal', m.temporal)]:
         for pn, p in mod.named_parameters(): assert p.grad is not None and p.grad.abs().sum() > 0, f'{name}.{pn}'
     assert cfg.share_queries and m.lim.queries.grad.abs().sum() > 0        # the one shared query set
-    assert m.clip.model.visual.conv1.weight.grad.abs().sum() > 0 and m.clip.model.token_embedding.weight.grad.abs().sum() > 0
+    assert (m.clip.model.visual.conv1.weight.grad.abs().sum() > 0
+            and m.clip.model.token_embedding.weight.grad.abs().sum() > 0)
 
 def test_chunked_equals_one_shot(model):
     b = make_batch()
@@ -107,11 +114,12 @@ def test_official_compat(cfg, model):
         # with every token and frame slot real, the released forward is ours (up to its LayerNorm eps)
         full = make_batch(N=cfg.max_frames); full['mask'][:] = True; full['frame_mask'][:] = True
         full['ids'][:, -1] = 49407
-        # part by part, relative (measured 6e-7): an atol of 1e-4 on the total would hide any change to ICL (1e-2) or IDL (1e-5)
+        # part by part, relative (measured 6e-7): an atol of 1e-4 on the total would hide any change to ICL (1e-2) or
+        # IDL (1e-5)
         a, o = compat(full), model(full)
         for k in ('nce', 'icl', 'idl', 'loss'):
             assert o[k] > 0, k
-            torch.testing.assert_close(a[k], o[k], rtol=1e-5, atol=0, msg=lambda m: f'{k}: {m}')
+            torch.testing.assert_close(a[k], o[k], rtol=1e-5, atol=0, msg=lambda m, k=k: f'{k}: {m}')
 
 def test_official_compat_pads(cfg, model):
     "The released padding: text pads hidden as keys; frame pads = CLIP(zero image) through the temporal transformer."
@@ -124,7 +132,7 @@ def test_official_compat_pads(cfg, model):
         assert torch.allclose(t0['tokens'][m], t1['tokens'][m], atol=1e-5)      # real tokens unchanged
         assert not torch.allclose(t0['tokens'][~m], t1['tokens'][~m], atol=1e-3)  # pads attend to real tokens only
         # slow reference of the released text mask: causal + padded keys, built per head by hand
-        clip = model.clip.model; L = b['ids'].shape[1]; H = clip.transformer.resblocks[0].attn.num_heads
+        clip = model.clip.model; L = b['ids'].shape[1]
         am = torch.full((L, L), float('-inf')).triu(1)
         ref = []
         for i in range(len(b['ids'])):
@@ -157,10 +165,10 @@ def test_released_fp16_precision(cfg, model):
     half.load_state_dict(model.state_dict())
     want16 = set()
     for name, mod in half.clip.model.named_modules():
-        kind = type(mod).__name__
-        for pn, p in mod.named_parameters(recurse=False):
+        for pn, _ in mod.named_parameters(recurse=False):
             full = f"clip.model.{name}.{pn}" if name else f"clip.model.{pn}"
-            if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) or (isinstance(mod, torch.nn.MultiheadAttention) and pn.startswith('in_proj')):
+            if (isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))
+                or (isinstance(mod, torch.nn.MultiheadAttention) and pn.startswith('in_proj'))):
                 want16.add(full)
             if pn in ('text_projection', 'proj'): want16.add(full)
     got16 = {n for n, p in half.named_parameters() if p.dtype == torch.float16}
@@ -189,7 +197,8 @@ def test_unshared_and_text_idl(cfg, model):
     wide = dict(idl_margin=2.0)
     with torch.no_grad():
         vis = GLSCL(cfg.replace(**wide), encoder=model.clip).eval(); vis.load_state_dict(model.state_dict())
-        tx = GLSCL(cfg.replace(idl_text=True, **wide), encoder=model.clip).eval(); tx.load_state_dict(model.state_dict())
+        tx = GLSCL(cfg.replace(idl_text=True, **wide), encoder=model.clip).eval()
+        tx.load_state_dict(model.state_dict())
         qt = model.encode_text(b['ids'], b['mask'])['query']
         text_term = intra_diversity_loss(qt, cfg.idl_alpha, 2.0)
         assert text_term > 0
@@ -197,7 +206,8 @@ def test_unshared_and_text_idl(cfg, model):
     with pytest.raises(ValueError, match='tt_init'): GLSCL(cfg.replace(tt_init='zeros'), encoder=model.clip)
 
 def test_unshared_parts_decode_their_own_modality(cfg, model):
-    "share_queries=False, share_decoder=False: captions go through the text queries and decoder, videos through the video ones."
+    """share_queries=False, share_decoder=False: captions go through the text queries and decoder, videos through the
+    video ones."""
     torch.manual_seed(2)
     u = GLSCL(cfg.replace(share_queries=False, share_decoder=False), encoder=model.clip).eval()
     b = make_batch()
@@ -210,7 +220,7 @@ def test_unshared_parts_decode_their_own_modality(cfg, model):
     assert (own_t - other_t).abs().max() > 0.05 and (own_v - other_v).abs().max() > 0.05   # the two paths really differ
     # the training forward reads the same query outputs: Sim2 in the logits, ICL, IDL (both modalities)
     c = cfg.replace(share_queries=False, share_decoder=False, idl_text=True)
-    for gather_mode in ('exact', 'released'):                 # 'released' decodes after the gather (add_queries in forward)
+    for gather_mode in ('exact', 'released'):   # 'released' decodes after the gather (add_queries in forward)
         m = GLSCL(c.replace(ddp_gather=gather_mode), encoder=model.clip).eval(); m.load_state_dict(u.state_dict())
         with torch.no_grad():
             out = m(b) if gather_mode == 'exact' else m(b, gather=lambda d: d)
@@ -218,15 +228,17 @@ def test_unshared_parts_decode_their_own_modality(cfg, model):
         s = m.logit_scale.exp().clamp(max=100)
         nce = 0.5 * (F.cross_entropy(s * S, torch.arange(4)) + F.cross_entropy(s * S.T, torch.arange(4)))
         icl = cfg.icl_weight * inter_consistency_loss(own_v, own_t, cfg.icl_beta, cfg.icl_target, norm=cfg.icl_norm)
-        idl = intra_diversity_loss(own_v, cfg.idl_alpha, cfg.idl_margin) + intra_diversity_loss(own_t, cfg.idl_alpha, cfg.idl_margin)
+        idl = (intra_diversity_loss(own_v, cfg.idl_alpha, cfg.idl_margin)
+               + intra_diversity_loss(own_t, cfg.idl_alpha, cfg.idl_margin))
         for k, ref in dict(nce=nce, icl=icl, idl=idl).items():
             assert ref > 0, k
-            torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0, msg=lambda msg: f'{gather_mode} {k}: {msg}')
+            torch.testing.assert_close(out[k], ref, rtol=1e-4, atol=0,
+                                       msg=lambda msg, g=gather_mode, k=k: f'{g} {k}: {msg}')
     # gradients: the text loss reaches the text queries and decoder, not only the video ones
     u.train()
     loss = u(b)['loss']
-    names, params = zip(*u.lim.named_parameters())
-    grads = dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True)))
+    names, params = zip(*u.lim.named_parameters(), strict=True)
+    grads = dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True), strict=True))
     assert {'queries.text', 'queries.video'} <= set(grads)
     for n, g in grads.items(): assert g is not None and g.abs().sum() > 0, n
 
@@ -255,7 +267,8 @@ def test_ablation_switches(cfg, model):
         full = model(b)
         no_icl = GLSCL(cfg.replace(icl_weight=0), encoder=model.clip).eval(); no_icl.load_state_dict(model.state_dict())
         o = no_icl(b)
-        assert o['icl'] == 0 and full['icl'] > 0 and torch.allclose(o['nce'], full['nce']) and torch.allclose(o['idl'], full['idl'])
+        assert (o['icl'] == 0 and full['icl'] > 0 and torch.allclose(o['nce'], full['nce'])
+                and torch.allclose(o['idl'], full['idl']))
         half = GLSCL(cfg.replace(icl_weight=0.5), encoder=model.clip).eval(); half.load_state_dict(model.state_dict())
         assert torch.allclose(half(b)['icl'], 0.5 * full['icl'])
     sim1 = GLSCL(cfg.replace(sim_lambda=0, icl_weight=0, idl_alpha=0), encoder=model.clip)

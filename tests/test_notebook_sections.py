@@ -2,7 +2,8 @@
 one recap. (Sections get renumbered by hand when a notebook is split or merged; stale numbers read as missing parts.)"""
 import re
 from pathlib import Path
-import nbformat, pytest
+import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parents[1]

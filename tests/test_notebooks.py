@@ -1,7 +1,9 @@
 """Every course notebook runs end to end with papermill on the toy preset; then the executed course is rendered into
 the static site (`make docs`' tools/build_site.py) and crawled in headless Chromium (tools/site_check.py): every link
 from the index and every figure must load."""
-import os, shutil, sys
+import os
+import shutil
+import sys
 import pytest
 from glscl.cli import course_notebooks, run_notebook
 
@@ -38,13 +40,15 @@ def _browser_ready() -> bool:
 def test_course_site(executed, root, tmp_path):
     "The site of the executed course: built from the notebooks run above (any not run yet in this session runs now)."
     if not _browser_ready():
-        if os.environ.get('GLSCL_REQUIRE_BROWSER') == '1': pytest.fail("no headless Chromium: run tools/install_browser.sh")
+        if os.environ.get('GLSCL_REQUIRE_BROWSER') == '1':
+            pytest.fail("no headless Chromium: run tools/install_browser.sh")
         pytest.skip("no chromium/chromedriver/selenium here (tools/install_browser.sh installs them)")
     for nb in NBS:
         if not (executed/nb.name).exists(): run(nb, executed)
     if not (executed/'index.ipynb').exists(): run_notebook(root/'nbs'/'index.ipynb', executed, preset='toy')
     sys.path.insert(0, str(root/'tools'))
-    import build_site, site_check
+    import build_site
+    import site_check
     pages = build_site.build_site(executed, tmp_path/'site', nbs_dir=root/'nbs')
     course = {nb.stem for nb in NBS} | {'index'}
     assert sorted(p.stem for p in pages if p.stem in course) == sorted(course)        # every notebook and the index

@@ -7,7 +7,17 @@ be reached, the check is skipped and says so. GLSCL_PLATFORM_CHECK=full also res
 for each platform with pip (`install --dry-run --report --only-binary=:all: --platform ...`, environment markers
 evaluated for the target platform, wheel metadata read by HTTP range requests): about 1-1.5 minutes here.
 `python tests/test_platforms.py [full]` prints the table."""
-import concurrent.futures as cf, json, os, ssl, subprocess, sys, tempfile, time, tomllib, urllib.error, urllib.request
+import concurrent.futures as cf
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,21 +27,26 @@ from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = sys.version_info[:2]                      # the Python to check for: this one (override: GLSCL_PLATFORM_PYTHON=3.12)
-if os.environ.get("GLSCL_PLATFORM_PYTHON"): PY = tuple(int(x) for x in os.environ["GLSCL_PLATFORM_PYTHON"].split(".")[:2])
+PY = sys.version_info[:2]   # the Python to check for: this one (override: GLSCL_PLATFORM_PYTHON=3.12)
+if os.environ.get("GLSCL_PLATFORM_PYTHON"):
+    PY = tuple(int(x) for x in os.environ["GLSCL_PLATFORM_PYTHON"].split(".")[:2])
 INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
 
 
 def _manylinux(arch):
-    "manylinux tags for glibc 2.35 (Ubuntu 22.04) down to the oldest, with their legacy aliases (manylinux2014 = 2_17, ...)."
+    """manylinux tags for glibc 2.35 (Ubuntu 22.04) down to the oldest, with their legacy aliases (manylinux2014 = 2_17,
+    ...)."""
     legacy = ["manylinux2014", "manylinux2010", "manylinux1"] if arch == "x86_64" else ["manylinux2014"]
     return [f"manylinux_2_{v}_{arch}" for v in range(35, 4, -1)] + [f"{t}_{arch}" for t in legacy]
 
 
 PLATFORMS = {  # name: (wheel platform tags, most preferred first; environment-marker values)
-    "macos-arm64": (list(mac_platforms((14, 0), "arm64")), dict(sys_platform="darwin", platform_system="Darwin", platform_machine="arm64")),
-    "linux-aarch64": (_manylinux("aarch64"), dict(sys_platform="linux", platform_system="Linux", platform_machine="aarch64")),
-    "linux-x86_64": (_manylinux("x86_64"), dict(sys_platform="linux", platform_system="Linux", platform_machine="x86_64")),
+    "macos-arm64": (list(mac_platforms((14, 0), "arm64")),
+                    dict(sys_platform="darwin", platform_system="Darwin", platform_machine="arm64")),
+    "linux-aarch64": (_manylinux("aarch64"),
+                      dict(sys_platform="linux", platform_system="Linux", platform_machine="aarch64")),
+    "linux-x86_64": (_manylinux("x86_64"),
+                     dict(sys_platform="linux", platform_system="Linux", platform_machine="x86_64")),
 }
 
 
@@ -44,7 +59,8 @@ def marker_env(platform: str, py=PY) -> dict:
 
 def wheel_tags(platform: str, py=PY) -> set:
     plats = PLATFORMS[platform][0]
-    return set(cpython_tags(py, [f"cp{py[0]}{py[1]}", "abi3", "none"], plats)) | set(compatible_tags(py, f"cp{py[0]}{py[1]}", plats))
+    return set(cpython_tags(py, [f"cp{py[0]}{py[1]}", "abi3", "none"], plats)) | set(
+        compatible_tags(py, f"cp{py[0]}{py[1]}", plats))
 
 
 def project_requirements() -> list:
@@ -56,7 +72,8 @@ def project_requirements() -> list:
 def requirements_for(platform: str, reqs=None, py=PY) -> list:
     "The requirements whose environment markers hold on `platform`."
     env = marker_env(platform, py)
-    return [r for r in (reqs if reqs is not None else project_requirements()) if r.marker is None or r.marker.evaluate(env)]
+    return [r for r in (reqs if reqs is not None else project_requirements()) if r.marker is None
+            or r.marker.evaluate(env)]
 
 
 def best_wheel(req: Requirement, files: list, tags: set, py=PY):
@@ -85,13 +102,14 @@ def _ssl():
 
 def index_files(name: str, timeout: float = 60) -> list:
     "The files of project `name` on the registry's simple index (PEP 691 JSON)."
-    req = urllib.request.Request(f"{INDEX}/{canonicalize_name(name)}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    req = urllib.request.Request(f"{INDEX}/{canonicalize_name(name)}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(req, timeout=timeout, context=_ssl()) as r: return json.loads(r.read())["files"]
 
 
 def fetch_index(names) -> dict:
     "{name: files} for every project in `names`, fetched in parallel; a network error propagates (URLError, OSError)."
-    with cf.ThreadPoolExecutor(8) as ex: return dict(zip(names, ex.map(index_files, names)))
+    with cf.ThreadPoolExecutor(8) as ex: return dict(zip(names, ex.map(index_files, names), strict=True))
 
 
 def check_platform(platform: str, files_by_name: dict, reqs=None, py=PY) -> tuple:
@@ -107,10 +125,14 @@ def check_platform(platform: str, files_by_name: dict, reqs=None, py=PY) -> tupl
 # ---------------------------------------------------------------- the checker itself, offline
 DECORD_FILES = [{"filename": f"decord-0.6.0-py3-none-{p}.whl"} for p in ("manylinux2010_x86_64", "win_amd64")] + \
                [{"filename": "decord-0.5.2-py3-none-manylinux2010_x86_64.whl"}, {"filename": "decord-0.6.0.tar.gz"}]
-AV_FILES = [{"filename": f"av-18.1.0-cp311-cp311-{p}.whl"} for p in ("macosx_11_0_arm64", "manylinux_2_28_aarch64", "manylinux_2_28_x86_64")] + \
-           [{"filename": "av-19.0.0-cp311-cp311-macosx_11_0_arm64.whl", "yanked": True},
-            {"filename": "av-20.0.0rc1-cp311-cp311-macosx_11_0_arm64.whl"},
-            {"filename": "av-18.2.0-cp311-cp311-macosx_11_0_arm64.whl", "requires-python": ">=3.12"}]
+AV_FILES = [
+    {"filename": f"av-18.1.0-cp311-cp311-{p}.whl"}
+    for p in ("macosx_11_0_arm64", "manylinux_2_28_aarch64", "manylinux_2_28_x86_64")
+] + [
+    {"filename": "av-19.0.0-cp311-cp311-macosx_11_0_arm64.whl", "yanked": True},
+    {"filename": "av-20.0.0rc1-cp311-cp311-macosx_11_0_arm64.whl"},
+    {"filename": "av-18.2.0-cp311-cp311-macosx_11_0_arm64.whl", "requires-python": ">=3.12"},
+]
 
 
 def test_checker_finds_missing_wheels_offline():
@@ -124,7 +146,7 @@ def test_checker_finds_missing_wheels_offline():
     for plat in PLATFORMS:
         found, missing = check_platform(plat, files, new, py)
         assert missing == [] and ("decord" in " ".join(found)) == (plat == "linux-x86_64"), (plat, found)
-        assert [v for k, (v, _) in found.items() if k.startswith("av")] == ["18.1.0"]        # not yanked, pre or 3.12-only
+        assert [v for k, (v, _) in found.items() if k.startswith("av")] == ["18.1.0"]   # not yanked, pre or 3.12-only
     assert check_platform("linux-x86_64", files, [Requirement("decord>=0.7")], py)[1] == ["decord>=0.7"]
 
 
@@ -132,9 +154,11 @@ def test_marker_env_and_tags():
     assert Tag("cp311", "cp311", "macosx_11_0_arm64") in wheel_tags("macos-arm64", (3, 11))
     assert Tag("py3", "none", "any") in wheel_tags("linux-aarch64", (3, 11))
     assert Tag("py3", "none", "manylinux2010_x86_64") in wheel_tags("linux-x86_64", (3, 11))
-    assert not wheel_tags("linux-aarch64", (3, 11)) & {Tag("py3", "none", "manylinux2010_x86_64"), Tag("cp311", "cp311", "macosx_11_0_arm64")}
+    assert not wheel_tags("linux-aarch64", (3, 11)) & {Tag("py3", "none", "manylinux2010_x86_64"),
+                                                       Tag("cp311", "cp311", "macosx_11_0_arm64")}
     assert [r.name for r in requirements_for("linux-x86_64") if r.marker] == ["decord"]
-    assert "decord" not in [r.name for r in requirements_for("macos-arm64")] + [r.name for r in requirements_for("linux-aarch64")]
+    assert ("decord" not in [r.name for r in requirements_for("macos-arm64")]
+            + [r.name for r in requirements_for("linux-aarch64")])
 
 
 # ---------------------------------------------------------------- the registry
@@ -152,7 +176,8 @@ def registry():
 @pytest.mark.parametrize("platform", list(PLATFORMS))
 def test_every_requirement_has_a_wheel(registry, platform):
     found, missing = check_platform(platform, registry)
-    print(f"{platform} (Python {PY[0]}.{PY[1]}): " + ", ".join(f"{Requirement(k).name} {v}" for k, (v, _) in found.items()))
+    print(f"{platform} (Python {PY[0]}.{PY[1]}): " + ", ".join(f"{Requirement(k).name} {v}"
+                                                               for k, (v, _) in found.items()))
     assert not missing, f"no wheel on {INDEX} for {platform}, Python {PY[0]}.{PY[1]}: {missing}"
     assert any(k.startswith("av") for k in found) and any(k.startswith("torch>") for k in found)
 
@@ -166,26 +191,30 @@ markers.default_environment = lambda: {**default(), **env}      # pip evaluates 
 from pip._internal.cli.main import main
 sys.exit(main(sys.argv[2:]))
 '''
-NETWORK_ERRORS = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution", "Connection refused",
-                  "Network is unreachable", "Could not fetch URL", "ProxyError", "ConnectTimeout")
+NETWORK_ERRORS = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
+                  "Connection refused", "Network is unreachable", "Could not fetch URL", "ProxyError", "ConnectTimeout")
 
 
 def pip_resolve(platform: str, py=PY, timeout: int = 600) -> tuple:
     "(returncode, {name: version} or None, stderr tail, seconds): pip's resolution for `platform`, nothing installed."
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "pip_as.py").write_text(PIP_AS)
-        cmd = [sys.executable, f"{d}/pip_as.py", json.dumps(marker_env(platform, py)), "install", "--dry-run", "--quiet",
-               "--report", f"{d}/report.json", "--ignore-installed", "--target", f"{d}/target", "--only-binary=:all:",
-               "--python-version", f"{py[0]}.{py[1]}", "--implementation", "cp", "--use-feature=fast-deps",
-               "--progress-bar", "off", "--no-cache-dir", "--index-url", INDEX]   # no pip cache in the home folder
-        cmd += [a for p in PLATFORMS[platform][0] for a in ("--platform", p)] + [str(r) for r in requirements_for(platform, py=py)]
-        env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": ""}   # the registry only
+        cmd = [sys.executable, f"{d}/pip_as.py", json.dumps(marker_env(platform, py)), "install",
+               "--dry-run", "--quiet", "--report", f"{d}/report.json", "--ignore-installed", "--target", f"{d}/target",
+               "--only-binary=:all:", "--python-version", f"{py[0]}.{py[1]}", "--implementation", "cp",
+               # no pip cache in the home folder
+               "--use-feature=fast-deps", "--progress-bar", "off", "--no-cache-dir", "--index-url", INDEX]
+        cmd += ([a for p in PLATFORMS[platform][0] for a in ("--platform", p)]
+                + [str(r) for r in requirements_for(platform, py=py)])
+        # the registry only
+        env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": ""}
         t = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        err = "\n".join(l for l in p.stderr.splitlines() if "fast-deps" not in l)[-2000:]
+        err = "\n".join(ln for ln in p.stderr.splitlines() if "fast-deps" not in ln)[-2000:]
         got = None
         if p.returncode == 0:
-            got = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads((Path(d) / "report.json").read_text())["install"]}
+            got = {i["metadata"]["name"]: i["metadata"]["version"]
+                   for i in json.loads((Path(d) / "report.json").read_text())["install"]}
         return p.returncode, got, err, time.perf_counter() - t
 
 
@@ -193,7 +222,8 @@ def pip_resolve(platform: str, py=PY, timeout: int = 600) -> tuple:
 def resolutions():
     if os.environ.get("GLSCL_PLATFORM_CHECK", "").lower() != "full":
         pytest.skip("transitive resolution with pip runs with GLSCL_PLATFORM_CHECK=full (about 1-1.5 min)")
-    with cf.ThreadPoolExecutor(len(PLATFORMS)) as ex: return dict(zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS)))
+    with cf.ThreadPoolExecutor(len(PLATFORMS)) as ex:
+        return dict(zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS), strict=True))
 
 
 @pytest.mark.parametrize("platform", list(PLATFORMS))
@@ -201,7 +231,8 @@ def test_full_resolution_with_pip(resolutions, platform):
     rc, got, err, secs = resolutions[platform]
     if rc and any(s in err for s in NETWORK_ERRORS): pytest.skip(f"the registry cannot be reached: {err[-300:]}")
     assert rc == 0, f"pip cannot resolve the dependencies as wheels for {platform}:\n{err}"
-    print(f"{platform}: {len(got)} packages in {secs:.0f} s; torch {got.get('torch')}, av {got.get('av')}, decord {got.get('decord')}")
+    print(f"{platform}: {len(got)} packages in {secs:.0f} s; torch {got.get('torch')}, av {got.get('av')}, decord "
+          f"{got.get('decord')}")
     assert ("decord" in got) == (platform == "linux-x86_64") and "av" in got
 
 
@@ -237,7 +268,8 @@ def test_probe_runs_every_op_of_a_toy_training_step():
     ids, mask = torch.randint(1, 49000, (B, L)), torch.arange(L)[None] < torch.tensor([[10], [6], [3], [L]])
     ids[:, 0], ids[torch.arange(B), mask.sum(1) - 1] = 49406, 49407
     fm = torch.arange(N)[None] < torch.tensor([[N], [2], [4], [3]])
-    batch = dict(ids=ids * mask, mask=mask, frame_mask=fm, index=torch.arange(B), video_index=torch.arange(B), n_skipped=0,
+    batch = dict(ids=ids * mask, mask=mask, frame_mask=fm, index=torch.arange(B),
+                 video_index=torch.arange(B), n_skipped=0,
                  frames=torch.randint(0, 256, (B, N, 3, S, S), dtype=torch.uint8) * fm[..., None, None, None])
     model = GLSCL(cfg).train()
     opt = make_optimizer(model, cfg)
@@ -298,7 +330,8 @@ def test_explicit_devices(monkeypatch, no_cuda):
 
 def test_training_uses_pick_device(monkeypatch, no_cuda):
     "The course's training loop (train -> init_distributed) and `glscl eval` choose through pick_device."
-    import glscl.cli, glscl.train
+    import glscl.cli
+    import glscl.train
     seen = []
     monkeypatch.setattr(glscl.train, "pick_device", lambda name=None: seen.append(name) or torch.device("cpu"))
     assert glscl.train.init_distributed("auto") == torch.device("cpu") and seen == ["auto"]
@@ -309,8 +342,9 @@ if __name__ == "__main__":
     files = fetch_index(sorted({r.name for r in project_requirements()}))
     for plat in PLATFORMS:
         found, missing = check_platform(plat, files)
-        print(f"{plat}: missing {missing or 'nothing'}\n  " + "\n  ".join(f"{k:<60} {v:<12} {w}" for k, (v, w) in found.items()))
+        print(f"{plat}: missing {missing or 'nothing'}\n  " + "\n  ".join(f"{k:<60} {v:<12} {w}"
+                                                                          for k, (v, w) in found.items()))
     if sys.argv[1:] == ["full"]:
         with cf.ThreadPoolExecutor(len(PLATFORMS)) as ex:
-            for plat, (rc, got, err, secs) in zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS)):
+            for plat, (rc, got, err, secs) in zip(PLATFORMS, ex.map(pip_resolve, PLATFORMS), strict=True):
                 print(f"{plat}: pip rc {rc}, {len(got or {})} packages, {secs:.0f} s" + (f"\n{err}" if rc else ""))

@@ -1,14 +1,21 @@
 """The course website (tools/build_site.py) built from a tiny synthetic executed course, then crawled in headless
 Chromium (tools/site_check.py). Without chromium + chromedriver + selenium the browser tests skip, unless
 GLSCL_REQUIRE_BROWSER=1 (CI), where they fail."""
-import base64, importlib.util, io, os, shutil, sys
+import base64
+import importlib.util
+import io
+import os
+import shutil
+import sys
 from pathlib import Path
-import nbformat, pytest
+import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'tools'))
-import build_site as bs, site_check as sc
+import build_site as bs  # noqa: E402  (tools/ on the path first)
+import site_check as sc  # noqa: E402
 
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="60" height="30"><rect width="60" height="30" fill="teal"/></svg>'
 WIDGET = 'application/vnd.jupyter.widget-view+json'
@@ -32,24 +39,43 @@ def _course(tmp: Path, broken: bool = False) -> tuple:
     (nbs/'images').mkdir(parents=True)
     ex.mkdir()
     (nbs/'images'/'diagram.svg').write_text(SVG)
-    first = new_notebook(cells=[
-        new_code_cell('#| default_exp gim'),
-        new_markdown_cell('# First page\n\nPooling is `global_interaction`; scores go to `retrieval_metrics`.\n\n'
-                          '![diagram](images/diagram.svg)\n\n```python\nglobal_interaction(t, v)\n```\n\n'
-                          '[next: the second page](02_second.ipynb)'),
-        new_code_cell('#| export\ndef global_interaction(t, v): return t @ v.T'),
-        new_markdown_cell('## Scores of $t_a$\n\nText $a$ scores frame $i$ of video $b$ at temperature $\\tau$:\n\n'
-                          '$$s_{a,b,i} = t_a \\cdot f_{b,i}, \\qquad w_{a,b,i} = \\operatorname{softmax}_i\\!\\left('
-                          '\\frac{s_{a,b,i}}{\\tau}\\right).$$\n\nA GPU hour costs $5 (one dollar sign: not math).\n\nIn code: `label = "$x$"`.'),
-        new_code_cell('label = "$x$ and $$y$$"', execution_count=2, outputs=[
-            new_output('display_data', data={'text/markdown': 'Measured: $\\alpha = 0.5$.', 'text/plain': '<Markdown>'}),
-            new_output('stream', name='stdout', text='cost: $3 $x$\n')]),
-        new_code_cell('plot()', execution_count=3, outputs=[
-            new_output('stream', name='stdout', text='drawing\n'),
-            new_output('display_data', data={'image/png': _png(), 'text/plain': '<Figure>'}),
-            _widget('drawing toy videos:   0%|          | 0/12 [00:00<?, ?it/s]'),
-            _widget("VBox(children=(HBox(children=(Dropdown(description='video'),)),))")]),
-    ])
+    first = new_notebook(
+        cells=[
+            new_code_cell('#| default_exp gim'),
+            new_markdown_cell(
+                '# First page\n\nPooling is `global_interaction`; scores go to `retrieval_metrics`.\n\n'
+                '![diagram](images/diagram.svg)\n\n```python\nglobal_interaction(t, v)\n```\n\n'
+                '[next: the second page](02_second.ipynb)'
+            ),
+            new_code_cell('#| export\ndef global_interaction(t, v): return t @ v.T'),
+            new_markdown_cell(
+                '## Scores of $t_a$\n\nText $a$ scores frame $i$ of video $b$ at temperature $\\tau$:\n\n'
+                '$$s_{a,b,i} = t_a \\cdot f_{b,i}, \\qquad w_{a,b,i} = \\operatorname{softmax}_i\\!\\left('
+                '\\frac{s_{a,b,i}}{\\tau}\\right).$$\n\nA GPU hour costs $5 (one dollar sign: not '
+                'math).\n\nIn code: `label = "$x$"`.'
+            ),
+            new_code_cell(
+                'label = "$x$ and $$y$$"',
+                execution_count=2,
+                outputs=[
+                    new_output(
+                        'display_data', data={'text/markdown': 'Measured: $\\alpha = 0.5$.', 'text/plain': '<Markdown>'}
+                    ),
+                    new_output('stream', name='stdout', text='cost: $3 $x$\n'),
+                ],
+            ),
+            new_code_cell(
+                'plot()',
+                execution_count=3,
+                outputs=[
+                    new_output('stream', name='stdout', text='drawing\n'),
+                    new_output('display_data', data={'image/png': _png(), 'text/plain': '<Figure>'}),
+                    _widget('drawing toy videos:   0%|          | 0/12 [00:00<?, ?it/s]'),
+                    _widget("VBox(children=(HBox(children=(Dropdown(description='video'),)),))"),
+                ],
+            ),
+        ]
+    )
     first.metadata['widgets'] = {'application/vnd.jupyter.widget-state+json': {'state': {'abc': {'x': 'y' * 5000}}}}
     second = new_notebook(cells=[
         new_code_cell('#| default_exp ranking'),
@@ -183,7 +209,8 @@ def test_site_loads_in_headless_chromium(site, browser):
 
 
 def test_headless_check_finds_untypeset_and_outside_math(tmp_path, browser):
-    "Without the site's MathJax the TeX stays as typed; a script from a CDN is a request outside; hidden math has no size."
+    """Without the site's MathJax the TeX stays as typed; a script from a CDN is a request outside; hidden math has no
+    size."""
     ex, nbs = _course(tmp_path)
     bs.build_site(ex, tmp_path/'site', nbs)
     shutil.rmtree(tmp_path/'site'/bs.MATHJAX_DIR)                      # as a CDN copy is, offline
@@ -192,8 +219,18 @@ def test_headless_check_finds_untypeset_and_outside_math(tmp_path, browser):
                                              '<style>.MathJax {display: none !important}</style></head>'))
     r = sc.check_site(tmp_path/'site', strict=False)
     raw = sorted(b['target'] for b in r['broken'] if b['kind'] == 'math' and b['page'] == '01_first.html')
-    assert raw == sorted(['$t_a$', '$a$', '$i$', '$b$', '$\\tau$', '$\\alpha = 0.5$', '$$s_{a,b,i} = t_a \\cdot f_{b,i}, '
-                          '\\qquad w_{a,b,i} = \\operatorname{softmax}_i\\!\\left(\\frac{s_{a,b,i}}{\\tau}\\right).$$'[:80]]), raw
+    assert raw == sorted(
+        [
+            '$t_a$',
+            '$a$',
+            '$i$',
+            '$b$',
+            '$\\tau$',
+            '$\\alpha = 0.5$',
+            '$$s_{a,b,i} = t_a \\cdot f_{b,i}, '
+            '\\qquad w_{a,b,i} = \\operatorname{softmax}_i\\!\\left(\\frac{s_{a,b,i}}{\\tau}\\right).$$'[:80],
+        ]
+    ), raw
     assert {b['target'] for b in r['broken'] if b['kind'] == 'request'} >= {
         'https://cdn.example.org/x.js', f'{bs.MATHJAX_DIR}/MathJax.js'}
     with pytest.raises(sc.SiteCheckError, match='TeX shown as typed'): sc.check_site(tmp_path/'site')

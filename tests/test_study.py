@@ -1,11 +1,15 @@
 """The pieces the toy study (notebook 14) stands on: the world's validation split and oracle ceiling, the seqTransf
 head (the fair base for GIM), and LIM's collapse gauge logged during training."""
-import itertools, json
-import numpy as np, pytest, torch, torch.nn.functional as F
+import itertools
+import json
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
 from glscl.config import load_config, SettingError
-from glscl.data import read_msrvtt, MSRVTT_FILES
+from glscl.data import MSRVTT_FILES
 from glscl.toyworld import (make_toy_msrvtt, toy_events, read_toy, parse_caption, caption_holds, caption_matches,
-                            oracle_ceiling, video_captions, random_events, event_phrase, TOY_VAL, WHEN_WORDS)
+                            oracle_ceiling, video_captions, random_events, TOY_VAL, WHEN_WORDS)
 from glscl.losses import query_cosine
 from glscl.model import GLSCL
 
@@ -29,7 +33,8 @@ def test_world_without_val_is_unchanged(tmp_path):
     a = make_toy_msrvtt(tmp_path/'a', n_videos=12, seed=3)
     assert 'n_val' not in json.loads((a/'toy_events.json').read_text())['params'] and not (a/TOY_VAL).exists()
     with pytest.raises(FileNotFoundError, match='no validation split'): read_toy(a, 'val')
-    with pytest.raises(ValueError, match='n_val'): make_toy_msrvtt(tmp_path/'b', n_videos=12, seed=3, n_test=2, n_val=10)
+    with pytest.raises(ValueError, match='n_val'):
+        make_toy_msrvtt(tmp_path/'b', n_videos=12, seed=3, n_test=2, n_val=10)
 
 def test_study_presets_are_valid():
     for name in ('toy-study', 'toy-study-ci'):

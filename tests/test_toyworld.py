@@ -1,10 +1,12 @@
 "The toy world: MSR-VTT's exact layout, read back by read_msrvtt, deterministic, captions that name events."
-import csv, json
-import numpy as np, pytest
+import csv
+import json
+import numpy as np
+import pytest
 from glscl.data import read_msrvtt, MSRVTT_FILES
 from glscl.video import sample_frames
-from glscl.toyworld import (make_toy_msrvtt, toy_events, random_events, render_video, render_frame, event_geometry,
-                            video_captions, toy_frames, frame_caption, COLOURS, SHAPE_WORDS, MOTION_WORDS, Event)
+from glscl.toyworld import (make_toy_msrvtt, toy_events, random_events, render_frame, event_geometry,
+                            video_captions, toy_frames, frame_caption, COLOURS, SHAPE_WORDS, Event)
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -17,7 +19,8 @@ def test_layout_and_formats(world):
     assert set(data['sentences'][0]) == {'caption', 'video_id', 'sen_id'}
     assert [s['sen_id'] for s in data['sentences']] == list(range(len(data['sentences'])))
     with open(world/MSRVTT_FILES['test']) as f: rows = list(csv.reader(f))
-    assert rows[0] == ['key', 'vid_key', 'video_id', 'sentence'] and rows[1][0] == 'ret0' and rows[1][1] == 'msr' + rows[1][2][5:]
+    assert (rows[0] == ['key', 'vid_key', 'video_id', 'sentence'] and rows[1][0] == 'ret0'
+            and rows[1][1] == 'msr' + rows[1][2][5:])
     for k in ('train', 'train7k'):
         with open(world/MSRVTT_FILES[k]) as f: assert next(csv.reader(f)) == ['video_id']
     assert len(list((world/'videos').glob('*.mp4'))) == 12
@@ -52,7 +55,7 @@ def test_events_tile_time_and_differ():
     for _ in range(50):
         evs = random_events(rng)
         assert evs[0].start == 0 and abs(evs[-1].end - 12) < 1e-9
-        for a, b in zip(evs, evs[1:]):
+        for a, b in zip(evs, evs[1:], strict=False):
             assert a.end == b.start and a.colour != b.colour and a.shape != b.shape
 
 def test_video_shows_each_event_in_its_time(world):
@@ -75,7 +78,8 @@ def test_render_geometry():
     ys, xs = np.nonzero(red)
     assert abs(xs.mean() / 96 - x0) < 0.02 and abs(ys.mean() / 96 - 0.5) < 0.02
     g = Event('blue', 'circle', 'grows', 0, 4)
-    assert np.all(render_frame(g, 1.0) == COLOURS['blue'], -1).sum() > 4 * np.all(render_frame(g, 0.0) == COLOURS['blue'], -1).sum()
+    assert np.all(render_frame(g, 1.0) == COLOURS['blue'], -1).sum() > 4 * np.all(
+        render_frame(g, 0.0) == COLOURS['blue'], -1).sum()
 
 def test_captions_name_events():
     rng = np.random.default_rng(1)
@@ -87,8 +91,10 @@ def test_captions_name_events():
         assert named, f'caption {c!r} names no event of the video'
         if ', then ' in c:
             first, second = c.split(', then ')
-            i = next(k for k, e in enumerate(evs) if e.colour in first and any(w in first for w in SHAPE_WORDS[e.shape]))
-            j = next(k for k, e in enumerate(evs) if e.colour in second and any(w in second for w in SHAPE_WORDS[e.shape]))
+            i = next(k for k, e in enumerate(evs) if e.colour in first
+                     and any(w in first for w in SHAPE_WORDS[e.shape]))
+            j = next(k for k, e in enumerate(evs) if e.colour in second
+                     and any(w in second for w in SHAPE_WORDS[e.shape]))
             assert i < j, f'{c!r} must keep the order of events'
 
 def test_toy_frames_and_captions():

@@ -1,7 +1,12 @@
 """The training loop and evaluation: optimizer groups, schedule, batches, atomic checkpoints, bitwise resume, the NaN
 stop, unreadable-video skips, the evaluation cache (hit, miss, stale, foreign) and the metric rows of `evaluate`."""
-import json, math, os, shutil, logging
-import pytest, torch
+import json
+import math
+import os
+import shutil
+import logging
+import pytest
+import torch
 from glscl.config import load_config
 from glscl.toyworld import make_toy_msrvtt
 from glscl.model import GLSCL
@@ -34,15 +39,17 @@ def test_param_groups(cfg):
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert set(where) == trainable and len(where) == sum(len(g['params']) for g in groups)   # each trainable one once
     assert cfg.freeze_visual and not any(n.startswith('clip.model.visual.') for n in where)
-    for n, p in m.named_parameters():
+    for n, _ in m.named_parameters():
         if n not in trainable: continue
         g = where[n]
         assert g['lr'] == pytest.approx(cfg.lr * (cfg.coef_lr if n.startswith('clip.') else 1))
-    no_decay = ['clip.model.ln_final.weight', 'clip.model.ln_final.bias', 'lim.queries', 'temporal.pos', 'clip.model.logit_scale',
-                'clip.model.token_embedding.weight', 'clip.model.positional_embedding', 'temporal.blocks.0.ln_1.weight',
-                'temporal.blocks.0.attn.in_proj_bias', 'lim.decoder.layers.0.norm1.weight', 'lim.decoder.layers.2.linear2.bias']
-    decay = ['clip.model.text_projection', 'clip.model.transformer.resblocks.0.mlp.c_fc.weight', 'temporal.blocks.3.attn.out_proj.weight',
-             'lim.decoder.layers.0.linear1.weight', 'lim.decoder.layers.1.multihead_attn.in_proj_weight']
+    no_decay = ['clip.model.ln_final.weight', 'clip.model.ln_final.bias', 'lim.queries', 'temporal.pos',
+                'clip.model.logit_scale', 'clip.model.token_embedding.weight', 'clip.model.positional_embedding',
+                'temporal.blocks.0.ln_1.weight', 'temporal.blocks.0.attn.in_proj_bias',
+                'lim.decoder.layers.0.norm1.weight', 'lim.decoder.layers.2.linear2.bias']
+    decay = ['clip.model.text_projection', 'clip.model.transformer.resblocks.0.mlp.c_fc.weight',
+             'temporal.blocks.3.attn.out_proj.weight', 'lim.decoder.layers.0.linear1.weight',
+             'lim.decoder.layers.1.multihead_attn.in_proj_weight']
     for n in no_decay: assert where[n]['weight_decay'] == 0.0, n
     for n in decay: assert where[n]['weight_decay'] == cfg.weight_decay, n
     with pytest.raises(ValueError, match='optimizer'): T.make_optimizer(m, cfg.replace(optimizer='sgd9'))
@@ -79,9 +86,12 @@ def test_bertadam_against_formula():
     ref = bertadam_reference(w0.tolist(), [g.tolist() for g in grads], 0.03, 0.9, 0.98, 1e-6, 0.2)
     assert torch.allclose(p.detach(), torch.tensor(ref, dtype=torch.float64), atol=1e-12)
     # it differs from bias-corrected AdamW (whose first step is a full lr)
-    q = torch.nn.Parameter(w0.clone()); a = torch.optim.AdamW([q], lr=0.03, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+    q = torch.nn.Parameter(w0.clone())
+    a = torch.optim.AdamW([q], lr=0.03, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
     q.grad = grads[0].clone(); a.step()
-    assert not torch.allclose(q.detach(), torch.tensor(bertadam_reference(w0.tolist(), [grads[0].tolist()], 0.03, 0.9, 0.98, 1e-6, 0.2), dtype=torch.float64))
+    assert not torch.allclose(q.detach(),
+                              torch.tensor(bertadam_reference(w0.tolist(), [grads[0].tolist()], 0.03, 0.9,
+                                                              0.98, 1e-6, 0.2), dtype=torch.float64))
     # fp16 weights keep fp16 moments (the released half CLIP: no master copy)
     h = torch.nn.Parameter(torch.ones(3, dtype=torch.float16)); h.grad = torch.full((3,), 0.5, dtype=torch.float16)
     o = T.BertAdam([h], lr=1e-3); o.step()
@@ -94,7 +104,8 @@ def test_released_schedule_first_step_zero():
     "The released schedule with t_total = epochs x steps per epoch: the first update has lr 0, warmup then cosine."
     total = 5 * 7
     f = [T.warmup_cosine(s, total, 0.1) for s in range(total)]
-    assert f[0] == 0 and f[3] == pytest.approx(3 / 3.5) and f[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 35)))
+    assert (f[0] == 0 and f[3] == pytest.approx(3 / 3.5)
+            and f[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 35))))
 
 def test_warmup_cosine_reference():
     total, w = 50, 0.1
@@ -106,7 +117,8 @@ def test_warmup_cosine_reference():
     sched = T.make_scheduler(opt, load_config('toy'), 10)
     lrs = []
     for _ in range(10): lrs.append(opt.param_groups[0]['lr']); opt.step(); sched.step()
-    assert lrs[0] == 0 and lrs[1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(0.1 * math.pi))) and lrs[-1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(0.9 * math.pi)))
+    assert (lrs[0] == 0 and lrs[1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(0.1 * math.pi)))
+            and lrs[-1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(0.9 * math.pi))))
 
 def test_epoch_batches():
     b = T.EpochBatches(23, 5, seed=7, epoch=1)
@@ -120,7 +132,8 @@ def test_epoch_batches():
     assert [sorted(b) for b in glob] == [sorted(b) for b in T.EpochBatches(24, 6, 7, 1)]   # same global batches, any W
     assert glob == T.EpochBatches(24, 6, 7, 1, world_size=3).batches()
     # PyTorch's DistributedSampler (the released sampler) deals the same permutation
-    ds = torch.utils.data.DistributedSampler(range(24), num_replicas=3, rank=1, shuffle=True, seed=7, drop_last=True); ds.set_epoch(1)
+    ds = torch.utils.data.DistributedSampler(range(24), num_replicas=3, rank=1, shuffle=True, seed=7, drop_last=True)
+    ds.set_epoch(1)
     assert sum(parts[1], []) == list(ds)
     perm = torch.randperm(23, generator=torch.Generator().manual_seed(8)).tolist()   # one process: seed + epoch
     assert full == [perm[i * 5:(i + 1) * 5] for i in range(4)]
@@ -153,7 +166,7 @@ def test_checkpoint_of_another_shape_names_keys(cfg, tmp_path):
     with pytest.raises(ValueError, match='not a glscl training checkpoint'): T.read_checkpoint(tmp_path/'clip.pt')
     with pytest.raises(FileNotFoundError): T.read_checkpoint(tmp_path/'nope.pt')
     m2 = T.model_from_checkpoint(p)
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True))
 
 # --- the loop --------------------------------------------------------------------------------------------------------
 
@@ -274,7 +287,7 @@ def test_evaluation_refuses_missing_test_videos(cfg, world, tmp_path):
 
 def test_model_from_checkpoint_keeps_quick_gelu(cfg, tmp_path):
     "QuickGELU is not in the weights: the checkpoint records it, and the rebuilt model encodes the same."
-    from glscl.clip import load_clip; import glscl.tinyclip  # registers glscl-tiny
+    from glscl.clip import load_clip; import glscl.tinyclip  # noqa: F401  (registers glscl-tiny)
     m = GLSCL(cfg, encoder=load_clip('glscl-tiny', None, quick_gelu=True)).eval()
     assert T.uses_quick_gelu(m) and not T.uses_quick_gelu(GLSCL(cfg))
     p = T.save_checkpoint(tmp_path/'q.pt', m)
@@ -285,7 +298,8 @@ def test_model_from_checkpoint_keeps_quick_gelu(cfg, tmp_path):
 
 def test_resume_refuses_another_run(cfg):
     T.train(cfg.replace(max_steps=2, eval_every=1), progress=False, final_extra=False)
-    with pytest.raises(ValueError, match=r"no optimizer state .*last\.pt"): T.train(cfg, resume=cfg.out_dir/'best.pt', progress=False)
+    with pytest.raises(ValueError, match=r"no optimizer state .*last\.pt"):
+        T.train(cfg, resume=cfg.out_dir/'best.pt', progress=False)
     with pytest.raises(ValueError, match=r"other settings: lr=0\.001 \(now 0\.0001\)"):
         T.train(cfg.replace(lr=1e-4), resume=cfg.out_dir/'last.pt', progress=False)
     with pytest.raises(ValueError, match='batch_size=1'): T.train(cfg.replace(batch_size=1), progress=False)
@@ -307,7 +321,8 @@ def test_cache_key_changes_with_the_code_version(cfg, monkeypatch):
     assert T.encoding_key(m, cfg, 'test')[0] != k1
 
 def test_a_new_setting_that_affects_encodings_changes_the_cache_key(cfg):
-    "A setting added in one line of Config (a subclass here) is in the cache key and the resume check: no list to update."
+    """A setting added in one line of Config (a subclass here) is in the cache key and the resume check: no list to
+    update."""
     from dataclasses import dataclass
     from glscl.config import Config, setting
     @dataclass(frozen=True)
@@ -322,17 +337,19 @@ def test_a_new_setting_that_affects_encodings_changes_the_cache_key(cfg):
     T.check_resume(ckpt, a.replace(max_steps=3), 'last.pt')                # a key declared free of training may change
     with pytest.raises(ValueError, match=r"other settings: new_knob=0 \(now 1\)"): T.check_resume(ckpt, b, 'last.pt')
 
-# --- precision ---------------------------------------------------------------------------------------------------------
+# --- precision --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('precision', ['amp-bf16', 'released-fp16'])
 def test_precision_train_step_on_cpu(cfg, precision):
-    "bf16 autocast and the released half CLIP both train on the CPU: finite loss close to fp32's, weights move, dtypes kept."
-    c = cfg.replace(precision=precision, freeze_visual=False, lim_dropout=0.0, max_frames=3, optimizer='bertadam' if precision == 'released-fp16' else 'adamw')
+    """bf16 autocast and the released half CLIP both train on the CPU: finite loss close to fp32's, weights move, dtypes
+    kept."""
+    c = cfg.replace(precision=precision, freeze_visual=False, lim_dropout=0.0, max_frames=3,
+                    optimizer='bertadam' if precision == 'released-fp16' else 'adamw')
     torch.manual_seed(0); ref = GLSCL(c.replace(precision='fp32'))
     torch.manual_seed(0); m = GLSCL(c)
     m.load_state_dict(ref.state_dict())
     ds = T.dataset_from_config(c, 'train')
-    batch = T.collate_videos([ds[i * 10] for i in range(4)])          # 4 videos x 3 frames: CPU bf16 / fp16 kernels are slow
+    batch = T.collate_videos([ds[i * 10] for i in range(4)])   # 4 videos x 3 frames: CPU bf16 / fp16 kernels are slow
     with torch.no_grad(), T.autocast(c, 'cpu'): lo = m(batch)['loss'].item()
     with torch.no_grad(): lr_ = ref(batch)['loss'].item()
     assert abs(lo - lr_) < 0.05 * abs(lr_), (lo, lr_)
@@ -350,21 +367,24 @@ def test_precision_train_step_on_cpu(cfg, precision):
     else: assert set(dtypes.values()) == {torch.float32}
 
 def test_amp_fp16_step_with_a_scaler(cfg):
-    "amp-fp16: the loss is scaled for the backward, gradients unscaled before the clip, the step taken; an overflow skips it."
+    """amp-fp16: the loss is scaled for the backward, gradients unscaled before the clip, the step taken; an overflow
+    skips it."""
     c = cfg.replace(precision='amp-fp16', lim_dropout=0.0, max_frames=3, warmup=0.0)
     s = T.make_scaler(c, 'cpu')
     assert isinstance(s, torch.amp.GradScaler) and T.make_scaler(cfg, 'cpu') is None
     torch.manual_seed(0); m = GLSCL(c)
     ds = T.dataset_from_config(c, 'train')
-    batch = T.with_features(T.collate_videos([ds[i * 10] for i in range(4)]), T.frame_features(m, ds, c, progress=False), ds)
+    batch = T.with_features(T.collate_videos([ds[i * 10] for i in range(4)]),
+                            T.frame_features(m, ds, c, progress=False), ds)
     opt = T.make_optimizer(m, c); sched = T.make_scheduler(opt, c, 10)
     q0 = m.lim.queries.detach().clone()
-    for step in range(30):              # the first scale (65536) overflows fp16: those steps are skipped, the scale halves
+    for step in range(30):   # the first scale (65536) overflows fp16: those steps are skipped, the scale halves
         scale = s.get_scale()
         rec = T.train_step(m, batch, opt, sched, c, step, scaler=s)
         if 'skipped' not in rec: break
         assert s.get_scale() == scale / 2 and torch.equal(q0, m.lim.queries.detach())
-    assert 'skipped' not in rec and math.isfinite(rec['grad_norm']) and rec['grad_norm'] < 1e3   # unscaled before the clip
+    # unscaled before the clip
+    assert 'skipped' not in rec and math.isfinite(rec['grad_norm']) and rec['grad_norm'] < 1e3
     assert not torch.equal(q0, m.lim.queries.detach())
     # an inf gradient: the scaler skips the update and halves its scale, no NonFiniteLoss
     scale = s.get_scale(); q1 = m.lim.queries.detach().clone()
@@ -372,10 +392,11 @@ def test_amp_fp16_step_with_a_scaler(cfg):
     rec = T.train_step(m, batch, opt, sched, c, step + 1, scaler=s)
     assert rec.get('skipped') and s.get_scale() < scale and torch.equal(q1, m.lim.queries.detach())
 
-# --- DDP: 2 CPU processes (gloo) against one process on the same global batch -------------------------------------------
+# --- DDP: 2 CPU processes (gloo) against one process on the same global batch -----------------------------------------
 
 def _ddp_cfg():
-    "A random tiny CLIP; the image tower frozen (its backward is most of a CPU step), the text tower, TT and LIM trained."
+    """A random tiny CLIP; the image tower frozen (its backward is most of a CPU step), the text tower, TT and LIM
+    trained."""
     return load_config('toy', clip_pretrained='none', lim_dropout=0.0, max_frames=4)
 
 def _ddp_batch(B=8, N=4, L=12, S=64):
@@ -385,7 +406,8 @@ def _ddp_batch(B=8, N=4, L=12, S=64):
     for i in range(B):
         n = 3 + (5 * i) % (L - 3); ids[i, 0] = 49406; ids[i, n - 1] = 49407; ids[i, n:] = 0; mask[i, :n] = True
         fm[i, :1 + (3 * i) % N] = True
-    return dict(ids=ids, mask=mask, frames=torch.randn(B, N, 3, S, S, generator=g) * fm[..., None, None, None], frame_mask=fm)
+    return dict(ids=ids, mask=mask,
+                frames=torch.randn(B, N, 3, S, S, generator=g) * fm[..., None, None, None], frame_mask=fm)
 
 def _grads(cfg, gather=None, rows=slice(None), wrap=None):
     torch.manual_seed(0)
@@ -394,7 +416,8 @@ def _grads(cfg, gather=None, rows=slice(None), wrap=None):
     f = wrap(m) if wrap else m
     out = f(b, gather=gather)
     out['loss'].backward()
-    return {k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    return {k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters()
+                                                   if p.grad is not None}
 
 def _ddp_worker(rank, world_size, rdv, out_dir):
     import torch.distributed as dist
@@ -407,7 +430,8 @@ def _ddp_worker(rank, world_size, rdv, out_dir):
             wrap = lambda m: torch.nn.parallel.DistributedDataParallel(m)
             parts, grads = _grads(cfg, T.make_gather(cfg), slice(rank * b, (rank + 1) * b), wrap)
             torch.save(dict(loss=parts['loss'], parts=parts, grads=grads), f'{out_dir}/{mode}{rank}.pt')
-            # gradient caching: each rank encodes its 4 pairs in chunks of 3 (not a divisor), float64, under DDP as `train` runs it
+            # gradient caching: each rank encodes its 4 pairs in chunks of 3 (not a divisor), float64, under DDP as
+            # `train` runs it
             parts, grads = _gc_grads(_gc_ddp_cfg(mode, grad_cache_chunk=3), slice(rank * b, (rank + 1) * b), world_size)
             torch.save(dict(parts=parts, grads=grads), f'{out_dir}/gc-{mode}{rank}.pt')
     finally: dist.destroy_process_group()
@@ -425,7 +449,8 @@ def one_process():
     return _grads(_ddp_cfg())
 
 def test_ddp_exact_gather_matches_one_process(ddp_runs, one_process):
-    "2 processes x 4 pairs, gradient-carrying gather + DDP: the same loss on both ranks and the same gradients as 1 x 8."
+    """2 processes x 4 pairs, gradient-carrying gather + DDP: the same loss on both ranks and the same gradients as 1 x
+    8."""
     ranks = ddp_runs['exact']
     parts, grads = one_process
     # part by part, relative: IDL (~1e-5) and ICL (~1e-2) vanish inside any tolerance on the total loss (~1.6)
@@ -451,51 +476,58 @@ def test_ddp_released_gather_scales_encoders_by_one_over_w(ddp_runs, one_process
         want = grads[n] if n in full else grads[n] / 2
         assert torch.allclose(g2[n], want, rtol=1e-3, atol=1e-6), (n, (g2[n] - want).abs().max())
 
-# --- gradient caching: CLIP's towers in chunks, everything else on the whole batch -------------------------------------
+# --- gradient caching: CLIP's towers in chunks, everything else on the whole batch ------------------------------------
 
 def _gc_ddp_cfg(mode='exact', **kw):
-    "The DDP tests' toy model with the image tower trained too (gradient caching re-encodes it), no dropout (ranks draw apart)."
+    """The DDP tests' toy model with the image tower trained too (gradient caching re-encodes it), no dropout (ranks
+    draw apart)."""
     return _ddp_cfg().replace(ddp_gather=mode, freeze_visual=False, **kw)
 
 def _gc_grads(cfg, rows=slice(None), world_size=1):
-    "Loss parts and gradients of `T.forward_backward` on rows of `_ddp_batch`, the model in float64 (DDP-wrapped with 2 processes)."
+    """Loss parts and gradients of `T.forward_backward` on rows of `_ddp_batch`, the model in float64 (DDP-wrapped with
+    2 processes)."""
     torch.manual_seed(0)
     m = GLSCL(cfg).double().train()
     ddp = torch.nn.parallel.DistributedDataParallel(m) if world_size > 1 else None
     b = {k: v[rows] for k, v in _ddp_batch().items()}
     out = T.forward_backward(m, b, cfg, gather=T.make_gather(cfg), forward=ddp)
-    return {k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    return {k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters()
+                                                   if p.grad is not None}
 
 def assert_same_grads(got: dict, want: dict, rel: float = 1e-13):
-    """Every parameter's gradient equal up to float64 rounding: each entry within `rel` of itself, or of its tensor's largest
-    entry (entries that cancel to nearly 0 carry rounding of the tensor's size, never more)."""
+    """Every parameter's gradient equal up to float64 rounding: each entry within `rel` of itself, or of its tensor's
+    largest entry (entries that cancel to nearly 0 carry rounding of the tensor's size, never more)."""
     assert set(got) == set(want) and len(want) > 20
     for n, w in want.items():
         assert w.dtype == torch.float64 and w.abs().max() > 0, n
-        torch.testing.assert_close(got[n], w, rtol=rel, atol=rel * float(w.abs().max()), msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(got[n], w, rtol=rel, atol=rel * float(w.abs().max()), msg=lambda m, n=n: f"{n}: {m}")
 
-GC_LAYOUTS = {    # the corrected recipe's layout (image tower trained), the toy run's (stored features of a frozen image
-                  # tower), and the released recipe's (compat padding through CLIP, pads hidden in the text tower, conv1 frozen)
+GC_LAYOUTS = {    # the corrected recipe's layout (image tower trained), the toy run's (stored features of a frozen
+                  # image tower), and the released recipe's (compat padding through CLIP, pads hidden in the text tower,
+                  # conv1 frozen)
     'plain': ('toy', dict(freeze_visual=False)),
     'frozen': ('toy', dict(freeze_visual=True)),
-    'released': ('msrvtt-vitb32', dict(clip_model='glscl-tiny', image_size=64, precision='fp32', augment='none', lim_heads=4, lim_ff_dim=512)),
+    'released': ('msrvtt-vitb32', dict(clip_model='glscl-tiny', image_size=64, precision='fp32', augment='none',
+                                       lim_heads=4, lim_ff_dim=512)),
 }
 
 def _gc_cfg(layout: str, **kw):
     preset, own = GC_LAYOUTS[layout]
-    return load_config(preset, **{'clip_pretrained': 'none', 'lim_dropout': 0.1, 'max_frames': 4, **own, **kw})   # LIM's dropout on
+    # LIM's dropout on
+    return load_config(preset, **{'clip_pretrained': 'none', 'lim_dropout': 0.1, 'max_frames': 4, **own, **kw})
 
 def _gc_step(cfg, seed: int = 1, model=None):
-    "One float64 `forward_backward` of the fixed batch under `cfg` (dropout drawn from `seed`): (parts, grads, rng after, model)."
+    """One float64 `forward_backward` of the fixed batch under `cfg` (dropout drawn from `seed`): (parts, grads, rng
+    after, model)."""
     torch.manual_seed(0)
     m = model if model is not None else GLSCL(cfg).double().train()
     b = _ddp_batch()
-    if cfg.freeze_visual:                                         # the toy run's way: the frozen tower's features, computed once
+    if cfg.freeze_visual:   # the toy run's way: the frozen tower's features, computed once
         with torch.no_grad(): b = dict(b, frame_features=m.clip.encode_frames(b['frames'].double(), b['frame_mask']))
     torch.manual_seed(seed)
     out = T.forward_backward(m, b, cfg)
-    return ({k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None},
-            torch.get_rng_state(), m)
+    return ({k: v.item() for k, v in out.items()},
+            {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, torch.get_rng_state(), m)
 
 _GC_PLAIN = {}
 def _gc_plain(layout):
@@ -505,8 +537,8 @@ def _gc_plain(layout):
 @pytest.mark.parametrize('layout', list(GC_LAYOUTS))
 @pytest.mark.parametrize('chunk', [1, 3, 5, 8])
 def test_grad_cache_equals_the_whole_batch(layout, chunk):
-    """Chunks of 1, 3, 5 (neither divides the batch of 8) and 8 pairs: the loss parts and every parameter's gradient equal
-    the plain step's (float64, LIM's dropout on), and the random stream continues as after the plain step."""
+    """Chunks of 1, 3, 5 (neither divides the batch of 8) and 8 pairs: the loss parts and every parameter's gradient
+    equal the plain step's (float64, LIM's dropout on), and the random stream continues as after the plain step."""
     parts, grads, rng, m = _gc_plain(layout)
     got, ggot, rgot, _ = _gc_step(_gc_cfg(layout, grad_cache_chunk=chunk))
     for k in ('loss', 'nce', 'icl', 'idl'):
@@ -529,12 +561,15 @@ def test_grad_checkpointing_keeps_the_gradients(chunk):
     assert torch.equal(rgot, rng)
 
 def _tower_dropout(m, p=0.2):
-    "Attention dropout inside every block of both CLIP towers (open_clip's CLIP has none): the towers draw random numbers."
-    for blk in list(m.clip.model.transformer.resblocks) + list(m.clip.model.visual.transformer.resblocks): blk.attn.dropout = p
+    """Attention dropout inside every block of both CLIP towers (open_clip's CLIP has none): the towers draw random
+    numbers."""
+    for blk in list(m.clip.model.transformer.resblocks) + list(m.clip.model.visual.transformer.resblocks):
+        blk.attn.dropout = p
     return m
 
 def _chunked_reference(m, cfg, b, chunk: int, seed: int = 1):
-    "Slow and obvious: each chunk through the towers with its graph kept, in the cached step's order; the rest on the whole batch."
+    """Slow and obvious: each chunk through the towers with its graph kept, in the cached step's order; the rest on the
+    whole batch."""
     torch.manual_seed(seed); m.zero_grad(set_to_none=True)
     rows = T.row_chunks(len(b['ids']), chunk)
     text = [m.text_tower(b['ids'][s], b['mask'][s]) for s in rows]
@@ -557,20 +592,23 @@ def test_grad_cache_replays_the_towers_random_state(monkeypatch):
     assert_same_grads(ggot, grads)
     torch.manual_seed(2); a = m.text_tower(b['ids'][:3], b['mask'][:3])['eos']
     assert not torch.equal(a, m.text_tower(b['ids'][:3], b['mask'][:3])['eos'])     # the towers do draw
-    monkeypatch.setattr(glscl.step, 'set_torch_rng', lambda state, device: None)              # no replay: other masks in the second pass
+    # no replay: other masks in the second pass
+    monkeypatch.setattr(glscl.step, 'set_torch_rng', lambda state, device: None)
     _, gbad, _, _ = _gc_step(cfg, model=m)
     assert not torch.allclose(gbad['clip.model.transformer.resblocks.0.mlp.c_fc.weight'],
                               grads['clip.model.transformer.resblocks.0.mlp.c_fc.weight'], rtol=1e-6)
 
 @pytest.mark.parametrize('precision', ['amp-bf16', 'amp-fp16', 'released-fp16'])
 def test_grad_cache_in_every_precision(precision):
-    """The 16-bit modes, amp-fp16 with a GradScaler (whose scale must reach the towers' gradients too): the cached step's
-    loss is the plain step's and its gradient differs from the plain step's by less than half of what the mode's own
-    rounding moves the plain step away from fp32 (measured: about a seventh). Float64 above is where they are equal."""
+    """The 16-bit modes, amp-fp16 with a GradScaler (whose scale must reach the towers' gradients too): the cached
+    step's loss is the plain step's and its gradient differs from the plain step's by less than half of what the mode's
+    own rounding moves the plain step away from fp32 (measured: about a seventh). Float64 above is where they are
+    equal."""
     base = _gc_cfg('plain', precision=precision, lim_dropout=0.0, max_frames=3)
     b = {k: v[:6, :3] if k in ('frames', 'frame_mask') else v[:6] for k, v in _ddp_batch().items()}
     runs = {}
-    for name, cfg in (('fp32', base.replace(precision='fp32')), ('plain', base), ('cached', base.replace(grad_cache_chunk=4))):
+    for name, cfg in (('fp32', base.replace(precision='fp32')), ('plain', base),
+                      ('cached', base.replace(grad_cache_chunk=4))):
         torch.manual_seed(0); m = GLSCL(cfg).train()
         scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10) if cfg.precision == 'amp-fp16' else None
         out = T.forward_backward(m, b, cfg, scaler=scaler)
@@ -587,13 +625,16 @@ def test_grad_cache_in_every_precision(precision):
 
 def test_grad_cache_settings_and_errors():
     from glscl.config import SettingError
-    with pytest.raises(SettingError, match=r'grad_cache_chunk = -1: must be in \[0, inf\)'): load_config('toy', grad_cache_chunk=-1)
+    with pytest.raises(SettingError, match=r'grad_cache_chunk = -1: must be in \[0, inf\)'):
+        load_config('toy', grad_cache_chunk=-1)
     with pytest.raises(SettingError, match='grad_cache_chunk'): load_config('toy', grad_cache_chunk='2.5')
     torch.manual_seed(0)
     m = GLSCL(_gc_cfg('plain'))
     with pytest.raises(ValueError, match='grad_cache_chunk = 0: use a positive number'): T.GradCache(m, 0)
     m.clip.model.visual.bn = torch.nn.BatchNorm1d(4)                  # as in the ResNet CLIPs' image towers
-    with pytest.raises(ValueError, match=r'grad_cache_chunk = 2 with CLIP glscl-tiny: its BatchNorm layers \(model.visual.bn'): T.GradCache(m, 2)
+    with pytest.raises(ValueError,
+                       match=r'grad_cache_chunk = 2 with CLIP glscl-tiny: its BatchNorm layers \(model.visual.bn'):
+        T.GradCache(m, 2)
     # memory and time only: a run may resume with another chunk; the evaluation cache does not depend on it
     assert {'grad_cache_chunk', 'grad_checkpointing'} <= set(T.RESUME_FREE_KEYS)
     assert not {'grad_cache_chunk', 'grad_checkpointing'} & set(T.ENCODING_KEYS)
@@ -605,13 +646,15 @@ def test_grad_cache_settings_and_errors():
     assert load_config('msrvtt-vitb32').grad_cache_chunk == 0 and load_config('toy').grad_cache_chunk == 0
 
 def test_ddp_grad_cache_matches_one_process_without(ddp_runs):
-    """2 processes x 4 pairs, each in chunks of 3, under DDP (the cached step averages after its last backward): the loss
-    and every gradient of one process holding all 8 pairs without chunks (float64); the released gather's 1/W as well."""
+    """2 processes x 4 pairs, each in chunks of 3, under DDP (the cached step averages after its last backward): the
+    loss and every gradient of one process holding all 8 pairs without chunks (float64); the released gather's 1/W as
+    well."""
     for mode in ('exact', 'released'):
         parts, grads = _gc_grads(_gc_ddp_cfg(mode))
         ranks = ddp_runs[f'gc-{mode}']
         for r in ranks:
-            for k in ('loss', 'nce', 'icl', 'idl'): assert parts[k] > 0 and r['parts'][k] == pytest.approx(parts[k], rel=1e-12, abs=0), k
+            for k in ('loss', 'nce', 'icl', 'idl'):
+                assert parts[k] > 0 and r['parts'][k] == pytest.approx(parts[k], rel=1e-12, abs=0), k
         full = {n for n in grads if n.startswith('lim.') or n == 'clip.model.logit_scale'}
         want = grads if mode == 'exact' else {n: g if n in full else g / 2 for n, g in grads.items()}
         assert any(n.startswith('clip.model.visual.') for n in grads)
@@ -619,7 +662,8 @@ def test_ddp_grad_cache_matches_one_process_without(ddp_runs):
         for n in grads: assert torch.equal(ranks[0]['grads'][n], ranks[1]['grads'][n]), n     # every rank the same
 
 def test_train_with_grad_cache_and_a_chunk_that_saves_nothing(cfg, caplog):
-    "`train` takes cached steps; a chunk not below each process's share of the batch is pointed out (it only costs time)."
+    """`train` takes cached steps; a chunk not below each process's share of the batch is pointed out (it only costs
+    time)."""
     with caplog.at_level(logging.WARNING, logger='glscl.train'):
         r = T.train(cfg.replace(grad_cache_chunk=16), progress=False, stop_after=1)
     assert r['stopped_at'] == 1
@@ -635,10 +679,12 @@ def test_weights_finite_against_a_check_of_every_element():
     "The fused-norm check equals `isfinite` over every element, including weights whose norm overflows."
     g = torch.Generator().manual_seed(0)
     for trial in range(60):
-        ts = [torch.randn(*torch.randint(1, 6, (2,), generator=g).tolist(), generator=g) * 10.0 ** float(torch.randint(0, 35, (1,), generator=g))
+        ts = [torch.randn(*torch.randint(1, 6, (2,), generator=g).tolist(), generator=g)
+              * 10.0 ** float(torch.randint(0, 35, (1,), generator=g))
               for _ in range(3)]
         if trial % 3:
-            t = ts[trial % len(ts)]; t.view(-1)[trial % t.numel()] = (float('nan'), float('inf'), -float('inf'))[trial % 3]
+            t = ts[trial % len(ts)]
+            t.view(-1)[trial % t.numel()] = (float('nan'), float('inf'), -float('inf'))[trial % 3]
         slow = all(math.isfinite(x) for t in ts for x in t.flatten().tolist())
         assert T.weights_finite(ts) == slow, trial
     assert T.weights_finite([torch.full((8,), 3e38)]) and T.weights_finite([])
@@ -658,6 +704,7 @@ def test_training_on_features_reads_no_pixels_and_changes_nothing(cfg):
         return out['loss'].item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     memo = {}
     ref, with_memo = step(True, None), step(False, memo)
-    assert any(k[0] == 'tokens' for k in memo) and step(False, memo)[0] == ref[0]     # the second read: tokens from the memo
+    # the second read: tokens from the memo
+    assert any(k[0] == 'tokens' for k in memo) and step(False, memo)[0] == ref[0]
     assert with_memo[0] == ref[0] and with_memo[1].keys() == ref[1].keys()
     for n, gr in ref[1].items(): assert torch.equal(gr, with_memo[1][n]), n

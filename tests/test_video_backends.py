@@ -2,7 +2,9 @@
 world, B-frames, open GOPs, variable frame rate, other containers), the same errors for bad files, PyAV seeking
 instead of decoding whole videos, and how the reader is chosen. At the end, the video tests of test_data.py run
 again with the PyAV reader forced (the reader of macOS and ARM Linux, where decord has no wheel)."""
-import importlib.util, inspect, sys
+import importlib.util
+import inspect
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,7 +55,8 @@ def decode_all(path):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(s)]), float(s.average_rate)
 
 
-def top_index(frames, step=3): return np.round(frames[:, : frames.shape[1] // 2].reshape(len(frames), -1).mean(1) / step).astype(int).tolist()
+def top_index(frames, step=3):
+    return np.round(frames[:, : frames.shape[1] // 2].reshape(len(frames), -1).mean(1) / step).astype(int).tolist()
 
 
 CASES = {  # name: (n frames, fps, container, x264 params, variable frame rate)
@@ -73,7 +76,8 @@ def hard_videos(tmp_path_factory):
     d, out = tmp_path_factory.mktemp("hard"), {}
     for i, (name, (n, fps, fmt, x264, vfr)) in enumerate(CASES.items()):
         times = np.cumsum(np.random.default_rng(i).integers(30, 300, n)) - 30 if vfr else None
-        out[name] = encode(d / f"case{i}.{'mkv' if fmt == 'matroska' else 'mp4'}", textured(n, seed=i), fps, fmt, x264, times)
+        out[name] = encode(d / f"case{i}.{'mkv' if fmt == 'matroska' else 'mp4'}", textured(n, seed=i), fps,
+                           fmt, x264, times)
     return out
 
 
@@ -82,8 +86,8 @@ def check_frames(frames, every, idx, backend, case):
     that has leading B-frames (frames shown before it but stored after it), decord returns the frame after the one
     asked for; PyAV matches the frames by timestamp and stays exact."""
     if backend == "decord" and case == "open GOP":
-        off = [i for f, i in zip(frames, idx) if not np.array_equal(f, every[i])]
-        assert all(np.array_equal(f, every[i + 1]) for f, i in zip(frames, idx) if i in off), off
+        off = [i for f, i in zip(frames, idx, strict=True) if not np.array_equal(f, every[i])]
+        assert all(np.array_equal(f, every[i + 1]) for f, i in zip(frames, idx, strict=True) if i in off), off
         return off
     assert np.array_equal(frames, every[idx]), (case, backend, idx.tolist())
     return []
@@ -112,12 +116,13 @@ def test_random_index_sets_equal_across_backends(hard_videos, case, monkeypatch)
     n = len(every)
     for _ in range(6):
         idx = np.unique(np.r_[rng.choice(n, size=rng.integers(1, 8), replace=False), n - 1 if rng.random() < .5 else 0])
-        monkeypatch.setattr(D, "frame_indices", lambda *a, **k: idx)
+        monkeypatch.setattr(D, "frame_indices", lambda *a, idx=idx, **k: idx)
         a, _ = sample_frames(p, 20, backend="pyav")
         b, _ = sample_frames(p, 20, backend="decord")
         assert np.array_equal(a, every[idx]), (case, idx.tolist())
         if case != "open GOP": assert np.array_equal(b, a), (case, idx.tolist())
-        else: assert all(np.array_equal(f, every[i]) or np.array_equal(f, every[i + 1]) for f, i in zip(b, idx))
+        else: assert all(np.array_equal(f, every[i]) or np.array_equal(f, every[i + 1])
+                         for f, i in zip(b, idx, strict=True))
 
 
 def toy_videos(tmp_path_factory, k=8):
@@ -131,7 +136,8 @@ def toy_videos(tmp_path_factory, k=8):
 
 @needs_decord
 def test_toy_world_identical_frames(tmp_path_factory):
-    "decord and PyAV return byte-identical frames on the toy world's videos (all of them: benchmarks/bench_video_backends.py)."
+    """decord and PyAV return byte-identical frames on the toy world's videos (all of them:
+    benchmarks/bench_video_backends.py)."""
     for p in toy_videos(tmp_path_factory):
         every, fps = decode_all(p)
         for max_frames, sfps, rule in [(12, 1.0, "glscl"), (12, 1.0, "released"), (8, 3.0, "glscl")]:
@@ -185,7 +191,8 @@ def test_bad_files_raise_video_error(bad_files, backend, name, why):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_missing_file_and_partly_readable(bad_files, backend):
-    with pytest.raises(FileNotFoundError, match="nothere.mp4"): sample_frames(bad_files / "nothere.mp4", backend=backend)
+    with pytest.raises(FileNotFoundError, match="nothere.mp4"):
+        sample_frames(bad_files / "nothere.mp4", backend=backend)
     every, _ = decode_all(bad_files / "good.mp4")
     if backend == "pyav":                          # frame 0 precedes the damage: PyAV decodes only up to it
         frames, _ = sample_frames(bad_files / "zeroed.mp4", max_frames=1, backend=backend)
@@ -263,10 +270,12 @@ import test_data as _td                                                  # noqa:
 _DECORD_ONLY = {"test_sample_frames_decodes_only_chosen", "test_sample_frames_bad_fps_and_shape"}   # spy on decord
 _VIDEO_TESTS = [n for n in dir(_td) if n.startswith("test_") and n not in _DECORD_ONLY and
                 any(k in n for k in ("sample_frames", "video", "compress", "dataset", "from_config")) and
-                (HAS_DECORD or "decord" not in inspect.getsource(getattr(_td, n)))]   # some use decord as their reference
+                # some use decord as their reference
+                (HAS_DECORD or "decord" not in inspect.getsource(getattr(_td, n)))]
 for _n in _VIDEO_TESTS: globals()[f"{_n}__pyav"] = getattr(_td, _n)
 for _n in dir(_td):                                                      # their fixtures
-    if hasattr(getattr(_td, _n), "_pytestfixturefunction") or type(getattr(_td, _n)).__name__ == "FixtureFunctionDefinition":
+    if (hasattr(getattr(_td, _n), "_pytestfixturefunction")
+        or type(getattr(_td, _n)).__name__ == "FixtureFunctionDefinition"):
         globals().setdefault(_n, getattr(_td, _n))
 
 

@@ -92,8 +92,10 @@ def test_compress_video_rounding_near_is_half_a_tick_later(tmp_path):
     "ffmpeg's default round=near would show the frame started before (k + 1/2)/fps s; compress_video uses round=up."
     src = tmp_path / "src.mp4"
     write_video(src, coded(24, 32, 64), 12)
-    with av.open(str(src)) as c: near = shown(np.stack([f.to_ndarray(format="rgb24") for f in V._filtered(c, 3, 16, "near")]))
-    with av.open(str(src)) as c: up = shown(np.stack([f.to_ndarray(format="rgb24") for f in V._filtered(c, 3, 16, "up")]))
+    with av.open(str(src)) as c:
+        near = shown(np.stack([f.to_ndarray(format="rgb24") for f in V._filtered(c, 3, 16, "near")]))
+    with av.open(str(src)) as c:
+        up = shown(np.stack([f.to_ndarray(format="rgb24") for f in V._filtered(c, 3, 16, "up")]))
     assert up == [0, 4, 8, 12, 16, 20] and near == [1, 5, 9, 13, 17, 21]
 
 

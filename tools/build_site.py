@@ -6,13 +6,22 @@
 Every page is plain HTML from nbconvert's `lab` template: the CSS is inlined and output images are separate files
 (`NN_name_files/*.png`), so the site reads offline. Math is typeset in the browser by MathJax 2.7 copied into the
 site (`mathjax/`, from the PyPI package `jupyter-server-mathjax`, the MathJax tree Jupyter itself serves): nbconvert's
-CDN script is replaced by that local copy, so nothing is fetched from outside when a page is read. On each page, relative `*.ipynb` links become `*.html`; inline code in markdown that names an exported
-symbol (`global_interaction`, `glscl.gim.global_interaction`) links to the cell of the notebook that defines it;
-a nav bar gives previous / index / next. `index.html` is the landing page (`index.ipynb`) plus the list of pages.
-Check the result in a real browser with `tools/site_check.py`.
+CDN script is replaced by that local copy, so nothing is fetched from outside when a page is read. On each page,
+relative `*.ipynb` links become `*.html`; inline code in markdown that names an exported symbol (`global_interaction`,
+`glscl.gim.global_interaction`) links to the cell of the notebook that defines it; a nav bar gives previous / index /
+next. `index.html` is the landing page (`index.ipynb`) plus the list of pages. Check the result in a real browser with
+`tools/site_check.py`.
 """
 from __future__ import annotations
-import argparse, ast, copy, html, logging, re, shutil, sys, warnings
+import argparse
+import ast
+import copy
+import html
+import logging
+import re
+import shutil
+import sys
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +32,8 @@ WIDGET = 'application/vnd.jupyter.widget-view+json'
 WIDGET_NOTE = '[interactive widget: open the notebook in Jupyter to use it]'
 NAV_CSS = """<style type="text/css">
 nav.glscl-nav {display: flex; gap: 1.5em; justify-content: space-between; max-width: 1100px; margin: 0.6em auto;
-  padding: 0.5em 1em; font: 14px/1.4 system-ui, sans-serif; border: 1px solid #ddd; border-radius: 4px; background: #fafafa}
+  padding: 0.5em 1em; font: 14px/1.4 system-ui, sans-serif; border: 1px solid #ddd; border-radius: 4px;
+  background: #fafafa}
 nav.glscl-nav a {text-decoration: none} nav.glscl-nav span.glscl-none {color: #aaa}
 a.glscl-sym code {color: var(--jp-content-link-color, #1976d2)}
 section.glscl-toc {padding: 0 1em 0 calc(var(--jp-cell-prompt-width, 64px) + 24px)}
@@ -31,8 +41,9 @@ ol.glscl-toc {font: 15px/1.7 system-ui, sans-serif}
 </style>"""
 
 MATHJAX_DIR = 'mathjax'        # the site's folder holding the local MathJax
-# tex2jax's delimiters are the ones nbconvert's template gives MathJax (what mistune leaves as math); HTML-CSS output with
-# the STIX-Web web fonts of the local tree (it ships no other fonts), never the reader's installed fonts or image fonts
+# tex2jax's delimiters are the ones nbconvert's template gives MathJax (what mistune leaves as math); HTML-CSS output
+# with the STIX-Web web fonts of the local tree (it ships no other fonts), never the reader's installed fonts or image
+# fonts
 MATHJAX_CONFIG = """MathJax.Hub.Config({
   tex2jax: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
             processEscapes: true, processEnvironments: true},
@@ -50,8 +61,8 @@ __all__ = ['course_pages', 'exports_of', 'symbol_links', 'mathjax_source', 'buil
 
 
 def mathjax_source() -> Path:
-    """The folder of the MathJax 2.7 tree (`MathJax.js`, `jax/`, `fonts/`) that the PyPI package `jupyter-server-mathjax`
-    ships. Raises when it is not installed."""
+    """The folder of the MathJax 2.7 tree (`MathJax.js`, `jax/`, `fonts/`) that the PyPI package
+    `jupyter-server-mathjax` ships. Raises when it is not installed."""
     import importlib.util
     spec = importlib.util.find_spec('jupyter_server_mathjax')
     src = Path(spec.origin).parent/'static' if spec and spec.origin else None
@@ -83,7 +94,7 @@ def _directives(src: str) -> dict:
 
 def _defined_names(src: str) -> list:
     "Top-level names a code cell defines (`def`, `class`, assignments; `@patch def f(self: C)` gives `C.f`)."
-    code = '\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!')))
+    code = '\n'.join(ln for ln in src.splitlines() if not ln.lstrip().startswith(('%', '!')))
     try: tree = ast.parse(code)
     except SyntaxError:   # fall back to the obvious lines
         return re.findall(r'^(?:async\s+def|def|class)\s+(\w+)|^(\w+)\s*[:=]', code, re.M)
@@ -221,7 +232,8 @@ def _nav(pages: list, k: int) -> str:
 
 def _rewrite(soup, stem: str, links: dict, anchors: dict, docs: dict = None):
     """Post-process one page: `.ipynb` links, links to the repository's own markdown documents (`../NAME.md`: rendered
-    into the site as NAME.html, collected in `docs`), anchors at defining cells, links on inline code of markdown cells."""
+    into the site as NAME.html, collected in `docs`), anchors at defining cells, links on inline code of markdown
+    cells."""
     for a in soup.find_all('a', href=True):
         u = urlsplit(a['href'])
         if u.scheme or u.netloc: continue
@@ -309,17 +321,23 @@ def build_site(executed_dir, out_dir, nbs_dir='nbs', modidx=None) -> list:
         soup.head.append(BeautifulSoup(NAV_CSS, 'html.parser'))
         soup.body.insert(0, BeautifulSoup(nav, 'html.parser'))
         if stem == 'index':
-            toc = ''.join(f'<li><a href="{s}.html">{html.escape(t)}</a> <small>({s})</small></li>' for s, t in titles[1:])
-            (soup.main or soup.body).append(BeautifulSoup(
-                f'<section class="glscl-toc"><h2>Course pages</h2><ol class="glscl-toc">{toc}</ol></section>', 'html.parser'))
+            toc = ''.join(f'<li><a href="{s}.html">{html.escape(t)}</a> <small>({s})</small></li>'
+                          for s, t in titles[1:])
+            (soup.main or soup.body).append(
+                BeautifulSoup(
+                    f'<section class="glscl-toc"><h2>Course pages</h2><ol class="glscl-toc">{toc}</ol></section>',
+                    'html.parser',
+                )
+            )
         soup.body.append(BeautifulSoup(nav, 'html.parser'))
         (out/f'{stem}.html').write_text(str(soup), encoding='utf-8')
         written.append(out/f'{stem}.html')
-    for name, doc in docs.items():                   # the repository's documents the pages link to, as pages of the site
+    for name, doc in docs.items():   # the repository's documents the pages link to, as pages of the site
         from nbconvert.filters import markdown2html
-        soup = BeautifulSoup(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(name)}</title><link rel="icon" href="data:,">{NAV_CSS}</head>'
-                             f'<body><main>{markdown2html(doc.read_text(encoding="utf-8"))}</main></body></html>', 'html.parser')
-        for a in soup.find_all('a', href=True):          # links into the repository: notebooks become pages, other files text
+        title, body = html.escape(name), markdown2html(doc.read_text(encoding="utf-8"))
+        soup = BeautifulSoup(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><link rel="icon" '
+                             f'href="data:,">{NAV_CSS}</head><body><main>{body}</main></body></html>', 'html.parser')
+        for a in soup.find_all('a', href=True):   # links into the repository: notebooks become pages, other files text
             u = urlsplit(a['href'])
             if u.scheme or u.netloc or not u.path: continue
             if u.path.startswith('nbs/') and u.path.endswith('.ipynb') and (ROOT/u.path).is_file():

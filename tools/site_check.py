@@ -12,7 +12,14 @@ passing check shows the site reads offline. Math: once MathJax has typeset a pag
 (code and pre left out) must hold no TeX left between math delimiters, and every typeset formula must have a size.
 """
 from __future__ import annotations
-import functools, os, re, shutil, sys, threading, urllib.error, urllib.request
+import functools
+import os
+import re
+import shutil
+import sys
+import threading
+import urllib.error
+import urllib.request
 from collections import deque
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,11 +40,14 @@ const done = arguments[arguments.length - 1];
 const imgs = Array.from(document.images);
 imgs.forEach(i => { if (i.loading === 'lazy') i.loading = 'eager'; });
 const typeset = new Promise(r => {
-  if (window.MathJax && MathJax.Hub && MathJax.Hub.Register) MathJax.Hub.Register.StartupHook('End', () => r('mathjax2'));
-  else if (window.MathJax && MathJax.startup && MathJax.startup.promise) MathJax.startup.promise.then(() => r('mathjax3'));
+  if (window.MathJax && MathJax.Hub && MathJax.Hub.Register)
+    MathJax.Hub.Register.StartupHook('End', () => r('mathjax2'));
+  else if (window.MathJax && MathJax.startup && MathJax.startup.promise)
+    MathJax.startup.promise.then(() => r('mathjax3'));
   else r(null);
 });
-const settled = imgs.map(i => i.complete ? null : new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); }));
+const settled = imgs.map(i => i.complete ? null
+  : new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); }));
 Promise.all([typeset, ...settled]).then(([engine]) => setTimeout(() => {
   const md = Array.from(document.querySelectorAll('.jp-RenderedMarkdown, .jp-RenderedLatex')).map(el => {
     const c = el.cloneNode(true);
@@ -160,7 +170,8 @@ def check_site(site_dir, start: str = 'index.html', strict: bool = True, timeout
                 driver.get(url)
                 info = driver.execute_async_script(PAGE_JS, SKIP_SEL, MATH_SEL)
             except Exception as e:
-                broken.append(dict(kind='page', page=source, target=rel(url), detail=f'did not load: {e}'.split('\n')[0]))
+                broken.append(dict(kind='page', page=source, target=rel(url),
+                                   detail=f'did not load: {e}'.split('\n')[0]))
                 continue
             code = httpd.status.get(path)
             if code != 200 or not info['text']:
@@ -212,7 +223,8 @@ def check_site(site_dir, start: str = 'index.html', strict: bool = True, timeout
         httpd.server_close()
     for target, frag, page in refs:
         if target in ids and frag not in ids[target] and unquote(frag) not in ids[target]:   # as browsers do
-            broken.append(dict(kind='anchor', page=page, target=f'{rel(target)}#{frag}', detail='no element with this id'))
+            broken.append(dict(kind='anchor', page=page, target=f'{rel(target)}#{frag}',
+                               detail='no element with this id'))
     report = dict(site=str(site), pages=len(ids), images=n_images, links=len(targets), external_links=len(external),
                   math=n_math, requests=n_requests, broken=broken)
     if strict and broken: raise SiteCheckError(report)
