@@ -5,7 +5,12 @@ and count an unreadable video, and a collate function that pads frames."""
 
 # %% ../nbs/02_data.ipynb #e241dde8
 from __future__ import annotations
-import csv, json, logging, os, re, unicodedata
+import csv
+import json
+import logging
+import os
+import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -31,7 +36,8 @@ _TRAIN_COLS, _TEST_COLS = ["video_id"], ["key", "vid_key", "video_id", "sentence
 # %% ../nbs/02_data.ipynb #d02c0007
 def read_query_csv(path: Path, anno_dir: PathLike) -> list:
     """(video_id, caption) pairs of a query file in the JSFUSION test layout (`key,vid_key,video_id,sentence`, one row a
-    query), checked against `MSRVTT_data.json` in `anno_dir` when it is there: MSR-VTT's test split, the toy world's val."""
+    query), checked against `MSRVTT_data.json` in `anno_dir` when it is there: MSR-VTT's test split, the toy world's
+    val."""
     path, anno_dir, pairs = Path(path), Path(anno_dir), []
     for line, row in _read_csv(path, _TEST_COLS, free_text="sentence"):
         vid, cap = (row.get("video_id") or "").strip(), row.get("sentence") or ""
@@ -44,7 +50,8 @@ def read_query_csv(path: Path, anno_dir: PathLike) -> list:
         known = {str(v.get("video_id", "")).strip() for v in _read_json(data_path, "videos", anno_dir)}
         stray = sorted({v for v, _ in pairs} - known)
         if stray: raise ValueError(f"{path}: {len(stray)} video id(s) are not in {data_path}: {stray[:5]}"
-                                   f"{' ...' if len(stray) > 5 else ''}; the two files come from different releases: re-download both")
+                                   f"{' ...' if len(stray) > 5 else ''}; the two files come from different releases: "
+                                   "re-download both")
     return pairs
 
 # %% ../nbs/02_data.ipynb #d02c0010
@@ -119,9 +126,12 @@ class _VideoItems:
             _log.warning("skipping video %s: %s", vid, e)
             return None
         fc = self.frame_cache if self.frame_cache is not None and self.frame_cache.has(vid, path) else None
-        key = (str(path), int(self.max_frames), float(self.fps), self.frame_sampling, 'cache' if fc is not None else 'video')
+        key = (str(path), int(self.max_frames), float(self.fps), self.frame_sampling,
+               'cache' if fc is not None else 'video')
         if self.memo is not None and key in self.memo: return self.memo[key]
-        try: video = fc.read(vid) if fc is not None else sample_frames(path, self.max_frames, self.fps, self.frame_sampling)
+        try:
+            video = (fc.read(vid) if fc is not None
+                     else sample_frames(path, self.max_frames, self.fps, self.frame_sampling))
         except (VideoError, FileNotFoundError) as e:
             self.n_skipped += 1
             _log.warning("skipping video %s: %s", path, e)
@@ -131,7 +141,8 @@ class _VideoItems:
 
     def _load(self, vid: str, aug_seed: Optional[int] = None):
         """CLIP input of video `vid`: (frames float [n,3,S,S], mask bool [max_frames]); augmented if `aug_seed` is set.
-        With `uint8 = True` the frames stay uint8 pixels (4x less to move from DataLoader workers; the model normalises them)."""
+        With `uint8 = True` the frames stay uint8 pixels (4x less to move from DataLoader workers; the model normalises
+        them)."""
         video = self._load_raw(vid)
         if video is None: return None
         frames, mask = video
@@ -148,11 +159,18 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
                  augment: Optional[str] = None, seed: int = 0, video_path: Callable = None,
                  uint8: bool = False, memo: Optional[dict] = None, frame_cache=None, pixels: bool = True):
         _check_options(frame_sampling, augment, image_size, seed)      # a bad augment spec fails here, not in a worker
-        self.frame_sampling, self.augment, self.seed, self.epoch = frame_sampling, (str(augment) if augment else None), int(seed), 0
+        self.frame_sampling, self.augment, self.seed, self.epoch = frame_sampling, (str(augment)
+                                                                                    if augment else None), int(seed), 0
         self.pairs = _checked_pairs(pairs)                              # string ids, every caption checked
         self.video_dir = Path(video_dir)
         if not self.video_dir.is_dir(): raise FileNotFoundError(f"video folder {self.video_dir} does not exist")
-        self.max_words, self.max_frames, self.fps, self.image_size, self.ext = max_words, max_frames, fps, image_size, ext
+        self.max_words, self.max_frames, self.fps, self.image_size, self.ext = (
+            max_words,
+            max_frames,
+            fps,
+            image_size,
+            ext,
+        )
         self.video_path = video_path or _default_paths(self.video_dir, ext)
         pos = {}
         self.video_index = [pos.setdefault(v, len(pos)) for v, _ in self.pairs]
@@ -175,7 +193,7 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
         vid, cap = self.pairs[i]
         video = self._load(vid, self.aug_seed(i))
         if video is None: return None
-        key = ('tokens', cap, self.max_words)                           # a caption's tokens, kept in the memo like its video
+        key = ('tokens', cap, self.max_words)   # a caption's tokens, kept in the memo like its video
         if self.memo is not None and key in self.memo: ids, mask = self.memo[key]
         else:
             ids, mask = (x[0] for x in tokenize(cap, self.max_words))
@@ -186,8 +204,9 @@ class VideoTextDataset(_VideoItems, torch.utils.data.Dataset):
 class VideoDataset(_VideoItems, torch.utils.data.Dataset):
     "Unique videos -> dict(frames, frame_mask, video_index); None for an unreadable video."
     def __init__(self, video_ids: Sequence, video_dir: PathLike, max_frames: int = 12, fps: float = 1.0,
-                 image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl", video_path: Callable = None,
-                 uint8: bool = False, memo: Optional[dict] = None, frame_cache=None, pixels: bool = True):
+                 image_size: int = 224, ext: Optional[str] = ".mp4", frame_sampling: str = "glscl",
+                 video_path: Callable = None, uint8: bool = False, memo: Optional[dict] = None, frame_cache=None,
+                 pixels: bool = True):
         _check_sampling(frame_sampling)
         self.frame_sampling, self.augment = frame_sampling, None          # evaluation videos are never augmented
         self.video_ids = _unique_ids(video_ids)
@@ -207,7 +226,8 @@ class VideoDataset(_VideoItems, torch.utils.data.Dataset):
 # %% ../nbs/02_data.ipynb #eaf22f47
 def collate_videos(items: Sequence) -> dict:
     """Batch dataset items: drop Nones (unreadable videos, counted in `n_skipped`), stack tokens, zero-pad frames to the
-    longest video. `size` is the number of items kept; a batch whose videos all failed is `{'size': 0, 'n_skipped': n}`."""
+    longest video. `size` is the number of items kept; a batch whose videos all failed is `{'size': 0, 'n_skipped':
+    n}`."""
     good = [it for it in items if it is not None]
     if not good: return dict(size=0, n_skipped=len(items))
     N = max(it["frames"].shape[0] for it in good)
@@ -232,7 +252,8 @@ def collate_videos(items: Sequence) -> dict:
 # %% ../nbs/02_data.ipynb #d02c0028
 def count_skips(ds, batch: dict, loader=None) -> int:
     """Add the batch's unreadable videos to `ds.n_skipped` when a DataLoader's workers loaded them (their copies of the
-    dataset counted them, not this one); return how many the batch lost. Call it on every batch of a loader over `ds`."""
+    dataset counted them, not this one); return how many the batch lost. Call it on every batch of a loader over
+    `ds`."""
     n = int(batch["n_skipped"])
     if loader is not None and getattr(loader, "num_workers", 0) > 0: ds.n_skipped += n
     return n
@@ -264,20 +285,23 @@ def _read_csv(path: Path, expected: list, free_text: str = None) -> list:
             for row in reader:
                 line = reader.line_num
                 if not any(c.strip() for c in row): continue
-                if len(row) > n and free_text is not None and header[-1] == free_text: row = row[:n - 1] + [",".join(row[n - 1:])]
+                if len(row) > n and free_text is not None and header[-1] == free_text:
+                    row = row[:n - 1] + [",".join(row[n - 1:])]
                 if len(row) != n:
-                    raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {n} ({', '.join(header)}): "
-                                     f"{row!r}; quote fields that contain commas")
+                    raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {n} "
+                                     f"({', '.join(header)}): {row!r}; quote fields that contain commas")
                 rows.append((line, dict(zip(header, row))))
             return rows
-    except csv.Error as e: raise ValueError(f"{path}: not a valid csv file ({e}); re-download it or fix that line") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a valid csv file ({e}); re-download it or fix that line") from None
     except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text ({e}); re-download it") from None
 
 def _read_json(path: Path, key: str, anno_dir) -> list:
     "The list `key` of MSR-VTT's data json, or an error saying how to get a good one."
     try:
         items = json.loads(path.read_text(encoding="utf-8"))[key]
-        if not isinstance(items, list) or not all(isinstance(s, dict) for s in items): raise TypeError(f"{key!r} is not a list of records")
+        if not isinstance(items, list) or not all(isinstance(s, dict) for s in items):
+            raise TypeError(f"{key!r} is not a list of records")
         return items
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not an MSR-VTT data file with a {key!r} list ({e!r}); "
@@ -288,17 +312,20 @@ def _read_json(path: Path, key: str, anno_dir) -> list:
 # a data file must name a file inside the video folder; `tokenize`'s and the datasets' arguments are checked when they
 # are made (not later, in a DataLoader worker).
 def check_caption(caption, where: str) -> str:
-    """`caption` if CLIP's tokenizer keeps something of it, else a ValueError naming `where`: not a string, empty, or empty
-    after the tokenizer's cleaning (HTML entities such as `&nbsp;`, control and zero-width characters, odd spaces)."""
+    """`caption` if CLIP's tokenizer keeps something of it, else a ValueError naming `where`: not a string, empty, or
+    empty after the tokenizer's cleaning (HTML entities such as `&nbsp;`, control and zero-width characters, odd
+    spaces)."""
     if not isinstance(caption, str): raise ValueError(f"{where}: the caption is not a string: {caption!r}")
     cleaned = "".join(ch for ch in _tokenizer().clean_fn(caption) if unicodedata.category(ch) not in ("Cf", "Cc"))
     if not cleaned.strip():
-        raise ValueError(f"{where}: the caption {caption!r} is empty after cleaning (CLIP's tokenizer would see no word); fix or drop it")
+        raise ValueError(f"{where}: the caption {caption!r} is empty after cleaning (CLIP's tokenizer would see no "
+                         "word); fix or drop it")
     return caption
 
 def check_video_id(vid, where: str) -> str:
-    """`vid` if it names a file inside the video folder, else a ValueError naming `where`: a video id read from a data file
-    must not be empty, absolute (`/etc/x`, `C:\\x`) or climb out with `..`, so that no file outside the folder is ever read."""
+    """`vid` if it names a file inside the video folder, else a ValueError naming `where`: a video id read from a data
+    file must not be empty, absolute (`/etc/x`, `C:\\x`) or climb out with `..`, so that no file outside the folder is
+    ever read."""
     if not isinstance(vid, str) or not vid.strip() or '\x00' in vid:
         raise ValueError(f"{where}: the video id {vid!r} is empty or not text; fix that line")
     parts = vid.replace('\\', '/').split('/')
@@ -308,7 +335,8 @@ def check_video_id(vid, where: str) -> str:
     return vid
 
 def _check_texts(texts, max_words) -> list:
-    "`texts` (a caption or captions) as a list whose every caption keeps a word after cleaning; `max_words` an int >= 3."
+    """`texts` (a caption or captions) as a list whose every caption keeps a word after cleaning; `max_words` an int >=
+    3."""
     if int(max_words) != max_words or max_words < 3:
         raise ValueError(f"max_words must be an int >= 3 (start, one token, end), got {max_words}")
     if isinstance(texts, str): texts = [texts]
@@ -344,7 +372,8 @@ def _unique_ids(video_ids) -> list:
 ACTIVITYNET_FILES = dict(train=('train_ids.json', 'train.json'), val=('val_ids.json', 'val_1.json'))
 
 # %% ../nbs/16a_datasets.ipynb #d16a0004
-LSMDC_FILES = dict(train='LSMDC16_annos_training.csv', val='LSMDC16_annos_val.csv', test='LSMDC16_challenge_1000_publictect.csv')
+LSMDC_FILES = dict(train='LSMDC16_annos_training.csv', val='LSMDC16_annos_val.csv',
+                   test='LSMDC16_challenge_1000_publictect.csv')
 
 # %% ../nbs/16a_datasets.ipynb #35d1e163
 def same_stem(vid: str) -> tuple:
@@ -368,7 +397,8 @@ class VideoLookup:
                 if p.suffix.lower() not in VIDEO_EXTS: continue
                 for key in {p.stem, p.name}:
                     if key in index and index[key] != p:
-                        raise ValueError(f"two videos under {self.video_dir} answer to {key!r}: {index[key]} and {p}; remove one")
+                        raise ValueError(
+                            f"two videos under {self.video_dir} answer to {key!r}: {index[key]} and {p}; remove one")
                     index[key] = p
         return index
 
@@ -389,7 +419,8 @@ class VideoLookup:
 class _FixedNaming:
     "`video_dir/<id><ext>`: one fixed extension (picklable, for DataLoader workers started by spawn)."
     def __init__(self, video_dir: Path, ext: str): self.video_dir, self.ext = Path(video_dir), ext
-    def __call__(self, vid: str) -> Path: return self.video_dir/f"{check_video_id(str(vid), f'video folder {self.video_dir}')}{self.ext}"
+    def __call__(self, vid: str) -> Path:
+        return self.video_dir/f"{check_video_id(str(vid), f'video folder {self.video_dir}')}{self.ext}"
 
 def _default_paths(video_dir: Path, ext: Optional[str]) -> Callable:
     "`video_dir/<id><ext>` when `ext` is given (the old, fixed naming), else a `VideoLookup`."

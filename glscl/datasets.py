@@ -9,7 +9,12 @@ __all__ = ['log', 'PathLike', 'MSVD_HINT', 'DIDEMO_HINT', 'ACTIVITYNET_HINT', 'L
            'read_activitynet', 'read_lsmdc', 'Benchmark', 'benchmark', 'read_pairs', 'annotation_files', 'video_lookup']
 
 # %% ../nbs/16a_datasets.ipynb #e9de4588
-import csv, io, json, logging, os, pickle
+import csv
+import io
+import json
+import logging
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -44,11 +49,14 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def read_plain_pickle(path: Path):
     try: return _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
-    except Exception as e: raise ValueError(f"{path} is not a readable annotation pickle ({type(e).__name__}: {e}); re-download it") from None
+    except Exception as e:
+        raise ValueError(
+            f"{path} is not a readable annotation pickle ({type(e).__name__}: {e}); re-download it") from None
 
 def read_json(path: Path):
     try: return json.loads(path.read_text(encoding='utf-8-sig'))
-    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path} is not valid JSON ({e}); re-download it") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-download it") from None
 
 def _check_split(name: str, split: str, splits: tuple):
     if split not in splits: raise ValueError(f"unknown {name} split {split!r}; valid splits are {splits}")
@@ -58,17 +66,20 @@ MSVD_HINT = "get the MSVD annotations (msvd_data.zip of the CLIP4Clip release) a
 
 def _join_tokens(caption) -> str:
     if isinstance(caption, str): return caption
-    if isinstance(caption, (list, tuple)) and all(isinstance(t, str) for t in caption): return ' '.join(t.strip() for t in caption if t.strip())
+    if isinstance(caption, (list, tuple)) and all(isinstance(t, str) for t in caption):
+        return ' '.join(t.strip() for t in caption if t.strip())
     raise ValueError(f"a caption must be a list of tokens or a string, got {caption!r}")
 
 def read_msvd(anno_dir: PathLike, split: str) -> list:
-    "(video_id, caption) pairs of MSVD `split` ('train', 'val', 'test'): every caption of every listed video, in list order."
+    """(video_id, caption) pairs of MSVD `split` ('train', 'val', 'test'): every caption of every listed video, in list
+    order."""
     _check_split('MSVD', split, ('train', 'val', 'test'))
     anno_dir = Path(anno_dir)
     ids = read_id_list(_need(anno_dir/f'{split}_list.txt', MSVD_HINT))
     pkl = _need(anno_dir/'raw-captions.pkl', MSVD_HINT)
     caps = read_plain_pickle(pkl)
-    if not isinstance(caps, dict): raise ValueError(f"{pkl} holds a {type(caps).__name__}, not a dict of video id -> captions")
+    if not isinstance(caps, dict):
+        raise ValueError(f"{pkl} holds a {type(caps).__name__}, not a dict of video id -> captions")
     pairs = []
     for vid in ids:
         if vid not in caps: raise ValueError(f"{pkl}: video {vid!r} of {split}_list.txt has no captions")
@@ -85,14 +96,18 @@ def paragraph(sentences: list, starts: list) -> str:
     order = sorted(range(len(sentences)), key=lambda i: (starts[i], i))
     return ' '.join(sentences[i].strip() for i in order)
 
-DIDEMO_HINT = "get the DiDeMo annotations (train/val/test_data.json and _list.txt of the CLIP4Clip release), see data/README.md"
+DIDEMO_HINT = (
+    "get the DiDeMo annotations (train/val/test_data.json and _list.txt of the CLIP4Clip release), see data/README.md"
+)
 
 def _didemo_start(times, where) -> float:
     try: return float(min(t[0] for t in times)) if times else float('inf')
-    except (TypeError, ValueError, IndexError): raise ValueError(f"{where}: 'times' must be a list of [start, end] segments, got {times!r}") from None
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"{where}: 'times' must be a list of [start, end] segments, got {times!r}") from None
 
 def read_didemo(anno_dir: PathLike, split: str) -> list:
-    "(video_id, paragraph) pairs of DiDeMo `split` ('train', 'val', 'test'): one per listed video, sentences in time order."
+    """(video_id, paragraph) pairs of DiDeMo `split` ('train', 'val', 'test'): one per listed video, sentences in time
+    order."""
     _check_split('DiDeMo', split, ('train', 'val', 'test'))
     anno_dir = Path(anno_dir)
     ids = read_id_list(_need(anno_dir/f'{split}_list.txt', DIDEMO_HINT))
@@ -104,7 +119,8 @@ def read_didemo(anno_dir: PathLike, split: str) -> list:
         if not isinstance(r, dict) or not {'video', 'description'} <= set(r):
             raise ValueError(f"{path}, record {i}: expected 'video', 'times' and 'description', got {r!r}"[:300])
         where = f"{path}, record {i} (video {r['video']!r})"
-        by_video.setdefault(str(r['video']), []).append((check_caption(r['description'], where), _didemo_start(r.get('times'), where)))
+        by_video.setdefault(str(r['video']), []).append((check_caption(r['description'], where),
+                                                         _didemo_start(r.get('times'), where)))
     pairs = []
     for vid in ids:
         if vid not in by_video: raise ValueError(f"{path}: video {vid!r} of {split}_list.txt has no description")
@@ -113,27 +129,35 @@ def read_didemo(anno_dir: PathLike, split: str) -> list:
     return pairs
 
 # %% ../nbs/16a_datasets.ipynb #d16a0003
-ACTIVITYNET_HINT = "get the ActivityNet Captions annotations (train.json, val_1.json, train_ids.json, val_ids.json), see data/README.md"
+ACTIVITYNET_HINT = ("get the ActivityNet Captions annotations (train.json, val_1.json, train_ids.json, val_ids.json), "
+                    "see data/README.md")
 
 def read_activitynet(anno_dir: PathLike, split: str) -> list:
-    "(video_id, paragraph) pairs of ActivityNet Captions `split` ('train', 'val' = val_1): one per listed video, in time order."
+    """(video_id, paragraph) pairs of ActivityNet Captions `split` ('train', 'val' = val_1): one per listed video, in
+    time order."""
     _check_split('ActivityNet', split, tuple(ACTIVITYNET_FILES))
     anno_dir = Path(anno_dir)
     ids_p, data_p = (_need(anno_dir/f, ACTIVITYNET_HINT) for f in ACTIVITYNET_FILES[split])
     ids, data = read_json(ids_p), read_json(data_p)
-    if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids): raise ValueError(f"{ids_p} must be a JSON list of video ids")
-    if not isinstance(data, dict): raise ValueError(f"{data_p} must map video ids to {{duration, timestamps, sentences}}")
-    if len(set(ids)) != len(ids): raise ValueError(f"{ids_p}: repeated video ids {sorted({v for v in ids if ids.count(v) > 1})[:5]}")
+    if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
+        raise ValueError(f"{ids_p} must be a JSON list of video ids")
+    if not isinstance(data, dict):
+        raise ValueError(f"{data_p} must map video ids to {{duration, timestamps, sentences}}")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{ids_p}: repeated video ids {sorted({v for v in ids if ids.count(v) > 1})[:5]}")
     pairs = []
     for vid in ids:
         rec = data.get(vid)
         if rec is None: raise ValueError(f"{data_p}: video {vid!r} of {ids_p.name} has no record")
         sents, stamps = rec.get('sentences') or [], rec.get('timestamps') or []
         if not sents: raise ValueError(f"{data_p}: the sentence list of video {vid!r} is empty")
-        if len(stamps) != len(sents): raise ValueError(f"{data_p}: video {vid!r} has {len(sents)} sentences but {len(stamps)} timestamps")
+        if len(stamps) != len(sents):
+            raise ValueError(f"{data_p}: video {vid!r} has {len(sents)} sentences but {len(stamps)} timestamps")
         for k, s in enumerate(sents): check_caption(s, f"{data_p}, video {vid!r}, sentence {k}")
         try: starts = [float(t[0]) for t in stamps]
-        except (TypeError, ValueError, IndexError): raise ValueError(f"{data_p}: video {vid!r} has timestamps {stamps!r}; expected [start, end] pairs") from None
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(
+                f"{data_p}: video {vid!r} has timestamps {stamps!r}; expected [start, end] pairs") from None
         pairs.append((vid, paragraph(sents, starts)))
     return pairs
 
@@ -148,7 +172,9 @@ def read_lsmdc(anno_dir: PathLike, split: str) -> list:
     with open(path, newline='', encoding='utf-8-sig') as f:
         for n, row in enumerate(csv.reader(f, delimiter='\t', quoting=csv.QUOTE_NONE), 1):
             if not any(c.strip() for c in row): continue
-            if len(row) < 6: raise ValueError(f"{path}, line {n}: {len(row)} tab-separated fields, expected 6 (clip id, 4 times, sentence): {row!r}"[:400])
+            if len(row) < 6:
+                raise ValueError(f"{path}, line {n}: {len(row)} tab-separated fields, expected 6 (clip id, 4 times, "
+                                 f"sentence): {row!r}"[:400])
             vid, sent = row[0].strip(), '\t'.join(row[5:])
             if not vid: raise ValueError(f"{path}, line {n}: empty clip id")
             pairs.append((vid, check_caption(sent, f"{path}, line {n} (clip {vid})")))
@@ -158,7 +184,8 @@ def read_lsmdc(anno_dir: PathLike, split: str) -> list:
 # %% ../nbs/16a_datasets.ipynb #24248318
 @dataclass(frozen=True)
 class Benchmark:
-    "A data set: `read(anno_dir, split)` -> pairs, its splits, the annotation files of a split, the file stems of a video id."
+    """A data set: `read(anno_dir, split)` -> pairs, its splits, the annotation files of a split, the file stems of a
+    video id."""
     name: str
     read: Callable
     splits: tuple
@@ -172,11 +199,14 @@ BENCHMARKS = {b.name: b for b in [
     Benchmark('msrvtt', read_msrvtt, ('train', 'train7k', 'test'),
               lambda s: (MSRVTT_FILES['data'], MSRVTT_FILES[s if s in MSRVTT_FILES else 'test'])),
     Benchmark('toy', read_toy, ('train', 'train7k', 'val', 'test'),
-              lambda s: (MSRVTT_FILES['data'], TOY_VAL if s == 'val' else MSRVTT_FILES[s if s in MSRVTT_FILES else 'test'])),
+              lambda s: (MSRVTT_FILES['data'],
+                         TOY_VAL if s == 'val' else MSRVTT_FILES[s if s in MSRVTT_FILES else 'test'])),
     Benchmark('msvd', read_msvd, ('train', 'val', 'test'), lambda s: (f'{s}_list.txt', 'raw-captions.pkl')),
-    Benchmark('didemo', read_didemo, ('train', 'val', 'test'), lambda s: (f'{s}_list.txt', f'{s}_data.json'), paragraphs=True),
+    Benchmark('didemo', read_didemo, ('train', 'val', 'test'), lambda s: (f'{s}_list.txt', f'{s}_data.json'),
+              paragraphs=True),
     Benchmark('lsmdc', read_lsmdc, tuple(LSMDC_FILES), lambda s: (LSMDC_FILES.get(s, ''),)),
-    Benchmark('activitynet', read_activitynet, tuple(ACTIVITYNET_FILES), lambda s: ACTIVITYNET_FILES.get(s, ()), _an_stems, True),
+    Benchmark('activitynet', read_activitynet, tuple(ACTIVITYNET_FILES), lambda s: ACTIVITYNET_FILES.get(s, ()),
+              _an_stems, True),
 ]}
 
 def benchmark(name: str) -> Benchmark:
@@ -190,8 +220,10 @@ def read_pairs(cfg, split: str) -> list:
     b = benchmark(_dataset(cfg))
     _check_split(b.name, split, b.splits)
     pairs = b.read(cfg.anno_dir, split)
-    for i, (v, _) in enumerate(pairs):                                   # every reader: no id may point outside the video folder
-        check_video_id(v, f"{', '.join(str(Path(cfg.anno_dir)/f) for f in b.files(split) if f)}, pair {i + 1} (of split {split!r})")
+    for i, (v, _) in enumerate(pairs):   # every reader: no id may point outside the video folder
+        check_video_id(v,
+                       f"{', '.join(str(Path(cfg.anno_dir)/f) for f in b.files(split) if f)}, pair {i + 1} (of split "
+                       f"{split!r})")
     return pairs
 
 def annotation_files(cfg, split: str) -> list:

@@ -10,8 +10,15 @@ __all__ = ['HEAD_BLOCK_ELEMENTS', 'PAPER', 'random_features', 'XPoolHead', 'atte
            'fit_growth', 'efficiency_table', 'format_table', 'gim_vs_floor', 'main']
 
 # %% ../nbs/17b_efficiency.ipynb #17f33404
-import math, os, statistics, sys, threading, time
-import torch, torch.nn as nn, torch.nn.functional as F
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 from .gim import global_interaction
@@ -20,7 +27,8 @@ from .heads import SimilarityHead, MeanPooling, GLSCLSimilarity, frame_mean   # 
 
 # %% ../nbs/17b_efficiency.ipynb #89f4f251
 def random_features(T: int, V: int, N: int = 12, L: int = 32, D: int = 512, seed: int = 0, device='cpu') -> tuple:
-    "Random cached features: text dict(eos [T,D], tokens [T,L,D], mask [T,L]) and video dict(frames [V,N,D], mask [V,N])."
+    """Random cached features: text dict(eos [T,D], tokens [T,L,D], mask [T,L]) and video dict(frames [V,N,D], mask
+    [V,N])."""
     g = torch.Generator().manual_seed(seed)
     words = torch.randint(min(5, L), L + 1, (T,), generator=g)
     tmask = torch.arange(L)[None] < words[:, None]
@@ -41,7 +49,8 @@ def _blocks(T: int, per_text: int):
 
 # %% ../nbs/17b_efficiency.ipynb #1740c149
 class XPoolHead(SimilarityHead):
-    "X-Pool: scaled dot-product attention of the projected sentence over the projected frames, W_o, LN, residual FC, LN."
+    """X-Pool: scaled dot-product attention of the projected sentence over the projected frames, W_o, LN, residual FC,
+    LN."""
     def __init__(self, dim: int = 512):
         super().__init__()
         self.ln_text, self.ln_frames = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -100,18 +109,23 @@ class GLSCLHead(SimilarityHead):
                  sim_lambda: float = 0.5, temp: float = 3.0, batch: int = 256):
         super().__init__()
         self.lim = LocalInteraction(dim, n_queries, n_layers, n_heads, ff_dim)
-        self.similarity, self.batch = GLSCLSimilarity(temp, sim_lambda), batch   # S from the query outputs: the one head (11a)
+        # S from the query outputs: the one head (11a)
+        self.similarity, self.batch = GLSCLSimilarity(temp, sim_lambda), batch
     def queries(self, seq: Tensor, mask: Tensor, modality: str) -> Tensor:
         "LIM's query outputs [B, K, D], decoded in batches."
-        return torch.cat([self.lim(seq[i:i + self.batch], mask[i:i + self.batch], modality) for i in range(0, len(seq), self.batch)])
+        return torch.cat([self.lim(seq[i:i + self.batch], mask[i:i + self.batch], modality)
+                          for i in range(0, len(seq), self.batch)])
     def forward(self, text: dict, video: dict) -> Tensor:
-        qt, qv = self.queries(text['tokens'], text['mask'], 'text'), self.queries(video['frames'], video['mask'], 'video')
-        return self.similarity(dict(eos=text['eos'], query=qt), dict(frames=video['frames'], mask=video['mask'], query=qv))
+        qt, qv = self.queries(text['tokens'], text['mask'], 'text'), self.queries(video['frames'],
+                                                                                  video['mask'], 'video')
+        return self.similarity(dict(eos=text['eos'], query=qt),
+                               dict(frames=video['frames'], mask=video['mask'], query=qv))
 
 def make_heads(dim: int = 512, ff_dim: int = None) -> dict:
     "The compared heads at feature size `dim`, in eval mode, keyed by the names the tables use."
     heads = {'CLIP4Clip (meanP)': MeanPooling(), 'X-Pool': XPoolHead(dim), 'X-CLIP': XCLIPHead(),
-             'GLSCL (GIM)': GLSCLSimilarity(sim_lambda=0.0), 'GLSCL (GIM + LIM)': GLSCLHead(dim, ff_dim=ff_dim or 4 * dim)}
+             'GLSCL (GIM)': GLSCLSimilarity(sim_lambda=0.0),
+             'GLSCL (GIM + LIM)': GLSCLHead(dim, ff_dim=ff_dim or 4 * dim)}
     return {k: h.eval() for k, h in heads.items()}
 
 # %% ../nbs/17b_efficiency.ipynb #557a89a2
@@ -158,8 +172,10 @@ def peak_memory(fn, device='cpu'):
     finally: stop.set(); th.join()
     return out, max(peak[0], _rss()) - base
 
-def measure(head: nn.Module, T: int, V: int, N: int = 12, L: int = 32, D: int = 512, repeats: int = 3, device='cpu') -> dict:
-    "Seconds (median of `repeats` after a warm-up) and peak memory (bytes) of `head` on a T x V problem of random features."
+def measure(head: nn.Module, T: int, V: int, N: int = 12, L: int = 32, D: int = 512,
+            repeats: int = 3, device='cpu') -> dict:
+    """Seconds (median of `repeats` after a warm-up) and peak memory (bytes) of `head` on a T x V problem of random
+    features."""
     text, video = random_features(T, V, N, L, D, device=device)
     head = head.to(device)
     sync = (lambda: torch.cuda.synchronize()) if torch.device(device).type == 'cuda' else (lambda: None)
@@ -199,7 +215,8 @@ def efficiency_table(sizes=(1000, 10000), N: int = 12, L: int = 32, D: int = 512
                 at, bt = fit_growth(s1, t1, s2, t2)
                 if at * 2 * s + bt * s * s > budget_s:
                     am, bm = fit_growth(s1, m1, s2, m2)
-                    if s in sizes: row['cells'][s] = dict(seconds=at * 2 * s + bt * s * s, peak_bytes=am * 2 * s + bm * s * s, measured=False)
+                    if s in sizes: row['cells'][s] = dict(seconds=at * 2 * s + bt * s * s,
+                                                          peak_bytes=am * 2 * s + bm * s * s, measured=False)
                     continue
             r = measure(head, s, s, N, L, D, repeats, device)
             done.append((s, r['seconds'], r['peak_bytes']))
@@ -230,7 +247,8 @@ def format_table(rows: list) -> str:
     lines = [h, '-' * len(h)]
     for r in rows:
         p = PAPER.get(r['head'], {}).get('flops_g')
-        line = f"{r['head']:<20}{r['params']:>10,}{(f'{p}G' if p is not None else '-'):>13}{_fmt_flops(r['flops_pair']):>14}"
+        line = (f"{r['head']:<20}{r['params']:>10,}{(f'{p}G' if p is not None else '-'):>13}"
+                f"{_fmt_flops(r['flops_pair']):>14}")
         for s in sizes:
             c = r['cells'].get(s)
             if c is None: line += f"{'':>13}{'':>12}{'':>15}"; continue
@@ -238,13 +256,15 @@ def format_table(rows: list) -> str:
             secs, mem = mark + f"{c['seconds']:.3g} s", mark + _fmt_bytes(c['peak_bytes'])
             line += f"{_fmt_flops(flops_at(r['flops'], s, s) / s / s):>13}{secs:>12}{mem:>15}"
         lines.append(line)
-    lines.append("FLOPs: matrix products, 2 per multiply-add (torch.utils.flop_counter); '1 pair' = one text and one video alone, "
-                 "'/pair @n' = an n x n matrix's FLOPs / n^2; time: median wall seconds; memory: peak rise ('~' = extrapolated, not run)")
+    lines.append("FLOPs: matrix products, 2 per multiply-add (torch.utils.flop_counter); '1 pair' = one text and one "
+                 "video alone, '/pair @n' = an n x n matrix's FLOPs / n^2; time: median wall seconds; memory: peak "
+                 "rise ('~' = extrapolated, not run)")
     return '\n'.join(lines)
 
 # %% ../nbs/17b_efficiency.ipynb #e9567885
 def gim_vs_floor(T: int = 1000, V: int = 1000, N: int = 12, D: int = 512, repeats: int = 5, device='cpu') -> dict:
-    "Median seconds of the bare (T x D)(D x V*N) product (the floor) and of `global_interaction`, interleaved; and their ratio."
+    """Median seconds of the bare (T x D)(D x V*N) product (the floor) and of `global_interaction`, interleaved; and
+    their ratio."""
     text, video = random_features(T, V, N, 1, D, device=device)
     eos, frames, mask = text['eos'], video['frames'], video['mask']
     flat = frames.flatten(0, 1)
@@ -261,9 +281,11 @@ def gim_vs_floor(T: int = 1000, V: int = 1000, N: int = 12, D: int = 512, repeat
 
 # %% ../nbs/17b_efficiency.ipynb #f36114b1
 def main(argv=None) -> int:
-    "`python -m glscl.efficiency [--sizes 1000 10000] [--budget 30] [--device cpu] [--gim-only]`: print the efficiency table."
+    """`python -m glscl.efficiency [--sizes 1000 10000] [--budget 30] [--device cpu] [--gim-only]`: print the efficiency
+    table."""
     import argparse
-    ap = argparse.ArgumentParser(prog='python -m glscl.efficiency', description='Similarity heads side by side: FLOPs, parameters, time, memory.')
+    ap = argparse.ArgumentParser(prog='python -m glscl.efficiency',
+                                 description='Similarity heads side by side: FLOPs, parameters, time, memory.')
     ap.add_argument('--sizes', type=int, nargs='+', default=[1000, 10000], help='texts = videos of each full matrix')
     ap.add_argument('--frames', type=int, default=12); ap.add_argument('--words', type=int, default=32)
     ap.add_argument('--dim', type=int, default=512)
@@ -276,7 +298,8 @@ def main(argv=None) -> int:
     print(f"device {a.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, load average {load()}")
     for s in a.sizes:
         r = gim_vs_floor(s, s, a.frames, a.dim, a.repeats, a.device)
-        print(f"GIM at {s} x {s}: floor (bare score product) {r['floor']:.4f} s, global_interaction {r['gim']:.4f} s = {r['ratio']:.2f} x the floor")
+        print(f"GIM at {s} x {s}: floor (bare score product) {r['floor']:.4f} s, global_interaction {r['gim']:.4f} s = "
+              f"{r['ratio']:.2f} x the floor")
     if not a.gim_only:
         rows = efficiency_table(a.sizes, a.frames, a.words, a.dim, a.budget, a.repeats, a.device)
         print(format_table(rows))

@@ -9,7 +9,11 @@ __all__ = ['log', 'ENCODING_KEYS', 'TEXT_KEEP', 'VIDEO_KEEP', 'model_fingerprint
            'evaluate', 'frozen_features', 'frame_features']
 
 # %% ../nbs/13e_evaluation.ipynb #994ffdbe
-import contextlib, hashlib, json, logging, time
+import contextlib
+import hashlib
+import json
+import logging
+import time
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
@@ -61,7 +65,8 @@ def data_fingerprint(cfg: Config, split: str) -> str:
 def encoding_key(model: GLSCL, cfg: Config, split: str) -> tuple:
     "(key, parts): the cache key of `split`'s encodings and what it is made of."
     import glscl
-    parts = dict(model=model_fingerprint(model), settings={k: str(getattr(cfg, k)) for k in keys_affecting('encodings', cfg)},
+    parts = dict(model=model_fingerprint(model),
+                 settings={k: str(getattr(cfg, k)) for k in keys_affecting('encodings', cfg)},
                  data=data_fingerprint(cfg, split), split=split, version=glscl.__version__,
                  quick_gelu=uses_quick_gelu(model), device=_device(model).type)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24], parts
@@ -70,14 +75,17 @@ def encoding_key(model: GLSCL, cfg: Config, split: str) -> tuple:
 TEXT_KEEP, VIDEO_KEEP = ('eos', 'query'), ('frames', 'mask', 'query')
 
 @torch.no_grad()
-def encode_texts(model: GLSCL, captions: list, cfg: Config, desc: str = 'encoding texts', progress: bool = True) -> dict:
-    "What `similarity` reads of each caption (eos, query), in batches of `eval_batch_size`, on the CPU (eval mode, no grad)."
+def encode_texts(model: GLSCL, captions: list, cfg: Config, desc: str = 'encoding texts',
+                 progress: bool = True) -> dict:
+    """What `similarity` reads of each caption (eos, query), in batches of `eval_batch_size`, on the CPU (eval mode, no
+    grad)."""
     was, dev, bs = model.training, _device(model), cfg.eval_batch_size
     model.eval()
     try:
         parts = []
         for i in tqdm(range(0, len(captions), bs), desc=desc, disable=not progress, leave=False):
-            with autocast(cfg, dev): t = model.encode_text(*(x.to(dev) for x in tokenize(captions[i:i + bs], cfg.max_words)))
+            with autocast(cfg, dev):
+                t = model.encode_text(*(x.to(dev) for x in tokenize(captions[i:i + bs], cfg.max_words)))
             parts.append({k: t[k].float().cpu() for k in TEXT_KEEP if k in t})
     finally: model.train(was)
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -99,8 +107,9 @@ def _cat_items(parts: list) -> dict:
 @torch.no_grad()
 def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encoding videos', progress: bool = True,
                   features: dict = None) -> dict:
-    """What `similarity` reads of each video (frames, mask, query), on the CPU; every video must be readable. `features`: a
-    store of frozen image-tower features (`frozen_features`) to read, and fill, instead of running the image tower."""
+    """What `similarity` reads of each video (frames, mask, query), on the CPU; every video must be readable.
+    `features`: a store of frozen image-tower features (`frozen_features`) to read, and fill, instead of running the
+    image tower."""
     was, dev, bs = model.training, _device(model), cfg.eval_batch_size
     model.eval()
     try:
@@ -111,28 +120,33 @@ def encode_videos(model: GLSCL, video_ids: list, cfg: Config, desc: str = 'encod
         parts = []
         for b in tqdm(dl, desc=desc, disable=not progress, leave=False):
             if b['n_skipped']:
-                raise ValueError(f"{desc}: {b['n_skipped']} video(s) of the evaluation set cannot be read (see the log above "
-                                 f"for the files under {cfg.video_dir}); evaluation needs every video: re-download or re-encode them")
+                raise ValueError(f"{desc}: {b['n_skipped']} video(s) of the evaluation set cannot be read (see the log "
+                                 f"above for the files under {cfg.video_dir}); evaluation needs every video: "
+                                 "re-download or re-encode them")
             with autocast(cfg, dev): v = model.encode_video(b['frames'].to(dev), b['frame_mask'].to(dev))
             parts.append({k: (v[k].float() if v[k].is_floating_point() else v[k]).cpu() for k in VIDEO_KEEP if k in v})
     finally: model.train(was)
     return _cat_items(parts)
 
 # %% ../nbs/13e_evaluation.ipynb #9c7cbe61
-def _encode_from_features(model: GLSCL, video_ids: list, cfg: Config, desc: str, progress: bool, features: dict) -> dict:
-    "`encode_videos` from stored frame features (the frozen image tower's), computing and storing the missing ones first."
+def _encode_from_features(model: GLSCL, video_ids: list, cfg: Config, desc: str,
+                          progress: bool, features: dict) -> dict:
+    """`encode_videos` from stored frame features (the frozen image tower's), computing and storing the missing ones
+    first."""
     missing = [v for v in video_ids if v not in features]
     if missing: frame_features(model, missing, cfg, progress=False, store=features)
     unread = [v for v in video_ids if v not in features]
-    if unread: raise ValueError(f"{desc}: {len(unread)} video(s) of the evaluation set cannot be read ({unread[:5]} under "
-                                f"{cfg.video_dir}); evaluation needs every video: re-download or re-encode them")
+    if unread:
+        raise ValueError(f"{desc}: {len(unread)} video(s) of the evaluation set cannot be read ({unread[:5]} under "
+                         f"{cfg.video_dir}); evaluation needs every video: re-download or re-encode them")
     dev, bs, S, parts = _device(model), cfg.eval_batch_size, cfg.image_size, []
     for i in tqdm(range(0, len(video_ids), bs), desc=desc, disable=not progress, leave=False):
         fs = [features[v] for v in video_ids[i:i + bs]]
         n = max(len(f) for f in fs)
         feat, mask = torch.zeros(len(fs), n, fs[0].shape[-1]), torch.zeros(len(fs), n, dtype=torch.bool)
         for j, f in enumerate(fs): feat[j, :len(f)] = f; mask[j, :len(f)] = True
-        pix = torch.zeros(len(fs), n, *((3, S, S) if cfg.official_compat else (1, 1, 1)))   # pixels are read only for compat pads
+        # pixels are read only for compat pads
+        pix = torch.zeros(len(fs), n, *((3, S, S) if cfg.official_compat else (1, 1, 1)))
         with autocast(cfg, dev): v = model.encode_video(pix.to(dev), mask.to(dev), features=feat.to(dev))
         parts.append({k: (v[k].float() if v[k].is_floating_point() else v[k]).cpu() for k in VIDEO_KEEP if k in v})
     return _cat_items(parts)
@@ -144,19 +158,23 @@ def encode_split(model: GLSCL, cfg: Config, split: str, progress: bool = True, f
     Under torchrun each rank encodes its share and every rank gets the whole split back, in order."""
     captions, video_ids, caption_video = split_items(cfg, split)
     show = progress and world()[0] == 0
-    text = on_shards(lambda ix: encode_texts(model, [captions[i] for i in ix], cfg, f'encoding {split} texts', show), len(captions))
-    video = on_shards(lambda ix: encode_videos(model, [video_ids[i] for i in ix], cfg, f'encoding {split} videos', show, features), len(video_ids))
+    text = on_shards(lambda ix: encode_texts(model, [captions[i] for i in ix], cfg,
+                                             f'encoding {split} texts', show), len(captions))
+    video = on_shards(lambda ix: encode_videos(model, [video_ids[i] for i in ix], cfg,
+                                               f'encoding {split} videos', show, features), len(video_ids))
     return dict(text=_cat_items(text), video=_cat_items(video), caption_video=torch.tensor(caption_video))
 
 # %% ../nbs/13e_evaluation.ipynb #1b751def
 def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, progress: bool = True, querybank: int = 0,
                      features: dict = None) -> tuple:
     """`encode_split` through the on-disk cache: (encodings, hit). `cache_dir=None` disables the cache. `querybank=n`:
-    QB-Norm's bank instead, dict(text=...) of up to n captions of `split` drawn at random (seed 0), cached the same way."""
+    QB-Norm's bank instead, dict(text=...) of up to n captions of `split` drawn at random (seed 0), cached the same
+    way."""
     def encode():
         if not querybank: return encode_split(model, cfg, split, progress, features)
         caps = split_items(cfg, split)[0]
-        caps = [caps[i] for i in torch.randperm(len(caps), generator=torch.Generator().manual_seed(0))[:querybank].tolist()]
+        caps = [caps[i]
+                for i in torch.randperm(len(caps), generator=torch.Generator().manual_seed(0))[:querybank].tolist()]
         return dict(text=encode_texts(model, caps, cfg, 'encoding the querybank', progress))
     if cache_dir is None: return encode(), False
     key, parts = encoding_key(model, cfg, split)
@@ -169,8 +187,10 @@ def cached_encodings(model: GLSCL, cfg: Config, split: str, cache_dir=None, prog
             if isinstance(blob, dict) and blob.get('parts') == parts: return blob['enc'], True
             log.warning("encoding cache %s does not match its key (foreign or corrupted): rebuilding it", path)
         except Exception as e: log.warning("encoding cache %s is unreadable (%s): rebuilding it", path, e)
-    others = [p.name for p in Path(cache_dir).glob(f'{kind}-{split}-*.pt') if p != path] if Path(cache_dir).exists() else []
-    if others: log.info("%d cached encoding(s) of %s for other weights, settings or data are not used: %s", len(others), split, others[:3])
+    others = ([p.name for p in Path(cache_dir).glob(f'{kind}-{split}-*.pt') if p != path]
+              if Path(cache_dir).exists() else [])
+    if others: log.info("%d cached encoding(s) of %s for other weights, settings or data are not used: %s", len(others),
+                        split, others[:3])
     main = world()[0] == 0                                             # under torchrun rank 0 writes
     with (folder_lock(cache_dir, 'evaluation cache') if main else contextlib.nullcontext()):   # one writer at a time
         enc = encode()
@@ -191,11 +211,11 @@ def block_similarity(model: GLSCL, text: dict, video: dict, block: int = 1024) -
 def evaluate(model: GLSCL, cfg: Config = None, split: str = None, cache_dir=None, extra: bool = False,
              qb_bank: int = 2000, progress: bool = True, v2t_protocol: str = 'family',
              features: dict = None) -> dict:
-    """Retrieval metrics of `model` on `split` (default: the preset's test split): dict(metrics, sim, caption_video, cached,
-    seconds, v2t_note). `metrics` holds labelled rows: 'plain', and with `extra=True` also 'DSL' and 'QB-Norm' (querybank:
-    up to `qb_bank` training captions, through the same cache), never mixed into the plain numbers. `v2t_note` names the
-    video-to-text protocol when the split has several captions per video ('' otherwise). `features`: a
-    `frozen_features` store shared between runs (`train`'s `memo_features`)."""
+    """Retrieval metrics of `model` on `split` (default: the preset's test split): dict(metrics, sim, caption_video,
+    cached, seconds, v2t_note). `metrics` holds labelled rows: 'plain', and with `extra=True` also 'DSL' and 'QB-Norm'
+    (querybank: up to `qb_bank` training captions, through the same cache), never mixed into the plain numbers.
+    `v2t_note` names the video-to-text protocol when the split has several captions per video ('' otherwise).
+    `features`: a `frozen_features` store shared between runs (`train`'s `memo_features`)."""
     from glscl.metrics import v2t_note
     cfg = cfg or model.cfg
     split = split or cfg.test_split
@@ -216,32 +236,39 @@ def frozen_features(memo: dict, model: GLSCL, cfg: Config) -> dict:
     frozen image tower under `cfg`'s frame settings and videos: {video_id: [n_frames, D]}. A run whose image tower,
     frame settings or video folder differ gets another store, so a feature is never served to the wrong run."""
     from glscl.framecache import cache_settings
-    if any(p.requires_grad for p in model.clip.model.visual.parameters()): raise ValueError("shared frame features need freeze_visual = true")
-    key = json.dumps(dict(visual=model_fingerprint(model.clip.model.visual), frames=cache_settings(cfg), videos=str(cfg.video_dir)), sort_keys=True)
+    if any(p.requires_grad for p in model.clip.model.visual.parameters()):
+        raise ValueError("shared frame features need freeze_visual = true")
+    key = json.dumps(dict(visual=model_fingerprint(model.clip.model.visual), frames=cache_settings(cfg),
+                          videos=str(cfg.video_dir)), sort_keys=True)
     return memo.setdefault(key, {})
 
 @torch.no_grad()
 def frame_features(model: GLSCL, ds, cfg: Config, progress: bool = True, store: dict = None) -> dict:
-    """{video_id: CLIP features [n_frames, D]} of every readable video of `ds` (a dataset or a list of video ids; frozen image
-    tower only; under torchrun each rank computes a share). `store`: a `frozen_features` store; only the videos missing
-    from it are computed, and they are added to it."""
-    if any(p.requires_grad for p in model.clip.model.visual.parameters()): raise ValueError("frame_features needs freeze_visual = true")
+    """{video_id: CLIP features [n_frames, D]} of every readable video of `ds` (a dataset or a list of video ids; frozen
+    image tower only; under torchrun each rank computes a share). `store`: a `frozen_features` store; only the videos
+    missing from it are computed, and they are added to it."""
+    if any(p.requires_grad for p in model.clip.model.visual.parameters()):
+        raise ValueError("frame_features needs freeze_visual = true")
     dev = _device(model)
     ids, memo = (list(ds.video_ids), ds.memo) if hasattr(ds, 'video_ids') else (list(ds), None)
     todo = [v for v in ids if store is None or v not in store]
     def share(ix):
-        vds = videos_from_config(cfg, [todo[i] for i in ix], uint8=True, memo=memo)   # share decoded videos with the training set
+        # share decoded videos with the training set
+        vds = videos_from_config(cfg, [todo[i] for i in ix], uint8=True, memo=memo)
         dl = torch.utils.data.DataLoader(vds, batch_size=cfg.eval_batch_size, collate_fn=collate_videos,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
         out = {}
-        for b in tqdm(dl, desc='frame features (frozen image tower)', disable=not progress or world()[0] > 0, leave=False):
+        for b in tqdm(dl, desc='frame features (frozen image tower)',
+                      disable=not progress or world()[0] > 0, leave=False):
             count_skips(vds, b, dl)
             if not b['size']: continue
             with autocast(cfg, dev): f = model.clip.encode_frames(b['frames'].to(dev), b['frame_mask'].to(dev))
             f = f.float().cpu()
             for j, vi in enumerate(b['video_index'].tolist()): out[vds.video_ids[vi]] = f[j][b['frame_mask'][j]].clone()
-        if vds.n_skipped: log.warning("frame features: %d of %d videos cannot be read (logged above); their pairs are skipped in training",
-                                      vds.n_skipped, len(vds))
+        if vds.n_skipped:
+            log.warning("frame features: %d of %d videos cannot be read (logged above); their pairs are skipped in "
+                        "training",
+                        vds.n_skipped, len(vds))
         return out
     out = {}
     for part in on_shards(share, len(todo)): out.update(part)

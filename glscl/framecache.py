@@ -8,7 +8,12 @@ __all__ = ['log', 'CACHE_FORMAT', 'SHARD_NAME', 'cache_settings', 'check_index',
            'open_frame_cache', 'split_videos', 'cached_splits', 'build_frame_cache', 'ensure_frame_cache']
 
 # %% ../nbs/04a_frame_cache.ipynb #469b5065
-import functools, json, logging, os, re, shutil
+import functools
+import json
+import logging
+import os
+import re
+import shutil
 from pathlib import Path
 import numpy as np
 import torch
@@ -23,7 +28,8 @@ CACHE_FORMAT = 'glscl-frame-cache-2'       # 2: frames resized by torchvision's 
 # %% ../nbs/04a_frame_cache.ipynb #8b9671c3
 def cache_settings(cfg) -> dict:
     "What cached frames depend on: the frame sampling and the frame size. A cache made with other values is refused."
-    return dict(max_frames=int(cfg.max_frames), fps=float(cfg.fps), frame_sampling=cfg.frame_sampling, image_size=int(cfg.image_size))
+    return dict(max_frames=int(cfg.max_frames), fps=float(cfg.fps), frame_sampling=cfg.frame_sampling,
+                image_size=int(cfg.image_size))
 
 def _write_json(path: Path, obj):
     "Write JSON atomically (`glscl.filesafety.atomic_write`: temporary file, fsync, rename)."
@@ -33,8 +39,11 @@ def _read_meta(path: Path) -> dict:
     "meta.json of a cache (plain JSON: nothing in it can run), or an error naming the file."
     try: meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not JSON ({type(e).__name__}: {str(e)[:80]}): the frame cache is damaged; delete {path.parent} and build it again") from None
-    if not isinstance(meta, dict): raise ValueError(f"{path} is not a frame cache's meta.json (not a JSON object); delete {path.parent} and build it again")
+        raise ValueError(f"{path} is not JSON ({type(e).__name__}: {str(e)[:80]}): the frame cache is damaged; delete "
+                         f"{path.parent} and build it again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{path} is not a frame cache's meta.json (not a JSON object); delete {path.parent} and build it again")
     return meta
 
 def _read_index(path: Path, lines_too: bool = False) -> list:
@@ -46,25 +55,32 @@ def _read_index(path: Path, lines_too: bool = False) -> list:
         if not l.strip(): continue
         try: recs.append((i + 1, json.loads(l)) if lines_too else json.loads(l))
         except json.JSONDecodeError:
-            if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1:]): raise ValueError(f"{path}, line {i + 1} is not JSON: the index is damaged; delete the cache folder and build it again") from None
+            if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1:]):
+                raise ValueError(f"{path}, line {i + 1} is not JSON: the index is damaged; delete the cache folder and "
+                                 "build it again") from None
     return recs
 
 # %% ../nbs/04a_frame_cache.ipynb #8c5ad502
 SHARD_NAME = re.compile(r'frames-\d{5}\.u8')
 
 def check_index(folder: Path, settings: dict) -> list:
-    """The records of `folder`/index.jsonl, each checked to read only its own shard's bytes: the shard is a shard file of
-    the folder (`frames-NNNNN.u8`), the frame count, offset and size are whole numbers that fit the settings and the
+    """The records of `folder`/index.jsonl, each checked to read only its own shard's bytes: the shard is a shard file
+    of the folder (`frames-NNNNN.u8`), the frame count, offset and size are whole numbers that fit the settings and the
     shard. Anything else is an error naming the file and line (never bytes from elsewhere)."""
     path, S, N, sizes, out = folder/'index.jsonl', int(settings['image_size']), int(settings['max_frames']), {}, []
     for line, r in _read_index(path, lines_too=True):
-        def bad(why): return ValueError(f"{path}, line {line}: {why}; the cache is damaged or was edited: delete {folder} and build it again (`glscl cache-frames`)")
-        if not isinstance(r, dict) or not isinstance(r.get('video'), str) or not r['video']: raise bad("not a record with a video id")
+        def bad(why):
+            return ValueError(f"{path}, line {line}: {why}; the cache is damaged or was edited: delete {folder} and "
+                              "build it again (`glscl cache-frames`)")
+        if not isinstance(r, dict) or not isinstance(r.get('video'), str) or not r['video']:
+            raise bad("not a record with a video id")
         sh = r.get('shard')
-        if not isinstance(sh, str) or not SHARD_NAME.fullmatch(sh): raise bad(f"shard {sh!r} is not a shard file of the cache (frames-NNNNN.u8)")
+        if not isinstance(sh, str) or not SHARD_NAME.fullmatch(sh):
+            raise bad(f"shard {sh!r} is not a shard file of the cache (frames-NNNNN.u8)")
         n, off, nb = (r.get(k) for k in ('n', 'offset', 'nbytes'))
         if not all(type(x) is int for x in (n, off, nb)) or off < 0 or not 1 <= n <= N:
-            raise bad(f"offset {off!r} and frame count {n!r} must be whole numbers, offset >= 0 and 1 <= count <= max_frames {N}")
+            raise bad(f"offset {off!r} and frame count {n!r} must be whole numbers, offset >= 0 and 1 <= count <= "
+                      f"max_frames {N}")
         if nb != n * S * S * 3: raise bad(f"{nb!r} bytes for {n} frames of {S}x{S}x3 (needs {n * S * S * 3})")
         if sh not in sizes:
             try: sizes[sh] = os.stat(folder/sh).st_size
@@ -75,14 +91,20 @@ def check_index(folder: Path, settings: dict) -> list:
 
 # %% ../nbs/04a_frame_cache.ipynb #e2b7c4a4
 class FrameCache:
-    "A finished frame cache, read-only: `read(video_id)` gives (uint8 frames [n,S,S,3], mask [max_frames]) like `sample_frames` + `resize_crop`."
+    """A finished frame cache, read-only: `read(video_id)` gives (uint8 frames [n,S,S,3], mask [max_frames]) like
+    `sample_frames` + `resize_crop`."""
     def __init__(self, folder, settings: dict = None):
         self.folder = Path(folder)
         p = self.folder/'meta.json'
-        if not p.is_file(): raise FileNotFoundError(f"{self.folder} holds no frame cache (no meta.json): build one with `glscl cache-frames --preset NAME`")
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{self.folder} holds no frame cache (no meta.json): build one with `glscl cache-frames --preset NAME`")
         self.meta = _read_meta(p)
-        if self.meta.get('format') != CACHE_FORMAT: raise ValueError(f"{p} is not a glscl frame cache (format {self.meta.get('format')!r})")
-        if not self.meta.get('complete'): raise ValueError(f"the frame cache in {self.folder} is unfinished (interrupted?): run `glscl cache-frames` again to finish it")
+        if self.meta.get('format') != CACHE_FORMAT:
+            raise ValueError(f"{p} is not a glscl frame cache (format {self.meta.get('format')!r})")
+        if not self.meta.get('complete'):
+            raise ValueError(f"the frame cache in {self.folder} is unfinished (interrupted?): run `glscl cache-frames` "
+                             "again to finish it")
         check_settings(self.meta['settings'], settings, self.folder)
         self.settings = self.meta['settings']
         self.index = {r['video']: r for r in check_index(self.folder, self.settings)}
@@ -93,7 +115,8 @@ class FrameCache:
     def __len__(self) -> int: return len(self.index)
 
     def has(self, vid: str, path) -> bool:
-        "Whether the cache holds `vid` as the file `path` is now (same size and modification time): a changed video is decoded again."
+        """Whether the cache holds `vid` as the file `path` is now (same size and modification time): a changed video is
+        decoded again."""
         r = self.index.get(vid) or self.meta.get('unreadable_files', {}).get(vid)
         if r is None: return False
         try: st = os.stat(path)
@@ -103,10 +126,13 @@ class FrameCache:
     def __getstate__(self): return {**self.__dict__, '_maps': {}}        # DataLoader workers map the shards themselves
 
     def read(self, vid: str) -> tuple:
-        "(frames uint8 [n,S,S,3], mask bool [max_frames]) of `vid`; a video that could not be decoded raises VideoError."
-        if vid in self.unreadable: raise VideoError(f"video {vid} could not be decoded when the frame cache {self.folder} was built")
+        """(frames uint8 [n,S,S,3], mask bool [max_frames]) of `vid`; a video that could not be decoded raises
+        VideoError."""
+        if vid in self.unreadable:
+            raise VideoError(f"video {vid} could not be decoded when the frame cache {self.folder} was built")
         r = self.index[vid]
-        if r['shard'] not in self._maps: self._maps[r['shard']] = np.memmap(self.folder/r['shard'], dtype=np.uint8, mode='r')
+        if r['shard'] not in self._maps:
+            self._maps[r['shard']] = np.memmap(self.folder/r['shard'], dtype=np.uint8, mode='r')
         S, N = self.settings['image_size'], self.settings['max_frames']
         frames = np.array(self._maps[r['shard']][r['offset']:r['offset'] + r['n'] * S * S * 3]).reshape(r['n'], S, S, 3)
         mask = np.zeros(N, np.bool_); mask[:r['n']] = True
@@ -115,30 +141,35 @@ class FrameCache:
 def check_settings(have: dict, want: dict, folder):
     "Refuse a cache whose sampling settings differ from `want` (None: accept any)."
     if want is None or have == want: return
-    diff = ', '.join(f"{k}={have.get(k)} (preset: {want.get(k)})" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
-    raise ValueError(f"the frame cache in {folder} was built with other sampling settings: {diff}. Rebuild it for this preset "
-                     f"(`glscl cache-frames --preset NAME` into another folder) or set frame_cache = none")
+    diff = ', '.join(f"{k}={have.get(k)} (preset: {want.get(k)})" for k in sorted(set(have) | set(want))
+                     if have.get(k) != want.get(k))
+    raise ValueError(f"the frame cache in {folder} was built with other sampling settings: {diff}. Rebuild it for this "
+                     f"preset (`glscl cache-frames --preset NAME` into another folder) or set frame_cache = none")
 
 # %% ../nbs/04a_frame_cache.ipynb #e2b7c4a5
 def open_frame_cache(cfg):
     """The preset's finished frame cache, or None when `cfg.frame_cache` holds none for these videos and settings: a
-    cache made with other sampling settings, of another video folder or unfinished is refused (logged) and the videos are read."""
+    cache made with other sampling settings, of another video folder or unfinished is refused (logged) and the videos
+    are read."""
     folder = Path(cfg.frame_cache)
     if not (folder/'meta.json').is_file(): return None
     meta = _read_meta(folder/'meta.json')
     if meta.get('format') != CACHE_FORMAT:
-        log.warning("frame cache %s has format %r, not %r (built by another version of glscl): reading the videos; rebuild "
-                    "it with `glscl cache-frames` into an empty folder", folder, meta.get('format'), CACHE_FORMAT)
+        log.warning("frame cache %s has format %r, not %r (built by another version of glscl): reading the videos; "
+                    "rebuild it with `glscl cache-frames` into an empty folder", folder,
+                    meta.get('format'), CACHE_FORMAT)
         return None
     if Path(meta.get('video_dir', '')).resolve() != Path(cfg.video_dir).resolve():
-        log.info("frame cache %s holds the frames of %s, not of %s: reading the videos", folder, meta.get('video_dir'), cfg.video_dir)
+        log.info("frame cache %s holds the frames of %s, not of %s: reading the videos", folder,
+                 meta.get('video_dir'), cfg.video_dir)
         return None
     try: check_settings(meta.get('settings'), cache_settings(cfg), folder)
     except ValueError as e:
         log.warning("%s -- reading the videos instead", e)
         return None
     if not meta.get('complete'):
-        log.warning("frame cache %s is unfinished: reading the videos (run `glscl cache-frames --preset %s` to finish it)", folder, cfg.name)
+        log.warning("frame cache %s is unfinished: reading the videos (run `glscl cache-frames --preset %s` to finish "
+                    "it)", folder, cfg.name)
         return None
     return FrameCache(folder, cache_settings(cfg))
 
@@ -156,7 +187,8 @@ class _Decode(torch.utils.data.Dataset):
         stamp = dict(size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1)
         try:
             frames, _ = sample_frames(path, c.max_frames, c.fps, c.frame_sampling)
-            return vid, resize_crop(frames, c.image_size).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy(), None, stamp
+            return vid, resize_crop(
+                frames, c.image_size).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy(), None, stamp
         except (VideoError, FileNotFoundError) as e: return vid, None, str(e), stamp
 
 # %% ../nbs/04a_frame_cache.ipynb #e2b7c4a2
@@ -168,7 +200,8 @@ def split_videos(cfg, splits) -> list:
     return list(seen)
 
 def cached_splits(cfg) -> list:
-    "The splits a preset's frame cache holds by default: train and test, and a toy world's validation split when it has one."
+    """The splits a preset's frame cache holds by default: train and test, and a toy world's validation split when it
+    has one."""
     return [cfg.train_split, *(['val'] if cfg.dataset == 'toy' and cfg.toy_val else []), cfg.test_split]
 
 # %% ../nbs/04a_frame_cache.ipynb #e2b7c4a3
@@ -183,22 +216,26 @@ def _one_writer(fn):
 
 # %% ../nbs/04a_frame_cache.ipynb #e2b7c4a6
 @_one_writer
-def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30, progress: bool = True, stop_after: int = None) -> dict:
+def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30, progress: bool = True,
+                      stop_after: int = None) -> dict:
     """Decode every video of `splits` (default: the preset's train and test splits) once into the frame cache `folder`
-    (default `cfg.frame_cache`). Resumes an unfinished cache; `stop_after` returns after that many new videos, as a kill would."""
+    (default `cfg.frame_cache`). Resumes an unfinished cache; `stop_after` returns after that many new videos, as a kill
+    would."""
     folder = Path(folder or cfg.frame_cache or '')
-    if not str(folder) or str(folder) == '.': raise ValueError("no cache folder: set frame_cache in the preset or pass folder")
+    if not str(folder) or str(folder) == '.':
+        raise ValueError("no cache folder: set frame_cache in the preset or pass folder")
     folder.mkdir(parents=True, exist_ok=True)
     settings = cache_settings(cfg)
     meta_p, index_p = folder/'meta.json', folder/'index.jsonl'
-    meta = _read_meta(meta_p) if meta_p.exists() else dict(format=CACHE_FORMAT, settings=settings, unreadable=[], unreadable_files={})
+    meta = (_read_meta(meta_p) if meta_p.exists()
+            else dict(format=CACHE_FORMAT, settings=settings, unreadable=[], unreadable_files={}))
     if meta.get('format') != CACHE_FORMAT:
-        raise ValueError(f"{meta_p} is a frame cache of format {meta.get('format')!r}, not {CACHE_FORMAT!r} (another version of "
-                         f"glscl made it): delete {folder} or build into another folder (--out DIR)")
+        raise ValueError(f"{meta_p} is a frame cache of format {meta.get('format')!r}, not {CACHE_FORMAT!r} (another "
+                         f"version of glscl made it): delete {folder} or build into another folder (--out DIR)")
     check_settings(meta['settings'], settings, folder)
     if meta.get('video_dir') and Path(meta['video_dir']).resolve() != Path(cfg.video_dir).resolve():
-        raise ValueError(f"the frame cache in {folder} holds the frames of {meta['video_dir']}, not of {cfg.video_dir}: "
-                         "build this one into another folder (--out DIR)")
+        raise ValueError(f"the frame cache in {folder} holds the frames of {meta['video_dir']}, not of "
+                         f"{cfg.video_dir}: build this one into another folder (--out DIR)")
     done = check_index(folder, settings)
     # cut what a kill left behind: bytes after the last indexed video of the last shard, and a partial index line
     index_p.write_text(''.join(json.dumps(r) + '\n' for r in done))
@@ -215,7 +252,8 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
     new = 0
     f, idx = open(shard, 'ab'), open(index_p, 'a')
     try:
-        for vid, frames, err, stamp in tqdm(dl, total=len(todo), desc=f'caching frames of {len(todo)} videos', disable=not progress):
+        for vid, frames, err, stamp in tqdm(dl, total=len(todo), desc=f'caching frames of {len(todo)} videos',
+                                            disable=not progress):
             if frames is None:
                 log.warning("frame cache: skipping %s: %s", vid, err); meta['unreadable'].append(vid)
                 meta.setdefault('unreadable_files', {})[vid] = stamp
@@ -226,7 +264,8 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
                 if end and end + len(b) > shard_bytes:                     # start the next shard
                     f.close(); shard_no += 1; shard = folder/f'frames-{shard_no:05d}.u8'; f = open(shard, 'ab'); end = 0
                 f.write(b); f.flush(); os.fsync(f.fileno())                # the bytes first, then their index line
-                idx.write(json.dumps(dict(video=vid, shard=shard.name, offset=end, n=len(frames), nbytes=len(b), **stamp)) + '\n')
+                idx.write(json.dumps(dict(video=vid, shard=shard.name, offset=end, n=len(frames),
+                                          nbytes=len(b), **stamp)) + '\n')
                 idx.flush(); os.fsync(idx.fileno())
                 end += len(b)
             new += 1
@@ -236,20 +275,22 @@ def build_frame_cache(cfg, splits=None, folder=None, shard_bytes: int = 2 ** 30,
     meta.update(complete=True, videos=cached)
     _write_json(meta_p, meta)
     size = sum(p.stat().st_size for p in folder.glob('frames-*.u8'))
-    if meta['unreadable']: log.warning("frame cache: %d unreadable video(s): %s", len(meta['unreadable']), meta['unreadable'][:20])
+    if meta['unreadable']:
+        log.warning("frame cache: %d unreadable video(s): %s", len(meta['unreadable']), meta['unreadable'][:20])
     return dict(folder=str(folder), videos=cached, unreadable=list(meta['unreadable']), bytes=size,
                 bytes_per_video=size / max(1, cached))
 
 # %% ../nbs/04a_frame_cache.ipynb #b6ae8b4d
 def ensure_frame_cache(cfg) -> bool:
-    """Build or finish `cfg.frame_cache` for `cfg.video_dir`, unless the folder holds another folder's cache (left alone);
-    whether it is usable. A cache of an older format (only cache files in the folder) is rebuilt."""
+    """Build or finish `cfg.frame_cache` for `cfg.video_dir`, unless the folder holds another folder's cache (left
+    alone); whether it is usable. A cache of an older format (only cache files in the folder) is rebuilt."""
     folder = Path(cfg.frame_cache)
     meta = folder/'meta.json'
     if meta.is_file():
         m = _read_meta(meta)
         if Path(m.get('video_dir', '')).resolve() != Path(cfg.video_dir).resolve(): return False
-        if m.get('format') != CACHE_FORMAT and all(re.fullmatch(r'meta\.json|index\.jsonl|frames-\d+\.u8|\.lock', p.name) for p in folder.iterdir()):
+        if (m.get('format') != CACHE_FORMAT
+            and all(re.fullmatch(r'meta\.json|index\.jsonl|frames-\d+\.u8|\.lock', p.name) for p in folder.iterdir())):
             log.warning("rebuilding the frame cache %s (format %r -> %r)", folder, m.get('format'), CACHE_FORMAT)
             shutil.rmtree(folder)
     if open_frame_cache(cfg) is None: build_frame_cache(cfg, progress=False)

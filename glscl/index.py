@@ -9,7 +9,13 @@ __all__ = ['log', 'INDEX_FORMAT', 'ID_KEYS', 'ARRAYS', 'DTYPES', 'GENERATION', '
            'IndexMismatch', 'VideoIndex', 'float_block', 'store_arrays', 'check_index']
 
 # %% ../nbs/18a_video_index.ipynb #a46a883b
-import hashlib, json, logging, os, re, shutil, warnings
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -30,7 +36,8 @@ def model_id(model: GLSCL) -> str:
     from glscl.train import model_fingerprint
     c = model.cfg
     h = hashlib.sha256(model_fingerprint(model).encode())
-    h.update(json.dumps({k: str(getattr(c, k, None)) for k in ID_KEYS}, sort_keys=True).encode())   # sorted: ID_KEYS' order is not part of the id
+    # sorted: ID_KEYS' order is not part of the id
+    h.update(json.dumps({k: str(getattr(c, k, None)) for k in ID_KEYS}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 # %% ../nbs/18a_video_index.ipynb #35f2da5a
@@ -39,12 +46,14 @@ def list_videos(folder, exts=VIDEO_EXTS) -> list:
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"video folder {folder} does not exist")
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*')
-                  if p.is_file() and p.suffix.lower() in exts and not any(s.startswith('.') for s in p.relative_to(folder).parts))
+                  if p.is_file() and p.suffix.lower() in exts
+                  and not any(s.startswith('.') for s in p.relative_to(folder).parts))
 
 # %% ../nbs/18a_video_index.ipynb #2d59645c
 @torch.no_grad()
 def encode_folder(model: GLSCL, folder, files: list, progress: bool = True, desc: str = 'encoding videos') -> tuple:
-    "(dict(frames [V,N,D], mask [V,N], gram [V,N,N], query [V,K,D] if LIM is used), kept files, skipped files) for `files` in `folder`."
+    """(dict(frames [V,N,D], mask [V,N], gram [V,N,N], query [V,K,D] if LIM is used), kept files, skipped files) for
+    `files` in `folder`."""
     from glscl.data import VideoDataset, collate_videos
     from glscl.train import autocast, _device
     from glscl.train import check_frame_positions
@@ -61,17 +70,20 @@ def encode_folder(model: GLSCL, folder, files: list, progress: bool = True, desc
             with autocast(cfg, dev): v = model.encode_video(b['frames'].to(dev), b['frame_mask'].to(dev))
             f, m = pad_frame_slots(v['frames'].float().cpu(), v['mask'].cpu(), cfg.max_frames)
             fz = f if cfg.official_compat else f.masked_fill(~m[..., None], 0)       # as GIM reads the frames
-            parts.append(dict(frames=f, mask=m, gram=fz @ fz.transpose(1, 2), **({'query': v['query'].float().cpu()} if 'query' in v else {})))
+            parts.append(dict(frames=f, mask=m, gram=fz @ fz.transpose(1, 2),
+                              **({'query': v['query'].float().cpu()} if 'query' in v else {})))
             kept += [files[i] for i in b['video_index'].tolist()]
     finally: model.train(was)
     skipped = [f for f in files if f not in set(kept)]
-    if skipped: log.warning("%d of %d video file(s) could not be read and are not indexed: %s", len(skipped), len(files), skipped[:10])
+    if skipped: log.warning("%d of %d video file(s) could not be read and are not indexed: %s", len(skipped),
+                            len(files), skipped[:10])
     enc = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
     return enc, kept, skipped
 
 # %% ../nbs/18a_video_index.ipynb #032e4354
 ARRAYS = ('frames', 'mask', 'gram', 'query', 'frames_scale', 'query_scale')
-DTYPES = ('float32', 'float16', 'int8')   # int8: quantize_int8's codes with a float16 scale per row (frames_scale, query_scale)
+# int8: quantize_int8's codes with a float16 scale per row (frames_scale, query_scale)
+DTYPES = ('float32', 'float16', 'int8')
 GENERATION = re.compile(r'gen-\d{6}')
 
 # %% ../nbs/18a_video_index.ipynb #d128400c
@@ -84,31 +96,38 @@ class VideoIndex:
     Its `search`, `scores` and `build_shortlist` are added by `glscl.search` (18b): import that module to search."""
     def __init__(self, path, meta: dict, arrays: dict, model: GLSCL = None):
         self.path, self.meta, self.arrays, self.model = Path(path), meta, arrays, model
-        self.shortlist, self.last = None, {}          # the FAISS shortlist (build_shortlist, or found on load); how the last search was answered
+        self.shortlist, self.last = None, {}          # the FAISS shortlist (build_shortlist, or found on load); how the
+                                                      # last search was answered
 
     @property
     def files(self) -> list: return self.meta['files']
     def __len__(self): return len(self.files)
-    def __repr__(self): return f"VideoIndex({self.path}, {len(self)} videos, model {self.meta['model_id']}, {self.meta['dtype']})"
+    def __repr__(self):
+        return f"VideoIndex({self.path}, {len(self)} videos, model {self.meta['model_id']}, {self.meta['dtype']})"
 
     @classmethod
     def build(cls, folder, model: GLSCL, path, dtype: str = 'float32', progress: bool = True) -> 'VideoIndex':
-        "Index every video file of `folder` with `model` into the index folder `path` (float32, float16 or int8 storage)."
-        if dtype not in DTYPES: raise ValueError(f"dtype must be one of {DTYPES} (float32, float16 or int8), got {dtype!r}")
-        meta = dict(format=INDEX_FORMAT, model_id=model_id(model), model_name=model.cfg.name, folder=str(Path(folder).resolve()),
-                    dtype=dtype, files=[], skipped=[])
+        """Index every video file of `folder` with `model` into the index folder `path` (float32, float16 or int8
+        storage)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES} (float32, float16 or int8), got {dtype!r}")
+        meta = dict(format=INDEX_FORMAT, model_id=model_id(model), model_name=model.cfg.name,
+                    folder=str(Path(folder).resolve()), dtype=dtype, files=[], skipped=[])
         idx = cls(path, meta, {}, model)
         idx.update(progress=progress)
         return idx
 
     @classmethod
     def load(cls, path, model: GLSCL = None, mmap: bool = True, verify: bool = True) -> 'VideoIndex':
-        """Open the index in folder `path` (arrays memory-mapped), checked by `check_index` (`verify`: also checksums and
-        values, one read of the arrays); with `model`, refuse it if another model built it."""
+        """Open the index in folder `path` (arrays memory-mapped), checked by `check_index` (`verify`: also checksums
+        and values, one read of the arrays); with `model`, refuse it if another model built it."""
         path = Path(path)
-        if not (path/'index.json').is_file(): raise FileNotFoundError(f"{path} holds no glscl index (no index.json); build one with `glscl search --index {path} --build VIDEO_FOLDER` or VideoIndex.build")
+        if not (path/'index.json').is_file():
+            raise FileNotFoundError(f"{path} holds no glscl index (no index.json); build one with `glscl search "
+                                    f"--index {path} --build VIDEO_FOLDER` or VideoIndex.build")
         meta = _read_meta(path/'index.json')
-        if meta.get('format') not in (INDEX_FORMAT, 'glscl-index-1'): raise ValueError(f"{path}/index.json is not a {INDEX_FORMAT} index (format {meta.get('format')!r})")
+        if meta.get('format') not in (INDEX_FORMAT, 'glscl-index-1'):
+            raise ValueError(f"{path}/index.json is not a {INDEX_FORMAT} index (format {meta.get('format')!r})")
         arrays = _load_arrays(path, meta, mmap)
         check_index(path, meta, arrays, verify)
         idx = cls(path, meta, arrays)
@@ -120,9 +139,10 @@ class VideoIndex:
         "Use `model` for queries and updates; it must be the model that built the index."
         mid = model_id(model)
         if mid != self.meta['model_id']:
-            raise IndexMismatch(f"the index {self.path} was built by model {self.meta['model_id']} (preset {self.meta.get('model_name')!r}), "
-                                f"not by this model ({mid}, preset {model.cfg.name!r}): its video features live in another space. "
-                                f"Use the checkpoint that built it, or rebuild the index with this model (VideoIndex.build).")
+            raise IndexMismatch(f"the index {self.path} was built by model {self.meta['model_id']} (preset "
+                                f"{self.meta.get('model_name')!r}), not by this model ({mid}, preset "
+                                f"{model.cfg.name!r}): its video features live in another space. Use the checkpoint "
+                                "that built it, or rebuild the index with this model (VideoIndex.build).")
         self.model = model
         return self
 
@@ -140,18 +160,21 @@ def float_block(arrays: dict, sel) -> dict:
 
 # %% ../nbs/18a_video_index.ipynb #a2ab2e72
 def store_arrays(enc: dict, dtype: str = 'float32') -> dict:
-    """What an index stores of encodings `enc` (frames [V,N,D], mask [V,N], query [V,K,D]; tensors or arrays, padding 0):
-    float32 or float16 as they are; int8 as `quantize_int8`'s codes with a float16 scale per row (frames_scale,
-    query_scale). `gram` [V,N,N] is made from the frames as stored (float16 with int8), so GIM reads one consistent video."""
+    """What an index stores of encodings `enc` (frames [V,N,D], mask [V,N], query [V,K,D]; tensors or arrays, padding
+    0): float32 or float16 as they are; int8 as `quantize_int8`'s codes with a float16 scale per row (frames_scale,
+    query_scale). `gram` [V,N,N] is made from the frames as stored (float16 with int8), so GIM reads one consistent
+    video."""
     from glscl.shortlist import quantize_int8, dequantize_int8
     if dtype not in DTYPES: raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    x = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in enc.items() if k in ('frames', 'mask', 'query')}
+    x = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in enc.items()
+         if k in ('frames', 'mask', 'query')}
     out = dict(mask=x['mask'].astype(np.bool_))
     for k in ('frames', 'query'):
         if k not in x: continue
         if dtype == 'int8': out[k], out[f'{k}_scale'] = quantize_int8(x[k])
         else: out[k] = x[k].astype(dtype)
-    f = torch.from_numpy(dequantize_int8(out['frames'], out['frames_scale']) if dtype == 'int8' else out['frames'].astype(np.float32))
+    f = torch.from_numpy(dequantize_int8(out['frames'], out['frames_scale']) if dtype == 'int8'
+                         else out['frames'].astype(np.float32))
     out['gram'] = (f @ f.transpose(1, 2)).numpy().astype(np.float16 if dtype == 'int8' else dtype)
     return out
 
@@ -161,7 +184,8 @@ def _stamp(p: Path) -> list:
 
 # %% ../nbs/18a_video_index.ipynb #ce5a0913
 def _new_generation(self: VideoIndex, progress: bool = True) -> dict:
-    "`update`'s work, under its lock: encode what is new or changed, write the next generation, switch index.json to it."
+    """`update`'s work, under its lock: encode what is new or changed, write the next generation, switch index.json to
+    it."""
     folder = Path(self.meta['folder'])
     stamps, files, skipped = dict(self.meta.get('stamps') or {}), list(self.files), list(self.meta['skipped'])
     on_disk = {f: _stamp(folder/f) for f in list_videos(folder)}
@@ -171,7 +195,8 @@ def _new_generation(self: VideoIndex, progress: bool = True) -> dict:
     new = [f for f in on_disk if f not in set(files) | set(skipped)]
     gone_skips = [f for f in skipped if f not in on_disk]
     todo = new + changed + retry
-    if not (todo or removed or gone_skips) and self.meta.get('generation'): return dict(added=0, updated=0, removed=0, skipped=0, total=len(files))
+    if not (todo or removed or gone_skips) and self.meta.get('generation'):
+        return dict(added=0, updated=0, removed=0, skipped=0, total=len(files))
     enc, kept, failed = encode_folder(self.model, folder, todo, progress) if todo else ({}, [], [])
     keep = [i for i, f in enumerate(files) if f in on_disk and f not in set(changed)]
     new_arrays = store_arrays(enc, self.meta['dtype']) if kept else {}
@@ -180,7 +205,8 @@ def _new_generation(self: VideoIndex, progress: bool = True) -> dict:
     gen.mkdir(parents=True)
     arrays = {}
     for k in ARRAYS:
-        parts = ([np.asarray(self.arrays[k][keep])] if keep and k in self.arrays else []) + ([new_arrays[k]] if k in new_arrays else [])
+        parts = (([np.asarray(self.arrays[k][keep])] if keep and k in self.arrays else [])
+                 + ([new_arrays[k]] if k in new_arrays else []))
         if not parts: continue
         x, f = np.concatenate(parts), gen/f'{k}.npy'
         with open(f, 'wb') as fh: np.save(fh, x, allow_pickle=False); fh.flush(); os.fsync(fh.fileno())
@@ -188,11 +214,12 @@ def _new_generation(self: VideoIndex, progress: bool = True) -> dict:
     new_files = [files[i] for i in keep] + kept
     sl = _carry_shortlist(self, gen, keep, len(files))
     new_skipped = [f for f in skipped if f in on_disk and f not in retry] + failed
-    meta = dict(self.meta, format=INDEX_FORMAT, generation=gen.name, files=new_files, skipped=new_skipped, arrays=arrays, shortlist=sl is not None,
-                stamps={f: on_disk[f] for f in new_files + new_skipped})
+    meta = dict(self.meta, format=INDEX_FORMAT, generation=gen.name, files=new_files, skipped=new_skipped,
+                arrays=arrays, shortlist=sl is not None, stamps={f: on_disk[f] for f in new_files + new_skipped})
     atomic_write(self.path/'index.json', lambda fh: fh.write(json.dumps(meta, indent=1).encode()))   # the one switch
-    self.meta, self.arrays, self.shortlist = meta, _load_arrays(self.path, meta), (_open_shortlist(self.path, meta) if sl is not None else None)
-    for p in self.path.iterdir():                                      # older generations, unfinished ones, format-1 arrays
+    self.meta, self.arrays, self.shortlist = meta, _load_arrays(self.path, meta), (_open_shortlist(self.path, meta)
+                                                                                   if sl is not None else None)
+    for p in self.path.iterdir():   # older generations, unfinished ones, format-1 arrays
         if p.is_dir() and GENERATION.fullmatch(p.name) and p.name != gen.name: shutil.rmtree(p, ignore_errors=True)
         elif p.is_file() and p.name in {f'{k}.npy' for k in ARRAYS}: p.unlink()
     ch = set(changed)
@@ -206,11 +233,11 @@ def _update(self: VideoIndex, progress: bool = True) -> dict:
     """Bring the index up to date with its folder: encode new files and files whose size or modification time changed,
     drop files that are gone (unreadable files are skipped, logged and counted, and tried again once they change).
     All or nothing: the arrays go to a new generation folder, then index.json is switched to it by one atomic rename and
-    the old generation removed; a crash at any point leaves the old index whole. One writer at a time. Returns the counts
-    (added, updated, removed, skipped, total)."""
+    the old generation removed; a crash at any point leaves the old index whole. One writer at a time. Returns the
+    counts (added, updated, removed, skipped, total)."""
     if self.model is None: raise ValueError("no model attached: VideoIndex.load(path, model) first")
     with folder_lock(self.path, 'search index'):
-        if self.meta.get('generation') and (self.path/'index.json').is_file():       # another process may have updated it
+        if self.meta.get('generation') and (self.path/'index.json').is_file():   # another process may have updated it
             disk = _read_meta(self.path/'index.json')
             if disk.get('generation') != self.meta['generation']:
                 self.meta, self.arrays = disk, _load_arrays(self.path, disk)
@@ -225,7 +252,8 @@ def _block_vectors(arrays: dict, kind: str, sim_lambda: float, sel) -> tuple:
     from glscl.shortlist import shortlist_vectors
     vb = float_block({k: a for k, a in arrays.items() if k != 'gram'}, sel)
     rows = np.arange(len(arrays['mask']))[sel]
-    v, ids = shortlist_vectors(vb['frames'].numpy(), vb['mask'].numpy(), vb['query'].numpy() if 'query' in vb else None, kind, sim_lambda)
+    v, ids = shortlist_vectors(vb['frames'].numpy(), vb['mask'].numpy(), vb['query'].numpy() if 'query' in vb else None,
+                               kind, sim_lambda)
     N = vb['mask'].shape[1]
     return v, (rows[ids // N] * N + ids % N if kind == 'frames' else rows[ids])
 
@@ -233,7 +261,8 @@ def _block_vectors(arrays: dict, kind: str, sim_lambda: float, sel) -> tuple:
 def _fill(sl, arrays: dict, start: int = 0, progress: bool = True, block: int = 65536):
     "Add the shortlist vectors of the stored rows `start:` to `sl`, block by block."
     from tqdm.auto import tqdm as _tq
-    for j in _tq(range(start, len(arrays['mask']), block), desc='adding to the shortlist', disable=not progress, leave=False):
+    for j in _tq(range(start, len(arrays['mask']), block), desc='adding to the shortlist',
+                 disable=not progress, leave=False):
         sl.add(*_block_vectors(arrays, sl.meta['kind'], sl.meta['sim_lambda'], slice(j, j + block)), progress=False)
     return sl
 
@@ -271,27 +300,32 @@ def _damaged(path, why: str) -> ValueError:
 def _read_meta(p: Path) -> dict:
     "index.json (plain JSON: nothing in it can run), or an error naming the file."
     try: meta = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise _damaged(p.parent, f"{p} is not JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(p.parent, f"{p} is not JSON ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(meta, dict): raise _damaged(p.parent, f"{p} is not a JSON object")
     return meta
 
 # %% ../nbs/18a_video_index.ipynb #276d2a22
 def _array_dir(path: Path, meta: dict) -> Path:
-    "Where the arrays live: the generation folder that index.json points to (the folder itself for a glscl-index-1 index)."
+    """Where the arrays live: the generation folder that index.json points to (the folder itself for a glscl-index-1
+    index)."""
     g = meta.get('generation')
     if g is None and meta.get('format') == 'glscl-index-1': return path
-    if not isinstance(g, str) or not GENERATION.fullmatch(g): raise _damaged(path, f"{path/'index.json'}: generation {g!r} is not gen-NNNNNN")
+    if not isinstance(g, str) or not GENERATION.fullmatch(g):
+        raise _damaged(path, f"{path/'index.json'}: generation {g!r} is not gen-NNNNNN")
     return path/g
 
 # %% ../nbs/18a_video_index.ipynb #27309ed4
 def _load_arrays(path: Path, meta: dict, mmap: bool = True) -> dict:
-    "The index's .npy arrays, read without pickle (an object array is refused: it could run code), or an error naming the file."
+    """The index's .npy arrays, read without pickle (an object array is refused: it could run code), or an error naming
+    the file."""
     d, out = _array_dir(path, meta), {}
     for k in ARRAYS:
         f = d/f'{k}.npy'
         if not f.is_file(): continue
         try: out[k] = np.load(f, mmap_mode='r' if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e: raise _damaged(path, f"{f} cannot be read as an array ({type(e).__name__}: {str(e)[:120]})") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise _damaged(path, f"{f} cannot be read as an array ({type(e).__name__}: {str(e)[:120]})") from None
     return out
 
 # %% ../nbs/18a_video_index.ipynb #18af90c1
@@ -303,46 +337,65 @@ def _sha256(f: Path) -> str:
 
 # %% ../nbs/18a_video_index.ipynb #9b3bddb0
 def check_index(path, meta: dict, arrays: dict, verify: bool = True):
-    """Refuse an index whose parts disagree, naming the file: index.json's file lists, each array's rows, shape and dtype
-    (against index.json and each other), and with `verify` each array's checksum written at build time and its values
-    (no NaN or inf; every video has a valid frame)."""
+    """Refuse an index whose parts disagree, naming the file: index.json's file lists, each array's rows, shape and
+    dtype (against index.json and each other), and with `verify` each array's checksum written at build time and its
+    values (no NaN or inf; every video has a valid frame)."""
     path = Path(path); j = path/'index.json'
     files, skipped = meta.get('files'), meta.get('skipped')
     if not (isinstance(files, list) and all(isinstance(f, str) and f for f in files) and len(set(files)) == len(files)):
         raise _damaged(path, f"{j}: 'files' is not a list of distinct file names")
-    if not (isinstance(skipped, list) and all(isinstance(f, str) for f in skipped)): raise _damaged(path, f"{j}: 'skipped' is not a list of file names")
+    if not (isinstance(skipped, list) and all(isinstance(f, str) for f in skipped)):
+        raise _damaged(path, f"{j}: 'skipped' is not a list of file names")
     if meta.get('dtype') not in DTYPES: raise _damaged(path, f"{j}: dtype {meta.get('dtype')!r} is not one of {DTYPES}")
     for k in ('model_id', 'folder'):
-        if not isinstance(meta.get(k), str) or not meta[k]: raise _damaged(path, f"{j}: no {k} (the model that built it, the video folder)")
+        if not isinstance(meta.get(k), str) or not meta[k]:
+            raise _damaged(path, f"{j}: no {k} (the model that built it, the video folder)")
     d, V, want = _array_dir(path, meta), len(files), meta.get('arrays')
     need = set(want) if isinstance(want, dict) else ({'frames', 'mask'} if V else set())
     for k in sorted(need - set(arrays)): raise _damaged(path, f"{d/(k + '.npy')} is missing (index.json lists it)")
-    for k in sorted(set(arrays) - need - {'gram', 'query'}): raise _damaged(path, f"{d/(k + '.npy')} is not listed in {j}")
+    for k in sorted(set(arrays) - need - {'gram', 'query'}):
+        raise _damaged(path, f"{d/(k + '.npy')} is not listed in {j}")
     if meta['dtype'] == 'int8':
-        for k in sorted(({'frames_scale'} | ({'query_scale'} if 'query' in arrays else set())) - set(arrays)): raise _damaged(path, f"{d/(k + '.npy')} is missing (an int8 index needs it)")
+        for k in sorted(({'frames_scale'} | ({'query_scale'} if 'query' in arrays else set())) - set(arrays)):
+            raise _damaged(path, f"{d/(k + '.npy')} is missing (an int8 index needs it)")
     a = arrays
     for k, x in a.items():
         f = d/f'{k}.npy'
-        dt = np.dtype(np.bool_) if k == 'mask' else np.dtype(np.float16 if k.endswith('_scale') or (k == 'gram' and meta['dtype'] == 'int8') else meta['dtype'])
+        dt = (np.dtype(np.bool_) if k == 'mask'
+              else np.dtype(np.float16 if k.endswith('_scale') or (k == 'gram' and meta['dtype'] == 'int8')
+                            else meta['dtype']))
         nd = 2 if k == 'mask' or k.endswith('_scale') else 3
         if x.dtype != dt or x.ndim != nd or x.shape[0] != V:
-            raise _damaged(path, f"{f}: {x.dtype} {tuple(x.shape)}, but index.json holds {V} files as {dt} arrays of {nd} dimensions")
+            raise _damaged(path,
+                           f"{f}: {x.dtype} {tuple(x.shape)}, but index.json holds {V} files as {dt} arrays of {nd} "
+                           "dimensions")
         if isinstance(want, dict) and k in want:
             w = want[k]
             if list(x.shape) != list(w.get('shape', [])) or str(x.dtype) != w.get('dtype'):
-                raise _damaged(path, f"{f}: {x.dtype} {tuple(x.shape)}, but index.json says {w.get('dtype')} {tuple(w.get('shape', []))}")
-            if verify and _sha256(f) != w.get('sha256'): raise _damaged(path, f"{f}: its checksum differs from the one written when it was built")
+                raise _damaged(path,
+                               f"{f}: {x.dtype} {tuple(x.shape)}, but index.json says {w.get('dtype')} "
+                               f"{tuple(w.get('shape', []))}")
+            if verify and _sha256(f) != w.get('sha256'):
+                raise _damaged(path, f"{f}: its checksum differs from the one written when it was built")
     if 'frames' in a and 'mask' in a:
         N = a['frames'].shape[1]
-        if a['mask'].shape[1] != N: raise _damaged(path, f"{d/'mask.npy'}: {a['mask'].shape[1]} frame slots, frames.npy has {N}")
-        if 'gram' in a and a['gram'].shape[1:] != (N, N): raise _damaged(path, f"{d/'gram.npy'}: shape {a['gram'].shape}, needs [{V}, {N}, {N}]")
-        if 'query' in a and a['query'].shape[2] != a['frames'].shape[2]: raise _damaged(path, f"{d/'query.npy'}: width {a['query'].shape[2]}, frames.npy has {a['frames'].shape[2]}")
+        if a['mask'].shape[1] != N:
+            raise _damaged(path, f"{d/'mask.npy'}: {a['mask'].shape[1]} frame slots, frames.npy has {N}")
+        if 'gram' in a and a['gram'].shape[1:] != (N, N):
+            raise _damaged(path, f"{d/'gram.npy'}: shape {a['gram'].shape}, needs [{V}, {N}, {N}]")
+        if 'query' in a and a['query'].shape[2] != a['frames'].shape[2]:
+            raise _damaged(path, f"{d/'query.npy'}: width {a['query'].shape[2]}, frames.npy has {a['frames'].shape[2]}")
         for k, of in (('frames_scale', 'frames'), ('query_scale', 'query')):
-            if k in a and of in a and a[k].shape != a[of].shape[:2]: raise _damaged(path, f"{d/(k + '.npy')}: shape {a[k].shape}, needs {a[of].shape[:2]}")
+            if k in a and of in a and a[k].shape != a[of].shape[:2]:
+                raise _damaged(path, f"{d/(k + '.npy')}: shape {a[k].shape}, needs {a[of].shape[:2]}")
     if not verify: return
     for k, x in a.items():
         for s in range(0, V, 4096):
             blk = np.asarray(x[s:s + 4096])
-            if k == 'mask' and not blk.any(1).all(): raise _damaged(path, f"{d/'mask.npy'}: a video with no valid frame (row {s + int(np.argmin(blk.any(1)))})")
+            if k == 'mask' and not blk.any(1).all():
+                raise _damaged(path,
+                               f"{d/'mask.npy'}: a video with no valid frame (row {s + int(np.argmin(blk.any(1)))})")
             if k != 'mask' and not np.isfinite(blk).all():
-                raise _damaged(path, f"{d/(k + '.npy')}: NaN or inf in the row of {files[s + int(np.argmin(np.isfinite(blk).reshape(len(blk), -1).all(1)))]}")
+                raise _damaged(path,
+                               f"{d/(k + '.npy')}: NaN or inf in the row of "
+                               f"{files[s + int(np.argmin(np.isfinite(blk).reshape(len(blk), -1).all(1)))]}")

@@ -7,7 +7,8 @@ three losses, and cacheable per-item encodings that rank any number of texts aga
 __all__ = ['HEADS', 'GLSCL', 'check_finite_slots', 'pad_frame_slots', 'check_finite_rows']
 
 # %% ../nbs/11b_model.ipynb #88aa7ca6
-import torch, torch.nn as nn
+import torch
+import torch.nn as nn
 from fastcore.basics import patch
 from .clip import load_clip, ClipEncoder, TemporalTransformer, cast_released_fp16
 import glscl.tinyclip          # registers the course's glscl-tiny and its 'toy' weights with open_clip (06_tiny_clip)
@@ -17,7 +18,8 @@ from .losses import contrastive_loss, inter_consistency_loss, intra_diversity_lo
 
 # %% ../nbs/11b_model.ipynb #262bdfb7
 from .config import CHOICES
-HEADS = CHOICES['head']     # GLSCL; CLIP4Clip's meanP; CLIP4Clip's seqTransf (meanP after the temporal transformer), declared with `head`
+HEADS = CHOICES['head']     # GLSCL; CLIP4Clip's meanP; CLIP4Clip's seqTransf (meanP after the temporal transformer),
+                            # declared with `head`
 
 class GLSCL(nn.Module):
     "GLSCL: CLIP + temporal transformer + GIM (Sim1) + shared LIM (Sim2), trained with NCE + ICL + IDL."
@@ -25,16 +27,20 @@ class GLSCL(nn.Module):
         super().__init__()
         if cfg.head not in HEADS: raise ValueError(f"head={cfg.head!r}: use one of {HEADS}")
         self.cfg = cfg
-        self.clip = encoder if encoder is not None else load_clip(cfg.clip_model, cfg.clip_pretrained, precision=cfg.precision)
+        self.clip = (encoder if encoder is not None
+                     else load_clip(cfg.clip_model, cfg.clip_pretrained, precision=cfg.precision))
         D = self.clip.embed_dim
         self.temporal = self.lim = None                  # meanP has neither, seqTransf no LIM
-        if cfg.head in ('glscl', 'seqtransf') and cfg.tt_layers:      # tt_layers 0: CLIP's frame features as they are (zero-shot search)
+        # tt_layers 0: CLIP's frame features as they are (zero-shot search)
+        if cfg.head in ('glscl', 'seqtransf') and cfg.tt_layers:
             if cfg.tt_init == 'clip': self.temporal = TemporalTransformer.from_clip(self.clip, cfg.tt_layers)
-            elif cfg.tt_init == 'random': self.temporal = TemporalTransformer(D, cfg.tt_layers, max(1, D // 64), max(cfg.max_frames, 32))
+            elif cfg.tt_init == 'random':
+                self.temporal = TemporalTransformer(D, cfg.tt_layers, max(1, D // 64), max(cfg.max_frames, 32))
             else: raise ValueError(f"tt_init={cfg.tt_init!r}: use 'clip' or 'random'")
         if cfg.precision == 'released-fp16' and self.clip.model.visual.conv1.weight.dtype != torch.float16:
             cast_released_fp16(self.clip)                # CLIP's weights in fp16 the released way; the heads stay fp32
-        if cfg.grad_checkpointing: self.clip.model.set_grad_checkpointing(True)   # open_clip recomputes each tower block in the backward
+        # open_clip recomputes each tower block in the backward
+        if cfg.grad_checkpointing: self.clip.model.set_grad_checkpointing(True)
         if cfg.freeze_visual:                            # frame features then depend on the video only
             for p in self.clip.model.visual.parameters(): p.requires_grad_(False)
         if cfg.freeze_conv1: self.clip.model.visual.conv1.weight.requires_grad_(False)   # the released recipe
@@ -42,8 +48,9 @@ class GLSCL(nn.Module):
             for m in self.temporal.modules():            # the released temporal transformer's TF-style LayerNorm
                 if isinstance(m, nn.LayerNorm): m.eps = 1e-12
         if self.uses_lim:
-            self.lim = LocalInteraction(D, cfg.n_queries, cfg.lim_layers, cfg.lim_heads, cfg.lim_ff_dim, cfg.lim_dropout,
-                                        share_queries=cfg.share_queries, share_decoder=cfg.share_decoder)
+            self.lim = LocalInteraction(D, cfg.n_queries, cfg.lim_layers, cfg.lim_heads, cfg.lim_ff_dim,
+                                        cfg.lim_dropout, share_queries=cfg.share_queries,
+                                        share_decoder=cfg.share_decoder)
 
     @property
     def uses_lim(self) -> bool:
@@ -63,8 +70,9 @@ class GLSCL(nn.Module):
 # %% ../nbs/11b_model.ipynb #4a78e8f3
 @patch
 def encode_text(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor, queries: bool = True, tower: dict = None) -> dict:
-    """Per-text cache: eos [T,D], tokens [T,L,D], mask [T,L], query [T,K,D] (no query when LIM is unused or `queries=False`).
-    `tower`: `text_tower`'s output for these texts, computed beforehand (gradient caching), used instead of running it."""
+    """Per-text cache: eos [T,D], tokens [T,L,D], mask [T,L], query [T,K,D] (no query when LIM is unused or
+    `queries=False`). `tower`: `text_tower`'s output for these texts, computed beforehand (gradient caching), used
+    instead of running it."""
     t = tower if tower is not None else self.text_tower(ids, mask)
     out = dict(eos=t['eos'], tokens=t['tokens'], mask=mask)
     return self.add_queries(out, 'text') if queries else out
@@ -112,14 +120,17 @@ def encode_video(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, fe
 
 # %% ../nbs/11b_model.ipynb #6d9a81a3
 def _head_float(x: torch.Tensor) -> torch.Tensor:
-    "A tower's output in the heads' precision: 16-bit floats (the half CLIP, autocast) become float32; float32 and float64 stay."
+    """A tower's output in the heads' precision: 16-bit floats (the half CLIP, autocast) become float32; float32 and
+    float64 stay."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 # %% ../nbs/11b_model.ipynb #240ddbf4
 @patch
 def text_tower(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor) -> dict:
-    "CLIP's text tower alone: tokens [T,L,D] and eos [T,D] of token ids [T,L]. Each caption's output depends on it alone."
-    tokens, eos = self.clip.encode_text(ids, mask if self.cfg.official_compat else None)   # the released text mask hides pads
+    """CLIP's text tower alone: tokens [T,L,D] and eos [T,D] of token ids [T,L]. Each caption's output depends on it
+    alone."""
+    # the released text mask hides pads
+    tokens, eos = self.clip.encode_text(ids, mask if self.cfg.official_compat else None)
     return dict(tokens=_head_float(tokens), eos=_head_float(eos))
 
 # %% ../nbs/11b_model.ipynb #07fc5960
@@ -127,13 +138,15 @@ def text_tower(self: GLSCL, ids: torch.Tensor, mask: torch.Tensor) -> dict:
 def frame_tower(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, features: torch.Tensor = None) -> dict:
     """CLIP's image tower alone: frame features [V,N,D] (padded slots 0) and the frame mask [V,N], what the temporal
     transformer reads. `features` [V,N,D]: the frozen tower's features computed beforehand, read instead. With
-    `official_compat`, `max_frames` slots and zero images' features in the padded ones. Each video's output depends on it alone."""
+    `official_compat`, `max_frames` slots and zero images' features in the padded ones. Each video's output depends on
+    it alone."""
     vis = self.clip.model.visual
-    if features is not None and not self.cfg.official_compat: frames = None   # the pixels are not read: the features stand for them
+    # the pixels are not read: the features stand for them
+    if features is not None and not self.cfg.official_compat: frames = None
     elif frames.dtype == torch.uint8:                                    # uint8 pixels: CLIP's input, padded slots zero
         from glscl.video import normalize_frames
         frames = normalize_frames(frames) * frame_mask[..., None, None, None]
-    elif features is None:                                               # float pixels: real frames finite, padded slots zero
+    elif features is None:   # float pixels: real frames finite, padded slots zero
         check_finite_slots(frames, frame_mask, 'frames (pixels)')
         frames = torch.where(frame_mask[..., None, None, None], frames, frames.new_zeros(()))
     if features is not None:
@@ -142,38 +155,45 @@ def frame_tower(self: GLSCL, frames: torch.Tensor, frame_mask: torch.Tensor, fea
     if features is not None and any(p.requires_grad for p in vis.parameters()):
         raise ValueError("precomputed frame features need a frozen image tower (freeze_visual = true)")
     if not self.cfg.official_compat:                                     # padded slots are 0
-        return dict(frames=_head_float(features if features is not None else self.clip.encode_frames(frames, frame_mask)), mask=frame_mask)
+        return dict(frames=_head_float(features if features is not None
+                                       else self.clip.encode_frames(frames, frame_mask)), mask=frame_mask)
     if features is not None: features, _ = pad_frame_slots(features, frame_mask, self.cfg.max_frames)
     frames, frame_mask = pad_frame_slots(frames, frame_mask, self.cfg.max_frames)
-    if features is None: return dict(frames=_head_float(self.clip.encode_frames(frames)), mask=frame_mask)   # zero images through CLIP too
+    # zero images through CLIP too
+    if features is None: return dict(frames=_head_float(self.clip.encode_frames(frames)), mask=frame_mask)
     zero = _head_float(self.clip.encode_frames(frames.new_zeros(1, 1, *frames.shape[2:])))[0, 0]
     return dict(frames=torch.where(frame_mask[..., None], _head_float(features), zero), mask=frame_mask)
 
 # %% ../nbs/11b_model.ipynb #d9a9aa55
 @patch
 def tower_parameters(self: GLSCL, tower: str) -> list:
-    "The parameters that `text_tower` ('text') or `frame_tower` ('video') reads: CLIP's text or image tower (the logit scale is in neither)."
+    """The parameters that `text_tower` ('text') or `frame_tower` ('video') reads: CLIP's text or image tower (the logit
+    scale is in neither)."""
     m = self.clip.model
     if tower == 'video': return list(m.visual.parameters())
-    if tower == 'text': return [p for n, p in m.named_parameters() if not n.startswith('visual.') and n not in ('logit_scale', 'logit_bias')]
+    if tower == 'text': return [p for n, p in m.named_parameters() if not n.startswith('visual.')
+                                and n not in ('logit_scale', 'logit_bias')]
     raise ValueError(f"tower={tower!r}: use 'text' or 'video'")
 
 # %% ../nbs/11b_model.ipynb #08e51252
 def check_finite_rows(x: torch.Tensor, what: str, item: str = 'item'):
     "Raise a ValueError naming the rows (texts or videos) of `x [n, ...]` that hold NaN or inf."
     bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero().flatten().tolist()
-    if bad: raise ValueError(f"{what}: NaN or inf in {len(bad)} {item}(s), indices {bad[:8]}{' ...' if len(bad) > 8 else ''}; "
-                             "check the data or the encoder that produced them")
+    if bad:
+        raise ValueError(f"{what}: NaN or inf in {len(bad)} {item}(s), indices "
+                         f"{bad[:8]}{' ...' if len(bad) > 8 else ''}; check the data or the encoder that produced them")
 
 @patch
 def similarity(self: GLSCL, text: dict, video: dict, use_lim: bool = True, chunk_size: int = None) -> torch.Tensor:
-    """S [T,V] = Sim1 + lambda * Sim2 from `encode_text` / `encode_video` caches (the mean-pooling cosine with `head='meanp'` or
-    `'seqtransf'`), by the head `similarity_head` builds from the settings (11a), after checking the caches are finite."""
+    """S [T,V] = Sim1 + lambda * Sim2 from `encode_text` / `encode_video` caches (the mean-pooling cosine with
+    `head='meanp'` or `'seqtransf'`), by the head `similarity_head` builds from the settings (11a), after checking the
+    caches are finite."""
     c = self.cfg
     check_finite_rows(text['eos'], 'text features (eos)', 'text')
     check_finite_slots(video['frames'], video['mask'], 'video frame features')
     if c.head == 'glscl' and use_lim and c.sim_lambda:
-        check_finite_rows(text['query'], 'text query outputs', 'text'); check_finite_rows(video['query'], 'video query outputs', 'video')
+        check_finite_rows(text['query'], 'text query outputs', 'text')
+        check_finite_rows(video['query'], 'video query outputs', 'video')
     return similarity_head(c, use_lim, chunk_size)(text, video)
 
 # %% ../nbs/11b_model.ipynb #7c756fad
@@ -181,23 +201,27 @@ def similarity(self: GLSCL, text: dict, video: dict, use_lim: bool = True, chunk
 def forward(self: GLSCL, batch: dict, gather=None, towers: dict = None) -> dict:
     """Losses of a batch of matched pairs: dict(loss, nce, icl, idl), and with LIM the query outputs' collapse gauges
     `qcos_t`, `qcos_v` (`query_cosine` of each modality, detached: for the log, not the loss). `towers`: dict(text=...,
-    video=...) of `text_tower` / `frame_tower` outputs for this batch computed beforehand (gradient caching, notebook 13)."""
+    video=...) of `text_tower` / `frame_tower` outputs for this batch computed beforehand (gradient caching, notebook
+    13)."""
     c, towers = self.cfg, towers or {}
     lim_after = gather is not None and c.ddp_gather == 'released'    # the released code runs LIM on the gathered batch
     text = self.encode_text(batch['ids'], batch['mask'], queries=not lim_after, tower=towers.get('text'))
-    video = self.encode_video(batch['frames'], batch['frame_mask'], features=batch.get('frame_features'), queries=not lim_after,
-                              tower=towers.get('video'))
+    video = self.encode_video(batch['frames'], batch['frame_mask'], features=batch.get('frame_features'),
+                              queries=not lim_after, tower=towers.get('video'))
     if gather is not None:
-        video = dict(video, **dict(zip(('frames', 'mask'), pad_frame_slots(video['frames'], video['mask'], c.max_frames))))
+        video = dict(video,
+                     **dict(zip(('frames', 'mask'), pad_frame_slots(video['frames'], video['mask'], c.max_frames))))
         text, video = gather(text), gather(video)                    # every rank sees the global batch
     if lim_after: text, video = self.add_queries(text, 'text'), self.add_queries(video, 'video')
     sim = self.similarity(text, video)
     nce = contrastive_loss(sim, self.logit_scale)
     icl = idl = sim.new_zeros(())
     if 'query' in video:
-        if c.icl_weight: icl = c.icl_weight * inter_consistency_loss(video['query'], text['query'], c.icl_beta, c.icl_target, norm=c.icl_norm)
+        if c.icl_weight: icl = c.icl_weight * inter_consistency_loss(video['query'], text['query'], c.icl_beta,
+                                                                     c.icl_target, norm=c.icl_norm)
         if c.idl_alpha:
             idl = intra_diversity_loss(video['query'], c.idl_alpha, c.idl_margin)
             if c.idl_text: idl = idl + intra_diversity_loss(text['query'], c.idl_alpha, c.idl_margin)
-    gauges = {f'qcos_{m[0]}': query_cosine(x['query'].detach()) for m, x in (('text', text), ('video', video)) if 'query' in x}
+    gauges = {f'qcos_{m[0]}': query_cosine(x['query'].detach()) for m, x in (('text', text), ('video', video))
+              if 'query' in x}
     return dict(loss=nce + icl + idl, nce=nce, icl=icl, idl=idl, **gauges)

@@ -34,16 +34,20 @@ def dataset_from_config(cfg, split: str, uint8: bool = False, memo: dict = None,
     """The caption-video pairs of `split` of the preset's data set (`cfg.dataset`, `glscl.datasets.read_pairs`) under
     `cfg.anno_dir`, videos in `cfg.video_dir` found by the data set's naming, with the config's frame sampling,
     augmentation and seed; frames from the preset's frame cache when it has one. `uint8`, `memo`, `pixels`: as
-    `VideoTextDataset` takes them; `pairs`: the split's pairs when the caller has read them (`read_pairs(cfg, split)`)."""
-    return VideoTextDataset(read_pairs(cfg, split) if pairs is None else pairs, cfg.video_dir, max_words=cfg.max_words, max_frames=cfg.max_frames,
-                          fps=cfg.fps, image_size=cfg.image_size, frame_sampling=getattr(cfg, 'frame_sampling', 'glscl'),
-                          augment=getattr(cfg, 'augment', None), seed=getattr(cfg, 'seed', 0), video_path=video_lookup(cfg),
-                            uint8=uint8, memo=memo, frame_cache=_cache_of(cfg), pixels=pixels)
+    `VideoTextDataset` takes them; `pairs`: the split's pairs when the caller has read them (`read_pairs(cfg,
+    split)`)."""
+    return VideoTextDataset(read_pairs(cfg, split) if pairs is None else pairs, cfg.video_dir, max_words=cfg.max_words,
+                            max_frames=cfg.max_frames,
+                          fps=cfg.fps, image_size=cfg.image_size,
+                            frame_sampling=getattr(cfg, 'frame_sampling', 'glscl'),
+                          augment=getattr(cfg, 'augment', None), seed=getattr(cfg, 'seed', 0),
+                            video_path=video_lookup(cfg), uint8=uint8, memo=memo,
+                            frame_cache=_cache_of(cfg), pixels=pixels)
 
 # %% ../nbs/04b_preset_data.ipynb #f4b0a012
 def videos_from_config(cfg, video_ids, uint8: bool = False, memo: dict = None) -> VideoDataset:
-    """The videos `video_ids` of the preset, sampled and sized as it says (never augmented; from the frame cache when there
-    is one). `uint8`, `memo`: as `VideoDataset` takes them."""
+    """The videos `video_ids` of the preset, sampled and sized as it says (never augmented; from the frame cache when
+    there is one). `uint8`, `memo`: as `VideoDataset` takes them."""
     return VideoDataset(video_ids, cfg.video_dir, max_frames=cfg.max_frames, fps=cfg.fps, image_size=cfg.image_size,
                       frame_sampling=getattr(cfg, 'frame_sampling', 'glscl'), video_path=video_lookup(cfg),
                         uint8=uint8, memo=memo, frame_cache=_cache_of(cfg))

@@ -9,7 +9,9 @@ __all__ = ['SEARCH_BLOCK', 'EXHAUSTIVE_BELOW', 'DEFAULT_CANDIDATES', 'stored_blo
            'run_search', 'add_search_command', 'main']
 
 # %% ../nbs/18b_search.ipynb #b4121e73
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
 import numpy as np
 import torch
@@ -36,7 +38,8 @@ def _encode_query(self: VideoIndex, texts) -> dict:
 
 # %% ../nbs/18b_search.ipynb #4d3389d7
 def score_index(score, text: dict, arrays: dict, block: int = SEARCH_BLOCK) -> torch.Tensor:
-    "S [T, V]: `score` (a head, or its `one_query`) of `text` against every stored video, block by block (`score_blocks`, 11a)."
+    """S [T, V]: `score` (a head, or its `one_query`) of `text` against every stored video, block by block
+    (`score_blocks`, 11a)."""
     return score_blocks(score, text, stored_blocks(arrays, block))
 
 # %% ../nbs/18b_search.ipynb #1a80af92
@@ -58,15 +61,22 @@ def rerank(text: dict, arrays: dict, rows, similarity) -> tuple:
     return similarity(text, float_block(arrays, r))[0], r
 
 # %% ../nbs/18b_search.ipynb #14d406a4
-EXHAUSTIVE_BELOW = 50_000    # videos: below, a query scans them all (0.358 s measured at 100,000 float32, so about 0.18 s); above, the shortlist
-DEFAULT_CANDIDATES = 800     # the shortlist's size when none is given: recall@10 0.961 of exhaustive GLSCL at 1M videos, p50 14.5 ms (bench_search.py, its own queries)
+EXHAUSTIVE_BELOW = 50_000    # videos: below, a query scans them all (0.358 s measured at 100,000 float32, so about 0.18
+                             # s); above, the shortlist
+DEFAULT_CANDIDATES = 800     # the shortlist's size when none is given: recall@10 0.961 of exhaustive GLSCL at 1M
+                             # videos, p50 14.5 ms (bench_search.py, its own queries)
 
 def _choose(self: VideoIndex, path: str, candidates) -> str:
-    "Which path answers: `path` 'exhaustive' or 'shortlist', or 'auto': the shortlist when the index has one and holds at least `EXHAUSTIVE_BELOW` videos or `candidates` is given."
-    if path not in ('auto', 'exhaustive', 'shortlist'): raise ValueError(f"path={path!r}: use 'auto', 'exhaustive' or 'shortlist'")
+    """Which path answers: `path` 'exhaustive' or 'shortlist', or 'auto': the shortlist when the index has one and holds
+    at least `EXHAUSTIVE_BELOW` videos or `candidates` is given."""
+    if path not in ('auto', 'exhaustive', 'shortlist'):
+        raise ValueError(f"path={path!r}: use 'auto', 'exhaustive' or 'shortlist'")
     if path == 'shortlist' and self.shortlist is None:
-        raise ValueError(f"the index {self.path} has no shortlist: build one (VideoIndex.build_shortlist, or `glscl search --index {self.path} --build FOLDER --candidates N`)")
-    if path == 'auto': return 'shortlist' if self.shortlist is not None and (candidates or len(self) >= EXHAUSTIVE_BELOW) else 'exhaustive'
+        raise ValueError(f"the index {self.path} has no shortlist: build one (VideoIndex.build_shortlist, or `glscl "
+                         f"search --index {self.path} --build FOLDER --candidates N`)")
+    if path == 'auto':
+        return ('shortlist' if self.shortlist is not None and (candidates or len(self) >= EXHAUSTIVE_BELOW)
+                else 'exhaustive')
     return path
 
 # %% ../nbs/18b_search.ipynb #2490d0d8
@@ -88,7 +98,8 @@ def _search(self: VideoIndex, text: str, k: int = 5, candidates: int = None, pat
     else: s, rows = score_index(head.one_query, t, self.arrays)[0], np.arange(len(self))
     top = s.topk(min(int(k), len(s)))
     hits = rows[top.indices.numpy()].tolist()
-    vb = float_block({k_: self.arrays[k_] for k_ in ('frames', 'mask', 'frames_scale') if k_ in self.arrays}, np.asarray(hits, dtype=np.int64))
+    vb = float_block({k_: self.arrays[k_] for k_ in ('frames', 'mask', 'frames_scale') if k_ in self.arrays},
+                     np.asarray(hits, dtype=np.int64))
     m, w = vb['mask'], head.frame_weights(t, vb)                         # uniform for mean pooling
     self.last = dict(path=way, scored=len(s), videos=len(self), seconds=time.perf_counter() - t0)
     return [dict(file=self.files[i], score=float(sc), best_frame=int(w[0, r].argmax()), weights=w[0, r][m[r]].tolist())
@@ -97,10 +108,11 @@ def _search(self: VideoIndex, text: str, k: int = 5, candidates: int = None, pat
 VideoIndex.search = _search
 
 # %% ../nbs/18b_search.ipynb #8a4dcb61
-def _build_shortlist(self: VideoIndex, kind: str = 'frames', factory: str = None, progress: bool = True, max_train: int = 100_000):
-    """Train a FAISS shortlist on the index's videos (`shortlist_vectors` of `kind`: every frame by default, measured in 19, a fixed sample of at most
-    `max_train` rows) and add them all; saved beside the arrays (shortlist.faiss and its sidecar) and recorded in
-    index.json. Updates add new videos to it (no training again)."""
+def _build_shortlist(self: VideoIndex, kind: str = 'frames', factory: str = None, progress: bool = True,
+                     max_train: int = 100_000):
+    """Train a FAISS shortlist on the index's videos (`shortlist_vectors` of `kind`: every frame by default, measured in
+    19, a fixed sample of at most `max_train` rows) and add them all; saved beside the arrays (shortlist.faiss and its
+    sidecar) and recorded in index.json. Updates add new videos to it (no training again)."""
     from glscl.shortlist import Shortlist
     if not len(self): raise ValueError(f"the index {self.path} holds no video to build a shortlist of")
     with folder_lock(self.path, 'search index'):
@@ -108,7 +120,8 @@ def _build_shortlist(self: VideoIndex, kind: str = 'frames', factory: str = None
         lam = float(c.sim_lambda) if c is not None else 0.5
         sample = np.sort(np.random.default_rng(0).choice(V, min(V, max_train), replace=False))
         x, _ = _block_vectors(self.arrays, kind, lam, sample)
-        sl = Shortlist.train(x, kind, factory, n_frames=self.arrays['mask'].shape[1], sim_lambda=lam, max_train=max_train)
+        sl = Shortlist.train(x, kind, factory, n_frames=self.arrays['mask'].shape[1], sim_lambda=lam,
+                             max_train=max_train)
         _fill(sl, self.arrays, 0, progress)
         sl.save(_array_dir(self.path, self.meta)/'shortlist.faiss')
         meta = dict(self.meta, shortlist=True)
@@ -134,7 +147,8 @@ def zero_shot_config(preset: str = 'toy', clip_model: str = None, clip_pretraine
 def _model_for(args) -> GLSCL:
     from glscl.train import model_from_checkpoint
     if args.checkpoint:
-        if getattr(args, 'zero_shot', False): raise ValueError("--zero-shot uses CLIP as it is: leave out --checkpoint (or --zero-shot)")
+        if getattr(args, 'zero_shot', False):
+            raise ValueError("--zero-shot uses CLIP as it is: leave out --checkpoint (or --zero-shot)")
         return model_from_checkpoint(args.checkpoint, trust_pickle=getattr(args, 'trust_pickle', False))
     from glscl.config import load_config
     cfg = (zero_shot_config(args.preset, getattr(args, 'clip_model', None), getattr(args, 'clip_pretrained', None))
@@ -152,38 +166,57 @@ def run_search(args) -> int:
     if args.build:
         idx = VideoIndex.load(args.index, model) if (Path(args.index)/'index.json').is_file() else None
         if idx is not None and Path(args.build).resolve() != Path(idx.meta['folder']).resolve():
-            raise ValueError(f"the index {args.index} holds the videos of {idx.meta['folder']}, not of {Path(args.build).resolve()}: "
-                             f"build the index of {args.build} into another folder (--index NEW_FOLDER)")
-        if idx is None: idx = VideoIndex.build(args.build, model, args.index, 'float16' if args.float16 else args.dtype, progress=not args.quiet)
+            raise ValueError(f"the index {args.index} holds the videos of {idx.meta['folder']}, not of "
+                             f"{Path(args.build).resolve()}: build the index of {args.build} into another folder "
+                             "(--index NEW_FOLDER)")
+        if idx is None: idx = VideoIndex.build(args.build, model, args.index, 'float16' if args.float16 else args.dtype,
+                                               progress=not args.quiet)
         else: print("updated: " + ', '.join(f"{k} {v}" for k, v in idx.update(progress=not args.quiet).items()))
-        if idx.shortlist is None and len(idx) and (args.candidates or len(idx) >= EXHAUSTIVE_BELOW): idx.build_shortlist(progress=not args.quiet)
+        if idx.shortlist is None and len(idx) and (args.candidates or len(idx) >= EXHAUSTIVE_BELOW):
+            idx.build_shortlist(progress=not args.quiet)
     else: idx = VideoIndex.load(args.index, model)
     if not args.query: print(idx); return 0
     hits = idx.search(args.query, args.k, candidates=args.candidates or None, path=args.path)
     print(f"{'rank':>4}  {'score':>7}  {'best frame':>10}  file")
     for r, h in enumerate(hits, 1): print(f"{r:>4}  {h['score']:>7.4f}  {h['best_frame']:>10}  {h['file']}")
     L = idx.last
-    print(f"answered by the {L['path']} path: {L['scored']:,} of {L['videos']:,} videos scored exactly, {L['seconds'] * 1000:.1f} ms (with encoding the text)")
+    print(f"answered by the {L['path']} path: {L['scored']:,} of {L['videos']:,} videos scored exactly, "
+          f"{L['seconds'] * 1000:.1f} ms (with encoding the text)")
     return 0
 
 # %% ../nbs/18b_search.ipynb #d4603bc8
 def add_search_command(subparsers):
     "Register `search` on an argparse subparsers object (as glscl.cli does for its subcommands)."
     p = subparsers.add_parser('search', help='rank the videos of an index for a text query')
-    p.add_argument('query', nargs='?', default=None, help='the text to search for (omit to only build/describe the index)')
+    p.add_argument('query', nargs='?', default=None,
+                   help='the text to search for (omit to only build/describe the index)')
     p.add_argument('--index', required=True, help='the index folder')
     p.add_argument('-k', type=int, default=5, help='how many results')
     p.add_argument('--checkpoint', default=None, help='a trained glscl checkpoint (the model that built the index)')
-    p.add_argument('--trust-pickle', action='store_true', help='read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)')
-    p.add_argument('--preset', default='toy', help="without --checkpoint: this preset's model (toy CLIP, untrained heads)")
-    p.add_argument('--build', default=None, metavar='FOLDER', help='build the index from this folder of videos, or add its new files')
-    p.add_argument('--float16', action='store_true', help='store the index in float16 (half the disk and memory); same as --dtype float16')
-    p.add_argument('--dtype', default='float32', choices=DTYPES, help='how a new index stores the encodings (int8: a quarter of float32, for the re-rank of a large index)')
-    p.add_argument('--candidates', type=int, default=0, metavar='N', help=f'answer by the shortlist: re-rank its N best videos exactly (built with --build when missing); 0: the shortlist at {EXHAUSTIVE_BELOW:,} videos and more, {DEFAULT_CANDIDATES} candidates')
-    p.add_argument('--path', default='auto', choices=('auto', 'exhaustive', 'shortlist'), help='force the exhaustive scan or the shortlist')
-    p.add_argument('--zero-shot', action='store_true', help="no checkpoint, nothing trained: CLIP's raw frame features and GIM's Sim1 (no temporal transformer, no LIM)")
-    p.add_argument('--clip-model', default=None, help='with --zero-shot: an open_clip model name (default: the preset\'s)')
-    p.add_argument('--clip-pretrained', default=None, help='with --zero-shot: an open_clip pretrained tag or weights file (default: the preset\'s)')
+    p.add_argument('--trust-pickle', action='store_true',
+                   help='read a checkpoint of an older glscl (full pickle: it can run code; only a file you trust)')
+    p.add_argument('--preset', default='toy',
+                   help="without --checkpoint: this preset's model (toy CLIP, untrained heads)")
+    p.add_argument('--build', default=None, metavar='FOLDER',
+                   help='build the index from this folder of videos, or add its new files')
+    p.add_argument('--float16', action='store_true',
+                   help='store the index in float16 (half the disk and memory); same as --dtype float16')
+    p.add_argument('--dtype', default='float32', choices=DTYPES,
+                   help='how a new index stores the encodings (int8: a quarter of float32, for the re-rank of a large '
+                        'index)')
+    p.add_argument('--candidates', type=int, default=0, metavar='N',
+                   help='answer by the shortlist: re-rank its N best videos exactly (built with --build when '
+                        f'missing); 0: the shortlist at {EXHAUSTIVE_BELOW:,} videos and more, {DEFAULT_CANDIDATES} '
+                        'candidates')
+    p.add_argument('--path', default='auto', choices=('auto', 'exhaustive', 'shortlist'),
+                   help='force the exhaustive scan or the shortlist')
+    p.add_argument('--zero-shot', action='store_true',
+                   help="no checkpoint, nothing trained: CLIP's raw frame features and GIM's Sim1 (no temporal "
+                        "transformer, no LIM)")
+    p.add_argument('--clip-model', default=None,
+                   help='with --zero-shot: an open_clip model name (default: the preset\'s)')
+    p.add_argument('--clip-pretrained', default=None,
+                   help='with --zero-shot: an open_clip pretrained tag or weights file (default: the preset\'s)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.set_defaults(fn=run_search)
     return p

@@ -10,14 +10,17 @@ __all__ = ['SHORTLIST_FORMAT', 'KINDS', 'WORLD', 'CLUSTER_BLOCK', 'shortlist_vec
            'clustered_texts', 'encoding_stats']
 
 # %% ../nbs/19_shortlist.ipynb #71a8b13e
-import hashlib, json, os
+import hashlib
+import json
+import os
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 from .config import atomic_write
 
 SHORTLIST_FORMAT = 'glscl-shortlist-1'
-KINDS = ('mean', 'frames', 'mean+query')      # one vector per video; one per frame; the mean with the query outputs beside it
+# one vector per video; one per frame; the mean with the query outputs beside it
+KINDS = ('mean', 'frames', 'mean+query')
 
 # %% ../nbs/19_shortlist.ipynb #33a327cd
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -27,8 +30,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def shortlist_vectors(frames, mask, query=None, kind: str = 'mean', sim_lambda: float = 0.5) -> tuple:
     """(vectors [n, d] float32, ids [n] int64) that stand for the videos `frames [V,N,D]`, `mask [V,N]` (and LIM's
     `query [V,K,D]`) in the shortlist: 'mean' one unit mean of the valid frames per video (id = row); 'frames' every
-    valid frame, unit length (id = row * N + slot); 'mean+query' the unit mean beside sqrt(lambda / K) times the flattened
-    query outputs, so that the inner product with `query_vectors` is meanP's cosine + lambda Sim2."""
+    valid frame, unit length (id = row * N + slot); 'mean+query' the unit mean beside sqrt(lambda / K) times the
+    flattened query outputs, so that the inner product with `query_vectors` is meanP's cosine + lambda Sim2."""
     if kind not in KINDS: raise ValueError(f"kind={kind!r}: use one of {KINDS}")
     f, m = np.asarray(frames, dtype=np.float32), np.asarray(mask, dtype=bool)
     V, N, D = f.shape
@@ -42,7 +45,8 @@ def shortlist_vectors(frames, mask, query=None, kind: str = 'mean', sim_lambda: 
     return np.concatenate([mean, q.reshape(V, -1) * np.sqrt(sim_lambda / q.shape[1])], 1).astype(np.float32), ids
 
 def query_vectors(eos, query=None, kind: str = 'mean', sim_lambda: float = 0.5) -> np.ndarray:
-    "The texts' side of `shortlist_vectors`: unit EOS features [T, D] (with 'mean+query', beside the flattened query outputs)."
+    """The texts' side of `shortlist_vectors`: unit EOS features [T, D] (with 'mean+query', beside the flattened query
+    outputs)."""
     t = _unit(np.asarray(eos, dtype=np.float32))
     if kind != 'mean+query' or query is None or not sim_lambda: return t
     q = np.asarray(query, dtype=np.float32)
@@ -63,7 +67,8 @@ def dequantize_int8(codes, scale) -> np.ndarray:
     return np.asarray(codes, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[..., None]
 
 # %% ../nbs/19_shortlist.ipynb #913c8520
-_FOURCC = {b'IwPf', b'IPfs', b'IwPQ', b'IwFl', b'IwSQ', b'IwFQ', b'IHNf', b'IHNp', b'IxFI', b'IxF2', b'IxMp', b'IxM2', b'IxPT', b'IxPQ', b'IwRQ', b'IvPQ'}
+_FOURCC = {b'IwPf', b'IPfs', b'IwPQ', b'IwFl', b'IwSQ', b'IwFQ', b'IHNf', b'IHNp', b'IxFI', b'IxF2', b'IxMp', b'IxM2',
+           b'IxPT', b'IxPQ', b'IwRQ', b'IvPQ'}
 
 class ShortlistDamaged(ValueError):
     "A shortlist file that is not the one its sidecar describes (damaged, foreign or half-copied)."
@@ -88,7 +93,8 @@ class Shortlist:
         self.index, self.meta = index, meta
 
     def __len__(self): return int(self.index.ntotal)
-    def __repr__(self): return f"Shortlist({self.meta['factory']}, {self.meta['kind']}, {len(self)} vectors of {self.meta['d']})"
+    def __repr__(self):
+        return f"Shortlist({self.meta['factory']}, {self.meta['kind']}, {len(self)} vectors of {self.meta['d']})"
 
     @classmethod
     def train(cls, vectors, kind: str = 'mean', factory: str = None, n_frames: int = 1, sim_lambda: float = 0.5,
@@ -106,13 +112,14 @@ class Shortlist:
             for c in _clusterings(index): c.seed = seed
             index.train(x)
         if faiss.try_extract_index_ivf(index) is None: index = faiss.IndexIDMap2(index)
-        return cls(index, dict(format=SHORTLIST_FORMAT, kind=kind, factory=factory, d=int(x.shape[1]), n_frames=int(n_frames),
-                               sim_lambda=float(sim_lambda), faiss=faiss.__version__))
+        return cls(index, dict(format=SHORTLIST_FORMAT, kind=kind, factory=factory, d=int(x.shape[1]),
+                               n_frames=int(n_frames), sim_lambda=float(sim_lambda), faiss=faiss.__version__))
 
     def add(self, vectors, ids, progress: bool = True, chunk: int = 65536, desc: str = 'adding to the shortlist'):
         "Add `vectors` with their int64 `ids` (from `shortlist_vectors`), in chunks, with a progress bar."
         for j in tqdm(range(0, len(vectors), chunk), desc=desc, disable=not progress, leave=False):
-            self.index.add_with_ids(np.ascontiguousarray(vectors[j:j + chunk], dtype=np.float32), np.ascontiguousarray(ids[j:j + chunk], dtype=np.int64))
+            self.index.add_with_ids(np.ascontiguousarray(vectors[j:j + chunk], dtype=np.float32),
+                                    np.ascontiguousarray(ids[j:j + chunk], dtype=np.int64))
         return self
 
     def set_search(self, nprobe: int = None, ef: int = None):
@@ -152,7 +159,8 @@ class Shortlist:
 
 # %% ../nbs/19_shortlist.ipynb #636ec0b4
 def _clusterings(index) -> list:
-    "The k-means settings (ClusteringParameters) inside `index` that FAISS trains with: the coarse quantizer's, the PQ's."
+    """The k-means settings (ClusteringParameters) inside `index` that FAISS trains with: the coarse quantizer's, the
+    PQ's."""
     import faiss
     out, ivf = [], faiss.try_extract_index_ivf(index)
     if ivf is not None: out.append(ivf.cp)
@@ -161,67 +169,85 @@ def _clusterings(index) -> list:
     return out
 
 def _refuse(f, why: str) -> ShortlistDamaged:
-    return ShortlistDamaged(f"{why}: the shortlist {f} is damaged or foreign; rebuild it (VideoIndex.build_shortlist, or "
-                            f"`glscl search --index INDEX --build VIDEO_FOLDER --candidates N`)")
+    return ShortlistDamaged(f"{why}: the shortlist {f} is damaged or foreign; rebuild it (VideoIndex.build_shortlist, "
+                            f"or `glscl search --index INDEX --build VIDEO_FOLDER --candidates N`)")
 
 def _save(self: Shortlist, path) -> Path:
     """Write the FAISS index to `path` and the sidecar `path`.json (format, kind, factory, width, count, size and sha256
-    of the FAISS file), each to a temporary file renamed into place; the sidecar last, so it only describes a whole file."""
+    of the FAISS file), each to a temporary file renamed into place; the sidecar last, so it only describes a whole
+    file."""
     import faiss
     path = Path(path)
     atomic_write(path, lambda fh: faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write)))
-    self.meta = dict(self.meta, ntotal=len(self), bytes=path.stat().st_size, sha256=_sha256(path), fourcc=path.read_bytes()[:4].decode('latin-1'))
+    self.meta = dict(self.meta, ntotal=len(self), bytes=path.stat().st_size, sha256=_sha256(path),
+                     fourcc=path.read_bytes()[:4].decode('latin-1'))
     atomic_write(path.with_name(path.name + '.json'), lambda fh: fh.write(json.dumps(self.meta, indent=1).encode()))
     return path
 
 def _load(cls, path, mmap: bool = True, verify: bool = True) -> Shortlist:
     """Open a shortlist written by `save`, refused (naming the file and the fix) unless its sidecar is ours and its
-    size, header and checksum (`verify`) match; FAISS reads it (`mmap` asks FAISS to map it: IVF fast-scan lists are read into memory all the same), then
-    the width and count are checked against the sidecar. FAISS's reader parses a binary layout; it runs no code from the file."""
+    size, header and checksum (`verify`) match; FAISS reads it (`mmap` asks FAISS to map it: IVF fast-scan lists are
+    read into memory all the same), then the width and count are checked against the sidecar. FAISS's reader parses a
+    binary layout; it runs no code from the file."""
     import faiss
     path = Path(path); side = path.with_name(path.name + '.json')
-    if not path.is_file(): raise FileNotFoundError(f"no shortlist {path}; build one (VideoIndex.build_shortlist, or `glscl search --build ... --candidates N`)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no shortlist {path}; build one (VideoIndex.build_shortlist, or `glscl search --build "
+                                "... --candidates N`)")
     if not side.is_file(): raise _refuse(path, f"its sidecar {side} is missing (a FAISS file glscl did not write)")
     try: meta = json.loads(side.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise _refuse(path, f"{side} is not JSON ({type(e).__name__})") from None
-    if not isinstance(meta, dict) or meta.get('format') != SHORTLIST_FORMAT: raise _refuse(path, f"{side} is not a {SHORTLIST_FORMAT} sidecar")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _refuse(path, f"{side} is not JSON ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or meta.get('format') != SHORTLIST_FORMAT:
+        raise _refuse(path, f"{side} is not a {SHORTLIST_FORMAT} sidecar")
     size = path.stat().st_size
     with open(path, 'rb') as fh: head = fh.read(4)
-    if size != meta.get('bytes'): raise _refuse(path, f"{path} holds {size} bytes, its sidecar says {meta.get('bytes')}")
-    if head not in _FOURCC or head.decode('latin-1') != meta.get('fourcc'): raise _refuse(path, f"{path} starts with {head!r}, not the FAISS index header {meta.get('fourcc')!r} its sidecar names")
-    if verify and _sha256(path) != meta.get('sha256'): raise _refuse(path, f"{path}: its checksum differs from the one its sidecar holds")
+    if size != meta.get('bytes'):
+        raise _refuse(path, f"{path} holds {size} bytes, its sidecar says {meta.get('bytes')}")
+    if head not in _FOURCC or head.decode('latin-1') != meta.get('fourcc'):
+        raise _refuse(
+            path, f"{path} starts with {head!r}, not the FAISS index header {meta.get('fourcc')!r} its sidecar names")
+    if verify and _sha256(path) != meta.get('sha256'):
+        raise _refuse(path, f"{path}: its checksum differs from the one its sidecar holds")
     try: index = faiss.read_index(str(path), (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else 0)
-    except RuntimeError as e: raise _refuse(path, f"FAISS cannot read {path} ({str(e).splitlines()[0][:120]})") from None
+    except RuntimeError as e:
+        raise _refuse(path, f"FAISS cannot read {path} ({str(e).splitlines()[0][:120]})") from None
     if index.d != meta.get('d') or index.ntotal != meta.get('ntotal'):
-        raise _refuse(path, f"{path} holds {index.ntotal} vectors of width {index.d}, its sidecar says {meta.get('ntotal')} of {meta.get('d')}")
+        raise _refuse(path,
+                      f"{path} holds {index.ntotal} vectors of width {index.d}, its sidecar says {meta.get('ntotal')} "
+                      f"of {meta.get('d')}")
     return cls(index, meta)
 
 Shortlist.save, Shortlist.load = _save, classmethod(_load)
 
 # %% ../nbs/19_shortlist.ipynb #dd91b939
 WORLD = dict(n_topics=1000, n_styles=8192, n_attrs=4, attr_vocab=8, n_events=3, frame_norm=44.4, text_norm=14.5,
-             v_common=2.0, v_event=3.2, v_noise=1.8, t_common=0.3, t_gap_cos=0.15, t_topic=0.3, t_event=1.0, t_noise=0.3,
-             q_common=0.2, q_topic=0.2, q_noise=1.0, full=0.8)
+             v_common=2.0, v_event=3.2, v_noise=1.8, t_common=0.3, t_gap_cos=0.15, t_topic=0.3,
+             t_event=1.0, t_noise=0.3, q_common=0.2, q_topic=0.2, q_noise=1.0, full=0.8)
 CLUSTER_BLOCK = 4096                                   # rows drawn together (any slice of rows is the same numbers)
 
-def clustered_world(n_videos: int, dim: int = 512, n_frames: int = 12, n_queries: int = 8, seed: int = 0, **params) -> dict:
+def clustered_world(n_videos: int, dim: int = 512, n_frames: int = 12, n_queries: int = 8,
+                    seed: int = 0, **params) -> dict:
     """The fixed part of a generated index with CLIP-like structure (the generator is written out in 19_shortlist): unit
-    directions for topics, styles, event atoms, a common video and a common text direction (CLIP's cone and modality gap),
-    per-query directions, and per video a topic (Zipf popularity), a style, `n_events` event atoms and its frame count."""
+    directions for topics, styles, event atoms, a common video and a common text direction (CLIP's cone and modality
+    gap), per-query directions, and per video a topic (Zipf popularity), a style, `n_events` event atoms and its frame
+    count."""
     p = dict(WORLD, **params)
     g = np.random.default_rng([seed, 0])
     unit = lambda n: _unit(g.standard_normal((n, dim), dtype=np.float32))
     w = dict(p, dim=dim, n_frames=n_frames, n_queries=n_queries, seed=seed, n_videos=n_videos,
-             topics=unit(p['n_topics']), styles=unit(p['n_styles']), attrs=unit(p['n_attrs'] * p['attr_vocab']).reshape(p['n_attrs'], p['attr_vocab'], dim),
-             common=unit(2), qdir=unit(n_queries),
-             perm=np.stack([g.permutation(dim) for _ in range(n_queries)]), sign=np.where(g.random((n_queries, dim)) < .5, -1, 1).astype(np.float32))
+             topics=unit(p['n_topics']), styles=unit(p['n_styles']),
+             attrs=unit(p['n_attrs'] * p['attr_vocab']).reshape(p['n_attrs'], p['attr_vocab'], dim), common=unit(2),
+             qdir=unit(n_queries), perm=np.stack([g.permutation(dim) for _ in range(n_queries)]),
+             sign=np.where(g.random((n_queries, dim)) < .5, -1, 1).astype(np.float32))
     pop = 1 / np.arange(1, p['n_topics'] + 1) ** 0.8
     w['topic'] = g.choice(p['n_topics'], n_videos, p=pop / pop.sum()).astype(np.int32)
     w['style'] = g.integers(0, p['n_styles'], n_videos, dtype=np.int32)
     w['events'] = g.integers(0, p['attr_vocab'], (n_videos, p['n_events'], p['n_attrs']), dtype=np.int32)
     c = p['t_gap_cos']                                 # the text side's common direction: at cosine c to the frames'
     w['common'][1] = _unit(c * w['common'][0] + np.sqrt(1 - c * c) * w['common'][1])
-    w['length'] = np.where(g.random(n_videos) < p['full'], n_frames, g.integers(n_frames // 2, n_frames + 1, n_videos)).astype(np.int32)
+    w['length'] = np.where(g.random(n_videos) < p['full'], n_frames,
+                           g.integers(n_frames // 2, n_frames + 1, n_videos)).astype(np.int32)
     return w
 
 # %% ../nbs/19_shortlist.ipynb #6854844f
@@ -238,7 +264,8 @@ def _tunit(x):
     return x.div_(x.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
 
 def _queries(w: dict, x, g, noise: float):
-    "LIM-like query outputs [n, K, D] (torch): per query, its own direction plus a fixed signed permutation of `x`, plus noise."
+    """LIM-like query outputs [n, K, D] (torch): per query, its own direction plus a fixed signed permutation of `x`,
+    plus noise."""
     import torch
     n, K, D = len(x), w['n_queries'], w['dim']
     q = torch.randn(n, K, D, generator=g).mul_(noise / np.sqrt(D))
@@ -261,8 +288,9 @@ def clustered_videos(w: dict, start: int, stop: int) -> dict:
         g, rows = _gen(w, 1, b), np.arange(lo, hi)
         n, N, D, E = len(rows), w['n_frames'], w['dim'], w['n_events']
         L = w['length'][rows]
-        seg = torch.from_numpy(np.minimum((np.arange(N)[None] * E) // np.maximum(L, 1)[:, None], E - 1))   # the event each slot shows
-        gist, ev = _gist(w, rows), _event(w, w['events'][rows])                                             # [n, D], [n, E, D]
+        # the event each slot shows
+        seg = torch.from_numpy(np.minimum((np.arange(N)[None] * E) // np.maximum(L, 1)[:, None], E - 1))
+        gist, ev = _gist(w, rows), _event(w, w['events'][rows])   # [n, D], [n, E, D]
         f = torch.randn(n, N, D, generator=g).mul_(w['v_noise'] / np.sqrt(D))
         f += torch.from_numpy(w['v_event'] * ev)[torch.arange(n)[:, None], seg]
         f += torch.from_numpy(gist + w['v_common'] * w['common'][0])[:, None]
@@ -271,18 +299,21 @@ def clustered_videos(w: dict, start: int, stop: int) -> dict:
         q = _queries(w, _unit(gist + ev.mean(1)), g, w['q_noise'])
         out.append(dict(frames=f.numpy(), mask=m.numpy(), query=q.numpy()))
     s = start - (start // CLUSTER_BLOCK) * CLUSTER_BLOCK
-    return {k: np.concatenate([o[k] for o in out])[s:s + stop - start] if len(out) > 1 else out[0][k][s:s + stop - start] for k in out[0]}
+    return {k: np.concatenate([o[k] for o in out])[s:s + stop - start] if len(out) > 1
+            else out[0][k][s:s + stop - start] for k in out[0]}
 
 # %% ../nbs/19_shortlist.ipynb #8ede3361
 def clustered_texts(w: dict, rows, seed: int = 1) -> dict:
-    "eos [T,D], query [T,K,D] of one caption per video of `rows`: it names one of the video's events (drawn), its gist, noise."
+    """eos [T,D], query [T,K,D] of one caption per video of `rows`: it names one of the video's events (drawn), its
+    gist, noise."""
     g, rows = np.random.default_rng([w['seed'], 2, seed]), np.asarray(rows)
     D = w['dim']
     ev = _event(w, w['events'][rows, g.integers(0, w['n_events'], len(rows))])
     gist = _gist(w, rows)
     t = (w['t_common'] * w['common'][1] + w['t_topic'] * gist + w['t_event'] * ev
          + w['t_noise'] * g.standard_normal((len(rows), D), dtype=np.float32) / np.sqrt(D))
-    return dict(eos=_unit(t) * w['text_norm'], query=_queries(w, _unit(gist + ev), _gen(w, 3, seed), w['q_noise']).numpy())
+    return dict(eos=_unit(t) * w['text_norm'],
+                query=_queries(w, _unit(gist + ev), _gen(w, 3, seed), w['q_noise']).numpy())
 
 # %% ../nbs/19_shortlist.ipynb #84ab6ba4
 def encoding_stats(text: dict, video: dict, caption_video, sim_lambda: float = 0.5, temp: float = 3.0) -> dict:
@@ -304,17 +335,21 @@ def encoding_stats(text: dict, video: dict, caption_video, sim_lambda: float = 0
     pos = tf[torch.arange(len(t)), cv]; mp = m[cv]
     neg_mask = torch.ones(len(t), len(f), dtype=torch.bool); neg_mask[torch.arange(len(t)), cv] = False
     s1 = global_interaction(t, f, m, temp=temp)
-    out = dict(frame_norm=float(f.norm(dim=-1)[m].mean()), text_norm=float(t.norm(dim=-1).mean()), cos_frames_same=float(same),
-               cos_frames_other=float(other), cos_tf_own_best=float(pos.masked_fill(~mp, -2).max(1).values.mean()),
+    out = dict(frame_norm=float(f.norm(dim=-1)[m].mean()), text_norm=float(t.norm(dim=-1).mean()),
+               cos_frames_same=float(same), cos_frames_other=float(other),
+               cos_tf_own_best=float(pos.masked_fill(~mp, -2).max(1).values.mean()),
                cos_tf_own_mean=float((pos.sum(1) / mp.sum(1)).mean()),
                cos_tf_other=float(((tf.sum(2) / m.sum(1)[None]) * neg_mask).sum() / neg_mask.sum()),
                sim1_own=float(s1[torch.arange(len(t)), cv].mean()), sim1_other=float(s1[neg_mask].mean()),
-               gim_max_weight=float(frame_weights(t, f[cv], m[cv], temp)[torch.arange(len(t)), torch.arange(len(t))].max(-1).values.mean()))
+               gim_max_weight=float(frame_weights(t, f[cv], m[cv], temp)[torch.arange(len(t)), torch.arange(len(t))]
+                                    .max(-1).values.mean()))
     S = s1                                                              # Sim1 alone without query outputs
     if 'query' in text and 'query' in video:
-        s2 = query_similarity(torch.as_tensor(np.asarray(text['query'])).float(), torch.as_tensor(np.asarray(video['query'])).float())
+        s2 = query_similarity(torch.as_tensor(np.asarray(text['query'])).float(),
+                              torch.as_tensor(np.asarray(video['query'])).float())
         out.update(sim2_own=float(s2[torch.arange(len(t)), cv].mean()), sim2_other=float(s2[neg_mask].mean()))
         S = GLSCLSimilarity(temp, sim_lambda)(dict(eos=t, query=torch.as_tensor(np.asarray(text['query'])).float()),
-                                              dict(frames=f, mask=m, query=torch.as_tensor(np.asarray(video['query'])).float()))
+                                              dict(frames=f, mask=m,
+                                                   query=torch.as_tensor(np.asarray(video['query'])).float()))
     out['R1'] = float((S.argmax(1) == cv).float().mean() * 100)
     return out

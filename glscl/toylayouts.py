@@ -7,7 +7,11 @@ notebook 16a runs end to end here, without a download."""
 __all__ = ['LAYOUTS', 'write_toy_layout']
 
 # %% ../nbs/16b_toy_layouts.ipynb #58b73844
-import csv, json, pickle, re, shutil
+import csv
+import json
+import pickle
+import re
+import shutil
 from pathlib import Path
 import numpy as np
 from .data import ACTIVITYNET_FILES, LSMDC_FILES, MSRVTT_FILES, PathLike
@@ -32,7 +36,8 @@ def _to_avi(src: Path, dst: Path):
         s = inp.streams.video[0]
         rate, frames = s.average_rate, [f.to_ndarray(format='rgb24') for f in inp.decode(s)]
     with av.open(str(dst), 'w') as out:
-        o = out.add_stream('mpeg4', rate=rate); o.height, o.width = frames[0].shape[:2]; o.pix_fmt = 'yuv420p'; o.options = {'qscale': '2'}
+        o = out.add_stream('mpeg4', rate=rate); o.height, o.width = frames[0].shape[:2]; o.pix_fmt = 'yuv420p'
+        o.options = {'qscale': '2'}
         for fr in frames:
             for p in o.encode(av.VideoFrame.from_ndarray(fr, format='rgb24')): out.mux(p)
         for p in o.encode(): out.mux(p)
@@ -45,12 +50,15 @@ def _read_json_file(path: Path):
     except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 def _layout_there(out_dir: Path, stamp: dict, overwrite: bool) -> bool:
-    "Whether `out_dir` holds this toy layout already (`stamp`); a folder that holds another layout or other files is refused."
+    """Whether `out_dir` holds this toy layout already (`stamp`); a folder that holds another layout or other files is
+    refused."""
     if (out_dir/'toy_layout.json').is_file() and not overwrite:
         if _read_json_file(out_dir/'toy_layout.json') == stamp: return True
         raise FileExistsError(f"{out_dir} holds another toy layout; pass overwrite=True or choose another folder")
-    if out_dir.exists() and any(p.name not in ('videos', 'toy_layout.json') and not p.name.endswith(('.txt', '.json', '.pkl', '.csv'))
-                                for p in out_dir.iterdir()):
+    if out_dir.exists() and any(
+        p.name not in ('videos', 'toy_layout.json') and not p.name.endswith(('.txt', '.json', '.pkl', '.csv'))
+        for p in out_dir.iterdir()
+    ):
         raise FileExistsError(f"{out_dir} holds files that are not a toy layout: choose an empty or new folder")
     return False
 
@@ -81,23 +89,29 @@ def write_toy_layout(toy_root: PathLike, layout: str, out_dir: PathLike, overwri
         return [(event_phrase(evs[i], rng), evs[i].start, evs[i].end) for i in order]
     if layout == 'msvd':
         name = {v: f'toy{v[5:]}_{3 * int(v[5:])}_{3 * int(v[5:]) + 12}' for v in vids}
-        for s in ('train', 'val', 'test'): (out_dir/f'{s}_list.txt').write_text('\n'.join(name[v] for v in lists[s]) + '\n\n')
-        with open(out_dir/'raw-captions.pkl', 'wb') as f: pickle.dump({name[v]: [_tokens(c) for c in caps[v]] for v in vids}, f)
+        for s in ('train', 'val', 'test'):
+            (out_dir/f'{s}_list.txt').write_text('\n'.join(name[v] for v in lists[s]) + '\n\n')
+        with open(out_dir/'raw-captions.pkl', 'wb') as f:
+            pickle.dump({name[v]: [_tokens(c) for c in caps[v]] for v in vids}, f)
         for v in vids: _to_avi(src(v), out_dir/'videos'/f'{name[v]}.avi')
     elif layout == 'didemo':
         name = {v: f'{1000 + int(v[5:])}@N00_toy{v[5:]}.mov' for v in vids}
         for s in ('train', 'val', 'test'):
             (out_dir/f'{s}_list.txt').write_text('\n'.join(name[v] for v in lists[s]) + '\n')
-            recs = [dict(video=name[v], times=[[int(a // 5), max(int(a // 5), int((b - 1e-6) // 5))]] * 4, description=t,
-                         annotation_id=k, dl_link='toy://' + name[v]) for v in lists[s] for k, (t, a, b) in enumerate(moments(v))]
+            recs = [dict(video=name[v],
+                         times=[[int(a // 5), max(int(a // 5), int((b - 1e-6) // 5))]] * 4, description=t,
+                         annotation_id=k, dl_link='toy://' + name[v]) for v in lists[s]
+                    for k, (t, a, b) in enumerate(moments(v))]
             (out_dir/f'{s}_data.json').write_text(json.dumps(recs))
         for v in vids: shutil.copyfile(src(v), out_dir/'videos'/f'{name[v]}.mp4')
     elif layout == 'lsmdc':
         movie = {v: f'{int(v[5:]) // 8:04d}_Toy_Movie_{int(v[5:]) // 8}' for v in vids}
         name = {v: f'{movie[v]}_00.{int(v[5:]) % 8:02d}.00.000-00.{int(v[5:]) % 8:02d}.12.000' for v in vids}
         for s, f in LSMDC_FILES.items():
-            rows = [[name[v], '00.00.00.000', '00.00.12.000', '00.00.00.000', '00.00.12.000', caps[v][0]] for v in lists[s]]
-            with open(out_dir/f, 'w', newline='') as fh: csv.writer(fh, delimiter='\t', quoting=csv.QUOTE_NONE, escapechar='\\').writerows(rows)
+            rows = [[name[v], '00.00.00.000', '00.00.12.000', '00.00.00.000', '00.00.12.000', caps[v][0]]
+                    for v in lists[s]]
+            with open(out_dir/f, 'w', newline='') as fh:
+                csv.writer(fh, delimiter='\t', quoting=csv.QUOTE_NONE, escapechar='\\').writerows(rows)
         for v in vids:
             (out_dir/'videos'/movie[v]).mkdir(exist_ok=True)
             _remux(src(v), out_dir/'videos'/movie[v]/f'{name[v]}.mkv')
@@ -108,7 +122,8 @@ def write_toy_layout(toy_root: PathLike, layout: str, out_dir: PathLike, overwri
             recs = {}
             for v in lists[s]:
                 m = moments(v)
-                recs[name[v]] = dict(duration=12.0, timestamps=[[a, b] for _, a, b in m], sentences=[t for t, _, _ in m])
+                recs[name[v]] = dict(duration=12.0, timestamps=[[a, b] for _, a, b in m],
+                                     sentences=[t for t, _, _ in m])
             (out_dir/ACTIVITYNET_FILES[s][1]).write_text(json.dumps(recs))
         for v in vids: shutil.copyfile(src(v), out_dir/'videos'/f'{name[v][2:]}.mp4')
     done.write_text(json.dumps(stamp))

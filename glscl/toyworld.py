@@ -7,7 +7,12 @@ learned, run and tested on a laptop CPU with no download."""
 __all__ = ['log', 'COLOURS', 'SHAPES', 'MOTIONS', 'SHAPE_WORDS', 'MOTION_WORDS', 'WHEN_WORDS', 'BACKGROUNDS', 'TOY_VAL', 'TOY_FILES', 'Event', 'random_events', 'event_geometry', 'draw_shape', 'render_frame', 'render_video', 'event_phrase', 'video_captions', 'names_event', 'make_toy_msrvtt', 'toy_events', 'read_toy', 'toy_browser', 'parse_caption', 'caption_holds', 'caption_matches', 'oracle_ceiling', 'toy_params', 'ensure_toy_world', 'frame_caption', 'toy_frames']
 
 # %% ../nbs/03_toy_world.ipynb #9f422a8c
-import json, logging, os, re, shutil, tempfile
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
 log = logging.getLogger(__name__)
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -123,7 +128,8 @@ def names_event(ev: Event, caption: str) -> bool:
     return any(f"{ev.colour} {s} {m}" in caption for s in SHAPE_WORDS[ev.shape] for m in MOTION_WORDS[ev.motion])
 
 # %% ../nbs/03_toy_world.ipynb #c230ce9e
-def _annotations(specs: list, n_test: int, rng: np.random.Generator, captions_per_video: int, duration: float, n_val: int = 0):
+def _annotations(specs: list, n_test: int, rng: np.random.Generator, captions_per_video: int,
+                 duration: float, n_val: int = 0):
     """The MSR-VTT annotation structures for videos described by `specs`: the first videos train, the next `n_val`
     validate (MSR-VTT's own name for that split), the last `n_test` test; one query caption per val and test video."""
     n = len(specs); n_train = n - n_test - n_val
@@ -134,7 +140,8 @@ def _annotations(specs: list, n_test: int, rng: np.random.Generator, captions_pe
         videos.append({'category': SHAPES.index(evs[0].shape), 'url': f'toy://{vid}', 'video_id': vid,
                        'start time': 0.0, 'end time': duration, 'split': split, 'id': i})
         for c in caps: sentences.append({'caption': c, 'video_id': vid, 'sen_id': len(sentences)})
-        if split != 'train': (test_rows if split == 'test' else val_rows).append((vid, caps[int(rng.integers(len(caps)))]))
+        if split != 'train':
+            (test_rows if split == 'test' else val_rows).append((vid, caps[int(rng.integers(len(caps)))]))
     data = {'info': {'contributor': 'glscl toy world', 'data_created': 'procedural', 'version': '1.0', 'year': 2025},
             'videos': videos, 'sentences': sentences}
     train_ids = [v['video_id'] for v in videos if v['split'] == 'train']
@@ -152,7 +159,8 @@ def make_toy_msrvtt(out_dir, n_videos: int = 240, seed: int = 0, n_test: int = N
     `n_test` videos (default a sixth) are the test split, the `n_val` before them a validation split (`toy_val.csv`).
     An existing toy world with the same parameters is reused; `overwrite` replaces one made with others. A folder that
     holds anything else is refused (nothing of the user's is ever deleted). The world is written next to `out_dir` and
-    moved in at the end, so an interruption leaves the old world intact (its temporary folder is removed on the next call)."""
+    moved in at the end, so an interruption leaves the old world intact (its temporary folder is removed on the next
+    call)."""
     out_dir = Path(out_dir)
     params = dict(n_videos=n_videos, seed=seed, n_test=n_test, size=size, fps=fps, duration=duration,
                   captions_per_video=captions_per_video, **(dict(n_val=n_val) if n_val else {}))
@@ -164,7 +172,8 @@ def make_toy_msrvtt(out_dir, n_videos: int = 240, seed: int = 0, n_test: int = N
     for _ in range(n_videos):
         evs = random_events(rng, duration)
         specs.append((evs, video_captions(evs, rng, captions_per_video), int(rng.integers(len(BACKGROUNDS)))))
-    data, train9k, train7k, val_rows, test_rows = _annotations([(e, c) for e, c, _ in specs], n_test, rng, captions_per_video, duration, n_val)
+    data, train9k, train7k, val_rows, test_rows = _annotations([(e, c) for e, c, _ in specs], n_test, rng,
+                                                               captions_per_video, duration, n_val)
     def write(tmp: Path):                                               # the videos and annotation files, into `tmp`
         (tmp/'videos').mkdir()
         for i, (evs, _, bg) in enumerate(tqdm(specs, desc=f'drawing {len(specs)} toy videos', leave=False)):
@@ -177,7 +186,8 @@ def make_toy_msrvtt(out_dir, n_videos: int = 240, seed: int = 0, n_test: int = N
         if n_val: _write_csv(tmp/TOY_VAL, ['key', 'vid_key', 'video_id', 'sentence'],
                              [[f'val{k}', f'msr{v[5:]}', v, s] for k, (v, s) in enumerate(val_rows)])
         (tmp/'toy_events.json').write_text(json.dumps(
-            {'params': params, 'videos': {f'video{i}': [asdict(e) for e in evs] for i, (evs, _, _) in enumerate(specs)}}))
+            {'params': params,
+             'videos': {f'video{i}': [asdict(e) for e in evs] for i, (evs, _, _) in enumerate(specs)}}))
     return _write_toy_folder(out_dir, write)                           # written beside out_dir, swapped in at the end
 
 # %% ../nbs/03_toy_world.ipynb #bf964e03
@@ -188,18 +198,22 @@ def toy_events(root) -> dict:
 
 # %% ../nbs/03_toy_world.ipynb #d03c0022
 def read_toy(anno_dir, split: str) -> list:
-    "(video_id, caption) pairs of a toy world's `split`: MSR-VTT's splits, and 'val' (`toy_val.csv`, when the world has one)."
+    """(video_id, caption) pairs of a toy world's `split`: MSR-VTT's splits, and 'val' (`toy_val.csv`, when the world
+    has one)."""
     from glscl.data import read_msrvtt, read_query_csv
     if split != 'val': return read_msrvtt(anno_dir, split)
     path = Path(anno_dir)/TOY_VAL
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist: this toy world has no validation split; "
-                                                   "draw one with make_toy_msrvtt(..., n_val=N) (the preset key toy_val)")
+                                                   "draw one with make_toy_msrvtt(..., n_val=N) (the preset key "
+                                                   "toy_val)")
     return read_query_csv(path, anno_dir)
 
 # %% ../nbs/03_toy_world.ipynb #7267c9fe
 def toy_browser(root, max_frames: int = 12):
-    "An ipywidgets browser over the toy world at `root`: pick a video, slide over its sampled frames, read its captions."
-    import io, ipywidgets as W
+    """An ipywidgets browser over the toy world at `root`: pick a video, slide over its sampled frames, read its
+    captions."""
+    import io
+    import ipywidgets as W
     from PIL import Image
     from glscl.data import read_msrvtt
     from glscl.video import sample_frames
@@ -244,7 +258,8 @@ def caption_holds(caption, events: list) -> bool:
     kind, when, named = parse_caption(caption) if isinstance(caption, str) else caption
     ks = [(e.colour, e.shape, e.motion) for e in events]
     if kind == 'event': return named[0] in ks
-    if kind == 'when': return any(k == named[0] and min(i * len(WHEN_WORDS) // len(ks), 2) == when for i, k in enumerate(ks))
+    if kind == 'when':
+        return any(k == named[0] and min(i * len(WHEN_WORDS) // len(ks), 2) == when for i, k in enumerate(ks))
     return any(ks[i] == named[0] and ks[j] == named[1] for i in range(len(ks)) for j in range(i + 1, len(ks)))
 
 # %% ../nbs/03_toy_world.ipynb #06377ab1
@@ -258,8 +273,8 @@ def caption_matches(root, split: str = 'test') -> list:
 
 # %% ../nbs/03_toy_world.ipynb #4855682d
 def oracle_ceiling(root, split: str = 'test', ks=(1, 5, 10)) -> dict:
-    """The expected R@k (percent) of a model that understands every caption of `split` exactly and breaks ties at random:
-    {'all': {'R1': ..}, 'event': .., 'when': .., 'pair': .., 'share': {kind: fraction of the queries}}."""
+    """The expected R@k (percent) of a model that understands every caption of `split` exactly and breaks ties at
+    random: {'all': {'R1': ..}, 'event': .., 'when': .., 'pair': .., 'share': {kind: fraction of the queries}}."""
     m = caption_matches(root, split)
     out = {}
     for kind in ('all', 'event', 'when', 'pair'):
@@ -273,20 +288,25 @@ def oracle_ceiling(root, split: str = 'test', ks=(1, 5, 10)) -> dict:
 def _is_toy_entry(p: Path) -> bool:
     "Whether `p`, inside a toy world's folder, is something the toy world's writers made (and may remove)."
     if p.name in TOY_FILES: return p.is_file()
-    if p.name == 'videos': return p.is_dir() and all(q.is_file() and re.fullmatch(r'video\d+\.mp4', q.name) for q in p.iterdir())
+    if p.name == 'videos':
+        return p.is_dir() and all(q.is_file() and re.fullmatch(r'video\d+\.mp4', q.name) for q in p.iterdir())
     if p.name == 'frame_cache':                                         # ensure_toy_world's frame cache
-        return p.is_dir() and all(q.is_file() and re.fullmatch(r'meta\.json|index\.jsonl|frames-\d+\.u8(\.tmp)?', q.name) for q in p.iterdir())
+        return (p.is_dir()
+                and all(q.is_file() and re.fullmatch(r'meta\.json|index\.jsonl|frames-\d+\.u8(\.tmp)?', q.name)
+                        for q in p.iterdir()))
     return False
 
 def _check_toy_folder(out_dir: Path):
     "Refuse a folder that holds anything a toy writer did not make: the writer replaces only its own files."
     if not out_dir.exists(): return
-    if not out_dir.is_dir(): raise FileExistsError(f"{out_dir} is a file, not a folder: choose another --out folder for the toy world")
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a folder: choose another --out folder for the toy world")
     foreign = sorted(p.name for p in out_dir.iterdir() if not _is_toy_entry(p))
     if foreign:
-        raise FileExistsError(f"{out_dir} holds {len(foreign)} entr{'y that is' if len(foreign) == 1 else 'ies that are'} not part of a toy world "
-                              f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); the toy writer removes only what it wrote: "
-                              "choose an empty or new folder")
+        raise FileExistsError(f"{out_dir} holds {len(foreign)} "
+                              f"entr{'y that is' if len(foreign) == 1 else 'ies that are'} not part of a toy world "
+                              f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); the toy writer removes "
+                              "only what it wrote: choose an empty or new folder")
 
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
@@ -305,12 +325,14 @@ def _clean_stale_temps(out_dir: Path):
 def _temp_dir(out_dir: Path, kind: str) -> Path:
     try: return Path(tempfile.mkdtemp(prefix=f'.toy-{out_dir.name}.{os.getpid()}.{kind}-', dir=out_dir.parent))
     except OSError as e:
-        raise PermissionError(f"cannot write the toy world to {out_dir}: {e.strerror or e}; choose a folder you can write") from None
+        raise PermissionError(
+            f"cannot write the toy world to {out_dir}: {e.strerror or e}; choose a folder you can write") from None
 
 # %% ../nbs/03_toy_world.ipynb #d03c0900
 # Appendix 2: a world is reused, or drawn into a temporary folder and swapped in whole (an interruption leaves the old).
 def _toy_world_there(out_dir: Path, params: dict, overwrite: bool) -> bool:
-    "Whether `out_dir` holds the toy world of `params` already; a folder with other files, or another world, is refused."
+    """Whether `out_dir` holds the toy world of `params` already; a folder with other files, or another world, is
+    refused."""
     _check_toy_folder(out_dir)
     if (out_dir/'toy_events.json').is_file() and not overwrite:
         try: same = json.loads((out_dir/'toy_events.json').read_text())['params'] == params
@@ -324,13 +346,16 @@ def _split_sizes(n_videos: int, n_test, n_val: int) -> int:
     "The number of test videos (default a sixth), after checking that every split gets at least one video."
     n_test = max(1, n_videos // 6) if n_test is None else n_test
     if not 0 < n_test < n_videos: raise ValueError(f"n_test={n_test} must be between 1 and n_videos-1")
-    if not 0 <= n_val < n_videos - n_test: raise ValueError(f"n_val={n_val} must leave at least one training video (n_videos={n_videos}, n_test={n_test})")
+    if not 0 <= n_val < n_videos - n_test:
+        raise ValueError(f"n_val={n_val} must leave at least one training video (n_videos={n_videos}, n_test={n_test})")
     return n_test
 
 def _write_toy_folder(out_dir: Path, write) -> Path:
     "`write(tmp)` into a new temporary folder beside `out_dir`, then that folder swapped in for `out_dir`."
     try: out_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise PermissionError(f"cannot create {out_dir.parent} for the toy world: {e.strerror or e}; choose a folder you can write") from None
+    except OSError as e:
+        raise PermissionError(f"cannot create {out_dir.parent} for the toy world: {e.strerror or e}; choose a folder "
+                              "you can write") from None
     _clean_stale_temps(out_dir)
     tmp = _temp_dir(out_dir, 'new')
     try:
@@ -370,7 +395,8 @@ def frame_caption(ev: Event, p: float) -> str:
     size = 'small' if r < 0.11 else 'big' if r > 0.17 else 'medium'
     dx, dy = x - 0.5, y - 0.5
     where = 'in the middle' if max(abs(dx), abs(dy)) < 0.12 else \
-            (('on the left' if dx < 0 else 'on the right') if abs(dx) >= abs(dy) else ('at the top' if dy < 0 else 'at the bottom'))
+            (('on the left' if dx < 0 else 'on the right') if abs(dx) >= abs(dy)
+             else ('at the top' if dy < 0 else 'at the bottom'))
     return f"a {size} {ev.colour} {ev.shape} {where}"
 
 # %% ../nbs/06_tiny_clip.ipynb #d06a0004

@@ -9,7 +9,11 @@ __all__ = ['log', 'RUN_FILES', 'train_loader', 'RunLog', 'read_log', 'count_unre
            'plot_run']
 
 # %% ../nbs/13g_training.ipynb #0b02e1a3
-import functools, json, logging, os, time
+import functools
+import json
+import logging
+import os
+import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
@@ -37,7 +41,8 @@ log = logging.getLogger(__name__)
 
 # %% ../nbs/13g_training.ipynb #d3585d0f
 def train_loader(ds, cfg: Config, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1):
-    "The DataLoader of one epoch from batch `start` on (workers and their seeds fixed by seed and epoch; augmentation by seed, epoch and item)."
+    """The DataLoader of one epoch from batch `start` on (workers and their seeds fixed by seed and epoch; augmentation
+    by seed, epoch and item)."""
     sampler = EpochBatches(len(ds), cfg.batch_size, cfg.seed, epoch, start, rank, world_size)
     ds.set_epoch(epoch)
     return sampler, torch.utils.data.DataLoader(
@@ -73,9 +78,9 @@ def _video_file(ds, vid: str) -> str:
     except FileNotFoundError: return f"{vid} (no file under {ds.video_dir})"
 
 def count_unreadable(bad: list, expected: list, batch, ds: VideoTextDataset, cfg: Config) -> list:
-    """Add the videos of `expected` pair indices missing from `batch` to `bad` (logged) and return the new ones; stop past
-    `cfg.max_skip_frac` of the videos. It compares what was asked with what came back, so it counts in the main process
-    whether the loading happened there or in DataLoader workers, and an all-bad batch counts all its videos."""
+    """Add the videos of `expected` pair indices missing from `batch` to `bad` (logged) and return the new ones; stop
+    past `cfg.max_skip_frac` of the videos. It compares what was asked with what came back, so it counts in the main
+    process whether the loading happened there or in DataLoader workers, and an all-bad batch counts all its videos."""
     got = set(batch['index'].tolist()) if batch['size'] else set()
     new = sorted({ds.pairs[i][0] for i in expected if i not in got} - set(bad))
     for v in new:
@@ -106,12 +111,14 @@ def _flat(rows: dict) -> dict:
     return {f"{d}_{k}": v for d in ('t2v', 'v2t') for k, v in m[d].items()}
 
 def check_frame_positions(model: GLSCL, cfg: Config = None):
-    "Refuse `max_frames` above the temporal transformer's frame positions before any work (else the first long video stops the run)."
+    """Refuse `max_frames` above the temporal transformer's frame positions before any work (else the first long video
+    stops the run)."""
     cfg, tt = cfg or model.cfg, getattr(model, 'temporal', None)
     n = getattr(tt, 'pos', None)
     if n is not None and cfg.max_frames > n.shape[0]:
-        raise ValueError(f"max_frames={cfg.max_frames} is more than the {n.shape[0]} frame positions of the temporal transformer "
-                         f"(tt_init={cfg.tt_init}): a video sampled to more frames cannot be encoded; lower max_frames to {n.shape[0]}")
+        raise ValueError(f"max_frames={cfg.max_frames} is more than the {n.shape[0]} frame positions of the temporal "
+                         f"transformer (tt_init={cfg.tt_init}): a video sampled to more frames cannot be encoded; "
+                         f"lower max_frames to {n.shape[0]}")
 
 # %% ../nbs/13g_training.ipynb #0ce35e1f
 @dataclass
@@ -144,13 +151,14 @@ class Run:
             model, device_ids=[device.index] if device.type == 'cuda' else None) if self.W > 1 else None
         self.gather = make_gather(cfg)
         self.log = RunLog(self.out/'log.jsonl', state.step if resumed else None) if self.main else None
-        self.store = self.feats = None                                  # the frozen image tower's features, when there are
+        self.store = self.feats = None   # the frozen image tower's features, when there are
 
     def write(self, **rec):
         if self.main: self.log.write(**rec)
 
     def checkpoint(self, name: str, full: bool = True):
-        "Write `name` in the run folder (`full=False`: the model and the state only). A collective: every rank takes part."
+        """Write `name` in the run folder (`full=False`: the model and the state only). A collective: every rank takes
+        part."""
         rngs = all_gather_objects(rng_state()) if self.W > 1 else None
         if self.main:
             save_checkpoint(self.out/name, self.model, *((self.opt, self.sched, self.scaler) if full else ()),
@@ -159,8 +167,8 @@ class Run:
     def step(self, batch: dict) -> dict:
         "One `train_step` on `batch`, counted and logged."
         s = self.state
-        rec = train_step(self.model, batch, self.opt, self.sched, self.cfg, s.step, gather=self.gather, scaler=self.scaler,
-                         forward=self.ddp)
+        rec = train_step(self.model, batch, self.opt, self.sched, self.cfg, s.step, gather=self.gather,
+                         scaler=self.scaler, forward=self.ddp)
         s.step += 1
         self.write(kind='step', step=s.step, epoch=s.epoch, **rec)
         return rec
@@ -168,8 +176,8 @@ class Run:
     def evaluate_now(self, final: bool = False) -> dict:
         "Evaluate on the test split, log it, and keep best.pt when its text-to-video R@1 is the best so far."
         s = self.state
-        r = evaluate(self.model, self.cfg, cache_dir=None, extra=final and self.final_extra, progress=self.progress and self.main,
-                     features=self.store)
+        r = evaluate(self.model, self.cfg, cache_dir=None, extra=final and self.final_extra,
+                     progress=self.progress and self.main, features=self.store)
         flat = _flat(r['metrics'])
         s.evals += 1
         self.write(kind='eval', step=s.step, epoch=s.epoch, **flat)
@@ -179,7 +187,8 @@ class Run:
         return r
 
     def after_step(self, total: int, steps_per_epoch: int, ckpt_every: int = 0, stop_after: int = None) -> bool:
-        "Evaluate, close the epoch and write last.pt as the step just taken asks; whether to leave the epoch's DataLoader."
+        """Evaluate, close the epoch and write last.pt as the step just taken asks; whether to leave the epoch's
+        DataLoader."""
         s, cfg = self.state, self.cfg
         done, end_of_epoch = s.step >= total, s.batch >= steps_per_epoch
         evaluates = not done and ((cfg.eval_every and s.step % cfg.eval_every == 0) or end_of_epoch)
@@ -198,7 +207,8 @@ class Run:
         summary = dict(preset=self.cfg.name, steps=s.step, epochs=s.epoch, seconds=round(seconds, 1), processes=self.W,
                        final=dict(step=s.step, checkpoint=str(out/'last.pt'), metrics=final['metrics']),
                        best=dict(s.best, checkpoint=str(out/'best.pt'), evaluations=s.evals,
-                                 note=f"best test t2v R@1 of {s.evals} evaluations on the test split (selected on test: optimistic)"),
+                                 note=f"best test t2v R@1 of {s.evals} evaluations on the test split (selected on "
+                                      "test: optimistic)"),
                        skipped_videos=bad, out_dir=str(out))
         if self.main:
             (out/'summary.json').write_text(json.dumps(summary, indent=1, default=float))
@@ -214,7 +224,8 @@ class Run:
 RUN_FILES = ('last.pt', 'best.pt', 'log.jsonl', 'summary.json', 'training.png')
 
 def _one_writer(fn):
-    "`train` as the only writer of its run folder (the main process holds its lock); a fresh run over a run only with `overwrite`."
+    """`train` as the only writer of its run folder (the main process holds its lock); a fresh run over a run only with
+    `overwrite`."""
     @functools.wraps(fn)
     def run(cfg, resume=None, *a, overwrite: bool = True, **kw):
         if os.environ.get('RANK', '0') != '0': return fn(cfg, resume, *a, **kw)
@@ -223,40 +234,49 @@ def _one_writer(fn):
             held = [f for f in RUN_FILES if (out/f).is_file() and (out/f).stat().st_size]
             if resume is None and held:
                 if not overwrite:
-                    raise FileExistsError(f"{out} holds a run ({', '.join(held)}): continue it with --resume {out/'last.pt'}, "
-                                          "replace it on purpose with --overwrite, or train into another out_dir")
-                for f in held: (out/f).unlink()                        # replaced on purpose: nothing of the old run is mixed in
+                    raise FileExistsError(f"{out} holds a run ({', '.join(held)}): continue it with --resume "
+                                          f"{out/'last.pt'}, replace it on purpose with --overwrite, or train into "
+                                          "another out_dir")
+                for f in held: (out/f).unlink()   # replaced on purpose: nothing of the old run is mixed in
             return fn(cfg, resume, *a, **kw)
     return run
 
 # %% ../nbs/13g_training.ipynb #315e553d
-# The run's checks and set-up (hidden plumbing, before `train` so that the run below can call it). The settings a run cannot start with are refused before any work; the training set is read (decoded videos kept in memory for a
-# small one); a resume loads last.pt into every part and restores each rank's random streams.
+# The run's checks and set-up (hidden plumbing, before `train` so that the run below can call it). The settings a run
+# cannot start with are refused before any work; the training set is read (decoded videos kept in memory for a small
+# one); a resume loads last.pt into every part and restores each rank's random streams.
 def check_run_settings(cfg: Config, W: int = 1):
-    "Refuse, before any work, the settings a run of `W` processes cannot train with; warn about a chunk that saves nothing."
-    if cfg.batch_size < 2: raise ValueError(f"batch_size={cfg.batch_size}: the contrastive loss needs at least 2 pairs a batch")
-    if cfg.batch_size % W: raise ValueError(f"batch_size={cfg.batch_size} is the global batch: it must be a multiple of the {W} processes")
+    """Refuse, before any work, the settings a run of `W` processes cannot train with; warn about a chunk that saves
+    nothing."""
+    if cfg.batch_size < 2:
+        raise ValueError(f"batch_size={cfg.batch_size}: the contrastive loss needs at least 2 pairs a batch")
+    if cfg.batch_size % W:
+        raise ValueError(f"batch_size={cfg.batch_size} is the global batch: it must be a multiple of the {W} processes")
     if cfg.freeze_visual and cfg.augment:
-        raise ValueError(f"augment={cfg.augment!r} with freeze_visual = true would do nothing (frame features are computed once, "
-                         "unaugmented): set augment = none, or freeze_visual = false")
+        raise ValueError(f"augment={cfg.augment!r} with freeze_visual = true would do nothing (frame features are "
+                         "computed once, unaugmented): set augment = none, or freeze_visual = false")
     if world()[0] == 0 and cfg.grad_cache_chunk and cfg.grad_cache_chunk >= cfg.batch_size // W:
-        log.warning("grad_cache_chunk=%d is not below the %d pairs each process encodes: it saves no memory and costs a second "
-                    "pass of the towers; set it lower, or 0", cfg.grad_cache_chunk, cfg.batch_size // W)
+        log.warning("grad_cache_chunk=%d is not below the %d pairs each process encodes: it saves no memory and costs "
+                    "a second pass of the towers; set it lower, or 0", cfg.grad_cache_chunk, cfg.batch_size // W)
 
 def training_set(cfg: Config, memo_videos=None, pixels: bool = True) -> VideoTextDataset:
-    """The training pairs (uint8 pixels; decoded videos kept in `memo_videos`, a dict, or by default for small data read in
-    the main process). `pixels = False`: the items carry no pixels (frame features stand for them)."""
+    """The training pairs (uint8 pixels; decoded videos kept in `memo_videos`, a dict, or by default for small data read
+    in the main process). `pixels = False`: the items carry no pixels (frame features stand for them)."""
     pairs = read_pairs(cfg, cfg.train_split)
-    small = cfg.num_workers == 0 and len(dict.fromkeys(str(v) for v, _ in pairs)) <= 2000   # videos read in the main process
-    memo = memo_videos if isinstance(memo_videos, dict) else {} if memo_videos or (memo_videos is None and small) else None
-    ds = dataset_from_config(cfg, cfg.train_split, uint8=True, memo=memo, pixels=pixels, pairs=pairs)   # uint8: less to move
+    # videos read in the main process
+    small = cfg.num_workers == 0 and len(dict.fromkeys(str(v) for v, _ in pairs)) <= 2000
+    memo = (memo_videos if isinstance(memo_videos, dict) else {} if memo_videos
+            or (memo_videos is None and small) else None)
+    # uint8: less to move
+    ds = dataset_from_config(cfg, cfg.train_split, uint8=True, memo=memo, pixels=pixels, pairs=pairs)
     if len(ds) < cfg.batch_size:                                       # no full batch: nothing would be trained
-        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(ds)} training pairs of split {cfg.train_split!r} "
-                         f"in {cfg.anno_dir}: lower batch_size (at most {len(ds)})")
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(ds)} training pairs of split "
+                         f"{cfg.train_split!r} in {cfg.anno_dir}: lower batch_size (at most {len(ds)})")
     return ds
 
 def resume_state(path, cfg: Config, model: GLSCL, opt, sched, scaler, trust_pickle: bool = False) -> TrainState:
-    "Load last.pt `path` into the model, optimizer, schedule, scaler and random generators (each rank's); the run's `TrainState`."
+    """Load last.pt `path` into the model, optimizer, schedule, scaler and random generators (each rank's); the run's
+    `TrainState`."""
     rank, W = world()
     ckpt = read_checkpoint(path, trust_pickle)
     check_resume(ckpt, cfg, path)
@@ -266,7 +286,7 @@ def resume_state(path, cfg: Config, model: GLSCL, opt, sched, scaler, trust_pick
     state = TrainState(**load_checkpoint(path, model, opt, sched, scaler, restore_rng=True, ckpt=ckpt)['state'])
     ranks = ckpt.get('rng_ranks')
     if W > 1 and ranks and len(ranks) == W: set_rng_state(ranks[rank])
-    elif W > 1: seed_everything(cfg.seed + rank + 1_000_003 * state.step)      # another world size: fresh, distinct streams
+    elif W > 1: seed_everything(cfg.seed + rank + 1_000_003 * state.step)  # another world size: fresh, distinct streams
     return state
 
 def init_distributed(device=None) -> torch.device:
@@ -284,17 +304,18 @@ def init_distributed(device=None) -> torch.device:
 # %% ../nbs/13g_training.ipynb #37ed6262
 @_one_writer
 def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, stop_after: int = None,
-          ckpt_every: int = 0, memo_videos: bool = None, device=None, final_extra: bool = True, memo_features: dict = None,
-          trust_pickle: bool = False) -> dict:
+          ckpt_every: int = 0, memo_videos: bool = None, device=None, final_extra: bool = True,
+          memo_features: dict = None, trust_pickle: bool = False) -> dict:
     """Train GLSCL on `cfg`'s train split; evaluate on its test split every `cfg.eval_every` steps, at epoch ends and at
     the end. Writes `cfg.out_dir`/{last.pt, best.pt, log.jsonl, summary.json, training.png}. `resume`: a last.pt to
     continue from exactly. `stop_after`: return after that many steps (saving last.pt), as if interrupted.
     `memo_videos`: keep decoded training videos in memory (default: for small data read in the main process; a dict
     shares them between runs). `memo_features`: a dict shared between runs that keeps the frozen image tower's frame
-    features (`frozen_features`), for training and evaluation. Under `torchrun` each process trains its share of every global batch (DDP), the
-    losses see the whole batch, evaluation is sharded, and only rank 0 writes files, as the folder's only writer (a
-    second run into it is refused). `overwrite=False` refuses a fresh run in a folder that holds one (the CLI's
-    default); `trust_pickle`: resume from a checkpoint of an older glscl (full pickle: only a file you trust)."""
+    features (`frozen_features`), for training and evaluation. Under `torchrun` each process trains its share of every
+    global batch (DDP), the losses see the whole batch, evaluation is sharded, and only rank 0 writes files, as the
+    folder's only writer (a second run into it is refused). `overwrite=False` refuses a fresh run in a folder that holds
+    one (the CLI's default); `trust_pickle`: resume from a checkpoint of an older glscl (full pickle: only a file you
+    trust)."""
     device = init_distributed(device)
     rank, W = world()
     check_run_settings(cfg, W)
@@ -302,14 +323,16 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
     seed_everything(cfg.seed)                                          # the same initial weights on every rank
     model = (model or GLSCL(cfg)).to(device)
     check_frame_positions(model, cfg)
-    if W > 1: seed_everything(cfg.seed + rank)                         # dropout differs across ranks (one process: untouched)
-    ds = training_set(cfg, memo_videos, pixels=not cfg.freeze_visual or cfg.official_compat)   # no pixels where the frozen tower's
+    if W > 1: seed_everything(cfg.seed + rank)   # dropout differs across ranks (one process: untouched)
+    # no pixels where the frozen tower's
+    ds = training_set(cfg, memo_videos, pixels=not cfg.freeze_visual or cfg.official_compat)
     # features stand for them (the released padding reads their size, so official_compat keeps them)
     steps_per_epoch = len(ds) // cfg.batch_size
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     opt = make_optimizer(model, cfg); sched = make_scheduler(opt, cfg, total); scaler = make_scaler(cfg, device)
     state = resume_state(resume, cfg, model, opt, sched, scaler, trust_pickle) if resume else TrainState()
-    run = Run(cfg, model, opt, sched, scaler, state, device, resumed=bool(resume), progress=progress, final_extra=final_extra)
+    run = Run(cfg, model, opt, sched, scaler, state, device, resumed=bool(resume), progress=progress,
+              final_extra=final_extra)
     run.store = frozen_features(memo_features, model, cfg) if memo_features is not None and cfg.freeze_visual else None
     feats = frame_features(model, ds, cfg, progress, store=run.store) if cfg.freeze_visual else None
     bar = tqdm(total=total, initial=state.step, desc=f"training {cfg.name}" + (f" on {W} processes" if W > 1 else ''),
@@ -323,7 +346,8 @@ def train(cfg: Config, resume=None, model: GLSCL = None, progress: bool = True, 
             for v in count_unreadable(state.bad_videos, planned[k], batch, ds, cfg):
                 run.write(kind='skip', step=state.step, epoch=state.epoch, video=v, skipped=len(state.bad_videos))
             state.batch += 1
-            if not all_true(batch['size'] >= (2 if W == 1 else 1), device): continue   # nothing (or no negative) left in this batch
+            # nothing (or no negative) left in this batch
+            if not all_true(batch['size'] >= (2 if W == 1 else 1), device): continue
             if feats is not None: batch = with_features(batch, feats, ds)
             rec = run.step(batch)
             bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.3f}")

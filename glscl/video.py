@@ -311,7 +311,7 @@ def _filtered(container, fps: float, short_side: int, rounding: str = "up") -> I
         if graph is None:
             tb, first = fr.time_base or vs.time_base, (fr.width, fr.height, fr.format.name)
             graph = _fps_scale_graph(fr, tb, fps, _resized(fr.height, fr.width, short_side), rounding)
-        if fr.pts is None: fr.pts = int(round(i / src_rate / tb))            # no timestamp: the i-th at the nominal rate
+        if fr.pts is None: fr.pts = int(round(i / src_rate / tb))   # no timestamp: the i-th at the nominal rate
         if (fr.width, fr.height, fr.format.name) != first:                    # a mid-stream size change: as the first
             fr = fr.reformat(width=first[0], height=first[1], format=first[2])
         graph.vpush(fr)
@@ -346,7 +346,8 @@ def compress_videos(src_dir: PathLike, dst_dir: PathLike, fps: float = 3, short_
     "`compress_video` every video in `src_dir` into `dst_dir/<stem>.mp4`; failures are logged, counted and skipped."
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     if not src_dir.is_dir(): raise FileNotFoundError(f"video folder {src_dir} does not exist")
-    if src_dir.resolve() == dst_dir.resolve(): raise ValueError("dst_dir must differ from src_dir (it would overwrite the sources)")
+    if src_dir.resolve() == dst_dir.resolve():
+        raise ValueError("dst_dir must differ from src_dir (it would overwrite the sources)")
     files = sorted(p for p in src_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
     done, skipped, failed = 0, 0, []
     for src in tqdm(files, desc="compress", unit="video"):

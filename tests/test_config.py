@@ -1,5 +1,6 @@
 "Run presets: settings.ini -> typed Config, base chains, overrides and errors."
-import pathlib, pytest
+import pathlib
+import pytest
 from glscl.config import load_config, list_presets, Config
 from glscl.cli import course_notebooks
 
@@ -15,7 +16,8 @@ def test_paper_recipe_values():
     assert (c.epochs, c.batch_size, c.lr, c.coef_lr, c.weight_decay) == (5, 128, 1e-4, 1e-3, 0.2)
     assert (c.adam_beta1, c.adam_beta2, c.adam_eps, c.warmup, c.grad_clip) == (0.9, 0.98, 1e-6, 0.1, 1.0)
     assert (c.max_words, c.max_frames, c.fps, c.image_size) == (32, 12, 1.0, 224)
-    assert (c.gim_temp, c.n_queries, c.lim_layers, c.lim_ff_dim, c.lim_heads, c.lim_dropout) == (3.0, 8, 3, 2048, 8, 0.1)
+    assert (c.gim_temp, c.n_queries, c.lim_layers, c.lim_ff_dim,
+            c.lim_heads, c.lim_dropout) == (3.0, 8, 3, 2048, 8, 0.1)
     assert (c.sim_lambda, c.idl_alpha, c.icl_beta, c.icl_target, c.seed) == (0.5, 1e-4, 0.02, 0.75, 42)
     assert c.share_queries is True and c.share_decoder is True
     assert (c.clip_model, c.clip_pretrained, c.icl_norm) == ('ViT-B-32', 'openai', 'k')
@@ -29,7 +31,8 @@ def test_corrected_preset_differs_only_in_the_loose_spots():
     rel, fix = load_config('msrvtt-vitb32').to_dict(), load_config('msrvtt-vitb32-amp').to_dict()
     diff = {k for k in rel if rel[k] != fix[k]} - {'name', 'description', 'out_dir'}
     assert diff == {'precision', 'optimizer', 'weight_decay_rule', 'official_compat', 'ddp_gather', 'frame_sampling'}
-    assert (fix['precision'], fix['optimizer'], fix['official_compat'], fix['ddp_gather']) == ('amp-bf16', 'adamw', False, 'exact')
+    assert (fix['precision'], fix['optimizer'], fix['official_compat'],
+            fix['ddp_gather']) == ('amp-bf16', 'adamw', False, 'exact')
 
 def test_choices_are_checked():
     with pytest.raises(ValueError, match="'fp16' is now 'released-fp16'"): load_config('toy', precision='fp16')
@@ -78,11 +81,19 @@ def test_every_field_is_declared_with_what_it_affects():
     assert LIMITS['seed'] == (0, 2**32 - 1, False, False) and LIMITS['lim_dropout'] == (0, 1, False, True)
 
 def test_the_old_lists_are_derived_from_the_declarations():
-    import glscl.train as T, glscl.cli as cli, glscl.clip as clip, glscl.model as model, glscl.video as video, glscl.datasets as ds
-    assert T.ENCODING_KEYS == keys_affecting('encodings') and 'gim_temp' not in T.ENCODING_KEYS and 'sim_lambda' in T.ENCODING_KEYS
-    assert T.RESUME_FREE_KEYS == keys_free_of('training') and {'out_dir', 'max_steps', 'grad_cache_chunk'} <= set(T.RESUME_FREE_KEYS)
+    import glscl.train as T
+    import glscl.cli as cli
+    import glscl.clip as clip
+    import glscl.model as model
+    import glscl.video as video
+    import glscl.datasets as ds
+    assert (T.ENCODING_KEYS == keys_affecting('encodings') and 'gim_temp' not in T.ENCODING_KEYS
+            and 'sim_lambda' in T.ENCODING_KEYS)
+    assert (T.RESUME_FREE_KEYS == keys_free_of('training')
+            and {'out_dir', 'max_steps', 'grad_cache_chunk'} <= set(T.RESUME_FREE_KEYS))
     assert cli.EVAL_SETTABLE == keys_affecting('eval_override') and 'lr' not in cli.EVAL_SETTABLE
-    assert (clip.PRECISIONS, model.HEADS, video.FRAME_RULES) == (CHOICES['precision'], CHOICES['head'], CHOICES['frame_sampling'])
+    assert (clip.PRECISIONS, model.HEADS, video.FRAME_RULES) == (CHOICES['precision'], CHOICES['head'],
+                                                                 CHOICES['frame_sampling'])
     assert set(T.OPTIMIZERS) == set(CHOICES['optimizer']) and set(ds.BENCHMARKS) == set(CHOICES['dataset'])
     import glscl.index as I                        # the index id keys on the declared settings, read from them
     assert I.ID_KEYS == keys_affecting('index') and {'clip_model', 'sim_lambda', 'gim_temp'} <= set(I.ID_KEYS)

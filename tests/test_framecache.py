@@ -1,7 +1,10 @@
 """The frame cache: the same tensors as the video path, a mismatched cache refused, resume after a kill, unreadable
 videos listed and skipped, shards rolling over, augmentation after the cache, and `glscl cache-frames`."""
-import json, os, shutil
-import pytest, torch
+import json
+import os
+import shutil
+import pytest
+import torch
 from glscl.config import load_config
 from glscl.toyworld import make_toy_msrvtt
 from glscl.data import VideoTextDataset, VideoDataset
@@ -44,8 +47,8 @@ def test_mismatched_cache_refused(cfg, caplog):
     for k, v in (('max_frames', 8), ('fps', 2.0), ('frame_sampling', 'released')):
         caplog.clear()
         ds = dataset_from_config(cfg.replace(**{k: v}), 'train')
-        assert ds.frame_cache is None and f'other sampling settings: ' in caplog.text and f'{k}=' in caplog.text
-        assert ds[0]['frame_mask'].shape[0] == getattr(cfg.replace(**{k: v}), 'max_frames')
+        assert ds.frame_cache is None and 'other sampling settings: ' in caplog.text and f'{k}=' in caplog.text
+        assert ds[0]['frame_mask'].shape[0] == cfg.replace(**{k: v}).max_frames
         with pytest.raises(ValueError, match='other sampling settings'):
             build_frame_cache(cfg.replace(**{k: v}), progress=False)              # never mixed into one cache
     with pytest.raises(ValueError, match='other sampling settings'): FrameCache(cfg.frame_cache, dict(max_frames=3))
@@ -109,11 +112,12 @@ def test_stale_or_foreign_cache_is_not_read(cfg, world, tmp_path):
     shutil.copy(w/'videos'/'video5.mp4', w/'videos'/'video1.mp4')                 # video1 replaced by other content
     got = ds[0]['frames']
     want = videos_from_config(c.replace(frame_cache=None), ['video5'])[0]['frames']
-    assert torch.equal(got, want)                                                    # the new file's frames, not the cached ones
-    assert open_frame_cache(cfg.replace(frame_cache=c.frame_cache)) is None          # cfg reads another folder of videos
+    assert torch.equal(got, want)   # the new file's frames, not the cached ones
+    assert open_frame_cache(cfg.replace(frame_cache=c.frame_cache)) is None   # cfg reads another folder of videos
 
 def test_uint8_pixels_give_the_same_model_input(cfg):
-    "Datasets with `uint8 = True` (what training uses) hand the model pixels that it normalises to exactly the float path's input."
+    """Datasets with `uint8 = True` (what training uses) hand the model pixels that it normalises to exactly the float
+    path's input."""
     from glscl.model import GLSCL
     from glscl.video import normalize_frames
     from glscl.data import collate_videos
@@ -127,10 +131,12 @@ def test_uint8_pixels_give_the_same_model_input(cfg):
         x, y = m.encode_video(fb['frames'], fb['frame_mask']), m.encode_video(ub['frames'], ub['frame_mask'])
         assert torch.equal(x['frames'], y['frames']) and torch.equal(x['query'], y['query'])
         oc = GLSCL(cfg.replace(clip_pretrained='none', official_compat=True)).eval()
-        assert torch.equal(oc.encode_video(fb['frames'], fb['frame_mask'])['frames'], oc.encode_video(ub['frames'], ub['frame_mask'])['frames'])
+        assert torch.equal(oc.encode_video(fb['frames'], fb['frame_mask'])['frames'],
+                           oc.encode_video(ub['frames'], ub['frame_mask'])['frames'])
 
 def test_a_cache_of_another_format_is_not_read_nor_extended_and_ensure_rebuilds_it(cfg, caplog):
-    "A cache written by another version of glscl (its frames resized differently) is refused; ensure_frame_cache rebuilds it."
+    """A cache written by another version of glscl (its frames resized differently) is refused; ensure_frame_cache
+    rebuilds it."""
     from glscl.framecache import ensure_frame_cache, CACHE_FORMAT
     build_frame_cache(cfg, progress=False)
     meta_p = cfg.frame_cache/'meta.json'

@@ -5,16 +5,18 @@ from pathlib import Path
 import pytest
 
 # lowest first; modules in one tuple are peers and may not import each other
-LAYERS = [('filesafety',), ('config',), ('pixels',), ('video',), ('data',), ('toyworld',), ('datasets', 'toylayouts'), ('framecache',),
-          ('presetdata',), ('clip',), ('tinyclip',), ('gim', 'lim', 'losses', 'ranking'), ('heads',),
+LAYERS = [('filesafety',), ('config',), ('pixels',), ('video',), ('data',), ('toyworld',), ('datasets', 'toylayouts'),
+          ('framecache',), ('presetdata',), ('clip',), ('tinyclip',), ('gim', 'lim', 'losses', 'ranking'), ('heads',),
           ('metrics',), ('model',),
-          ('optim', 'precision', 'distributed'), ('checkpoint',), ('evaluation', 'step'), ('train',),   # training, one concern a module
+          # training, one concern a module
+          ('optim', 'precision', 'distributed'), ('checkpoint',), ('evaluation', 'step'), ('train',),
           ('shortlist',), ('index',), ('efficiency', 'search', 'course'), ('cli',)]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 PKG = Path(__file__).resolve().parents[1]/'glscl'
 
 def glscl_imports(path: Path) -> set:
-    "The glscl modules that `path` imports anywhere in its code (`from glscl.x import`, `from .x import`, `import glscl.x`)."
+    """The glscl modules that `path` imports anywhere in its code (`from glscl.x import`, `from .x import`, `import
+    glscl.x`)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -34,7 +36,8 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize('mod', sorted(RANK))
 def test_imports_only_downward(mod):
     up = sorted(m for m in glscl_imports(PKG/f'{mod}.py') if m != '__init__' and RANK.get(m, -1) >= RANK[mod])
-    assert not up, f"glscl.{mod} (layer {RANK[mod]}) imports {up}, which are not below it: {[(m, RANK.get(m)) for m in up]}"
+    assert not up, (
+        f"glscl.{mod} (layer {RANK[mod]}) imports {up}, which are not below it: {[(m, RANK.get(m)) for m in up]}")
 
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     p = tmp_path/'m.py'

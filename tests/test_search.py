@@ -1,7 +1,8 @@
-"""glscl.search: the index round-trips, refuses a foreign model, skips a corrupt file, updates incrementally, and ranks as
-GLSCL.similarity on the evaluation path's encodings."""
+"""glscl.search: the index round-trips, refuses a foreign model, skips a corrupt file, updates incrementally, and ranks
+as GLSCL.similarity on the evaluation path's encodings."""
 import numpy as np
-import pytest, torch
+import pytest
+import torch
 from glscl.config import load_config
 from glscl.model import GLSCL
 from glscl.index import VideoIndex, IndexMismatch, list_videos, model_id
@@ -74,7 +75,8 @@ def test_search_ranks_as_similarity(world):
 def test_score_blocks_any_block_size(world):
     idx, m = world['index'], world['model']
     t = encode_texts(m, world['captions'][:2], world['cfg'], progress=False)
-    torch.testing.assert_close(score_index(m.similarity, t, idx.arrays, block=3), score_index(m.similarity, t, idx.arrays), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(score_index(m.similarity, t, idx.arrays, block=3),
+                               score_index(m.similarity, t, idx.arrays), atol=1e-6, rtol=1e-6)
 
 
 def test_incremental_update_and_float16(world, tmp_path):
@@ -103,7 +105,8 @@ def test_main(world, capsys):
 
 
 def test_one_query_path_equals_similarity(world):
-    "One text takes the head's matrix-vector path (`one_query`); it equals GLSCL.similarity, whatever padded slots hold."
+    """One text takes the head's matrix-vector path (`one_query`); it equals GLSCL.similarity, whatever padded slots
+    hold."""
     from glscl.heads import GLSCLSimilarity
     m, cfg, idx = world['model'], world['cfg'], world['index']
     order = [idx.files.index(f'{v}.mp4') for v in world['ids']]
@@ -113,10 +116,11 @@ def test_one_query_path_equals_similarity(world):
     ref = m.similarity(t_all, v)
     for i, c in enumerate(caps):
         torch.testing.assert_close(idx.scores(c)[0, order], ref[i], atol=1e-5, rtol=1e-5)
-    g = torch.Generator().manual_seed(0)                                   # synthetic block: short videos, junk in the padding
+    g = torch.Generator().manual_seed(0)   # synthetic block: short videos, junk in the padding
     f, mask = torch.randn(5, 6, 16, generator=g), torch.arange(6)[None] < torch.tensor([[6], [3], [1], [4], [6]])
     f[~mask] = float('nan')
-    q, t = torch.randn(5, 4, 16, generator=g), dict(eos=torch.randn(1, 16, generator=g), query=torch.randn(1, 4, 16, generator=g))
+    q, t = torch.randn(5, 4, 16, generator=g), dict(eos=torch.randn(1, 16, generator=g),
+                                                    query=torch.randn(1, 4, 16, generator=g))
     clean = torch.where(mask[..., None], f, torch.zeros(()))
     gram = clean @ clean.transpose(1, 2)
     from glscl.gim import global_interaction

@@ -696,7 +696,8 @@ def test_training_on_features_reads_no_pixels_and_changes_nothing(cfg):
     ds = T.dataset_from_config(cfg, cfg.train_split, uint8=True)
     feats = T.frame_features(m, ds, cfg, progress=False)
     def step(pixels, memo):
-        d = T.dataset_from_config(cfg, cfg.train_split, uint8=True, pixels=pixels, memo=memo)   # configured by its constructor
+        # configured by its constructor
+        d = T.dataset_from_config(cfg, cfg.train_split, uint8=True, pixels=pixels, memo=memo)
         items = [d[i * 7] for i in range(6)]
         if not pixels: assert all(it['frames'].shape == (it['frame_mask'].sum(), 0) for it in items)
         torch.manual_seed(5); m.zero_grad(set_to_none=True)
