@@ -15,11 +15,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
 import open_clip
 import torch
-from .video import (FRAME_RULES, VIDEO_EXTS, VideoError, sample_frames, resize_crop, normalize_frames,
-                         clip_preprocess, augment_clip, augment_seed, _rand_augment)
+from .video import (FRAME_RULES, VideoError, sample_frames, resize_crop, normalize_frames, clip_preprocess,
+                         augment_clip, augment_seed, _rand_augment)
+from .video import VIDEO_EXTS  # noqa: F401  (VideoLookup, which 16a_datasets exports to glscl.data, uses it)
 
 _log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]

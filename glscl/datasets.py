@@ -13,11 +13,10 @@ import csv
 import io
 import json
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 from .data import check_caption, check_video_id, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
 from .data import ACTIVITYNET_FILES, LSMDC_FILES       # the file tables (16 exports them there, see below)

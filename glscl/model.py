@@ -11,9 +11,11 @@ import torch
 import torch.nn as nn
 from fastcore.basics import patch
 from .clip import load_clip, ClipEncoder, TemporalTransformer, cast_released_fp16
-import glscl.tinyclip          # registers the course's glscl-tiny and its 'toy' weights with open_clip (06_tiny_clip)
+# registers the course's glscl-tiny and its 'toy' weights with open_clip (06_tiny_clip)
+import glscl.tinyclip  # noqa: F401  (imported for that side effect)
 from .lim import LocalInteraction
-from .heads import similarity_head, mean_pooling_similarity   # S = Sim1 + lambda Sim2, or meanP (11a)
+from .heads import similarity_head   # S = Sim1 + lambda Sim2, or meanP (11a)
+from .heads import mean_pooling_similarity  # noqa: F401  (old import path: glscl.model.mean_pooling_similarity)
 from .losses import contrastive_loss, inter_consistency_loss, intra_diversity_loss, query_cosine
 
 # %% ../nbs/11b_model.ipynb #262bdfb7
