@@ -291,7 +291,7 @@ def _read_csv(path: Path, expected: list, free_text: str = None) -> list:  # noq
                 if len(row) != n:
                     raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {n} "
                                      f"({', '.join(header)}): {row!r}; quote fields that contain commas")
-                rows.append((line, dict(zip(header, row))))
+                rows.append((line, dict(zip(header, row, strict=True))))
             return rows
     except csv.Error as e:
         raise ValueError(f"{path}: not a valid csv file ({e}); re-download it or fix that line") from None

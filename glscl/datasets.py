@@ -123,7 +123,7 @@ def read_didemo(anno_dir: PathLike, split: str) -> list:
     pairs = []
     for vid in ids:
         if vid not in by_video: raise ValueError(f"{path}: video {vid!r} of {split}_list.txt has no description")
-        sents, starts = zip(*by_video[vid])
+        sents, starts = zip(*by_video[vid], strict=True)
         pairs.append((vid, paragraph(list(sents), list(starts))))
     return pairs
 

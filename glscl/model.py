@@ -211,8 +211,8 @@ def forward(self: GLSCL, batch: dict, gather=None, towers: dict = None) -> dict:
     video = self.encode_video(batch['frames'], batch['frame_mask'], features=batch.get('frame_features'),
                               queries=not lim_after, tower=towers.get('video'))
     if gather is not None:
-        video = dict(video,
-                     **dict(zip(('frames', 'mask'), pad_frame_slots(video['frames'], video['mask'], c.max_frames))))
+        frames, mask = pad_frame_slots(video['frames'], video['mask'], c.max_frames)
+        video = dict(video, frames=frames, mask=mask)
         text, video = gather(text), gather(video)                    # every rank sees the global batch
     if lim_after: text, video = self.add_queries(text, 'text'), self.add_queries(video, 'video')
     sim = self.similarity(text, video)

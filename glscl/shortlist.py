@@ -148,7 +148,7 @@ class Shortlist:
                 finally: ivf.nprobe = keep
             else: _, ids = self.index.search(q[todo], max(k, 1))
             short = []
-            for r, row in zip(todo, ids):
+            for r, row in zip(todo, ids, strict=True):
                 v = row[row >= 0] // per
                 if per > 1: v = v[np.sort(np.unique(v, return_index=True)[1])]
                 out[r, :min(n, len(v))] = v[:n]
