@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from glscl.heads import GLSCLSimilarity
-from glscl.index import store_arrays, float_block
+from glscl.index import store_arrays
 from glscl.search import rerank, score_index
 from glscl.shortlist import (Shortlist, shortlist_vectors, query_vectors, clustered_world, clustered_videos,
                              clustered_texts, encoding_stats, CLUSTER_BLOCK, KINDS, default_factory)
@@ -53,8 +53,8 @@ def topk_merge(vals, idx, s, offset, k):
     return t.values, i.gather(1, t.indices)
 
 def recall(got, ref, k):
-    return (float(np.mean([len(set(g[:k]) & set(r[:k])) / k for g, r in zip(got, ref)])) if k > 1
-            else float(np.mean([g[0] == r[0] for g, r in zip(got, ref)])))
+    return (float(np.mean([len(set(g[:k]) & set(r[:k])) / k for g, r in zip(got, ref, strict=True)])) if k > 1
+            else float(np.mean([g[0] == r[0] for g, r in zip(got, ref, strict=True)])))
 
 def fit_check():
     ck = Path(__file__).resolve().parents[1]/'runs/toy/last.pt'
@@ -169,7 +169,6 @@ def main(argv=None):
             wall = time.perf_counter() - t0
             store = open_store(root/'int8')
             disk = sum(p.stat().st_size for p in (root/'int8').glob('*.npy')) + (root/'shortlist.faiss').stat().st_size
-            before = rss('VmRSS')
             sl = Shortlist.load(root/'shortlist.faiss').set_search(nprobe=a.nprobe)
             print(f"\n{V:,} videos: {sl}; generation {B['t_gen']:.0f} s; shortlist train {B['t_train']:.0f} s + add "
                   f"{B['t_add']:.0f} s; store + shortlist on disk {disk / 2**30:.2f} GB (shortlist "
@@ -216,13 +215,9 @@ def compare_first(B, root, store, V, a):
                        dict(kind=k, n_frames=B['w']['n_frames'], factory='Flat', d=x.shape[1]))
         sl.index.add_with_ids(x, ids); del x
         qv = query_vectors(txt['eos'], txt['query'], k, LAMBDA)
-        print(
-            f"    {k:<11}"
-            + ''.join(
-                f"  C {C}: {np.mean([len(set(c) & set(r[:10])) / 10 for c, r in zip(sl.candidates(qv, C), ref)]):.3f}"
-                for C in a.candidates
-            )
-        )
+        rec = [np.mean([len(set(c) & set(r[:10])) / 10 for c, r in zip(sl.candidates(qv, C), ref, strict=True)])
+               for C in a.candidates]
+        print(f"    {k:<11}" + ''.join(f"  C {C}: {r:.3f}" for C, r in zip(a.candidates, rec, strict=True)))
         del sl; gc.collect()
     parts = B['kind_vecs'][KIND]; x = np.concatenate([p[0] for p in parts]); ids = np.concatenate([p[1] for p in parts])
     B['kind_vecs'] = None
@@ -241,12 +236,13 @@ def compare_first(B, root, store, V, a):
         t0 = time.perf_counter(); [sl.candidates(q[None], 400) for q in qv[:200]]
         ms = (time.perf_counter() - t0) / 200 * 1e3
         if m is None:
-            rec = [np.mean([len(set(c) & set(r[:10])) / 10 for c, r in zip(sl.candidates(qv, C), ref)])
+            rec = [np.mean([len(set(c) & set(r[:10])) / 10 for c, r in zip(sl.candidates(qv, C), ref, strict=True)])
                    for C in a.candidates]
             note = f"nprobe {ps['nprobe']}"
         else:   # against GLSCL's top 10 among the same 10,000 videos (200 queries)
             ref_sub = B['S_keep'][:, :10_000].topk(10).indices.numpy()
-            rec = [np.mean([len(set(c) & set(r)) / 10 for c, r in zip(sl.candidates(qv[:len(ref_sub)], C), ref_sub)])
+            rec = [np.mean([len(set(c) & set(r)) / 10
+                            for c, r in zip(sl.candidates(qv[:len(ref_sub)], C), ref_sub, strict=True)])
                    for C in a.candidates]
             note = (f"efSearch {ps['ef']}; built on the {len(xs):,} frames of the first 10,000 videos, recall against "
                     "GLSCL's top 10 among them, 200 queries")

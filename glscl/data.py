@@ -15,11 +15,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
 import open_clip
 import torch
-from .video import (FRAME_RULES, VIDEO_EXTS, VideoError, sample_frames, resize_crop, normalize_frames,
-                         clip_preprocess, augment_clip, augment_seed, _rand_augment)
+from .video import (FRAME_RULES, VideoError, sample_frames, resize_crop, normalize_frames, clip_preprocess,
+                         augment_clip, augment_seed, _rand_augment)
+from .video import VIDEO_EXTS  # noqa: F401  (VideoLookup, which 16a_datasets exports to glscl.data, uses it)
 
 _log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -261,17 +261,18 @@ def count_skips(ds, batch: dict, loader=None) -> int:
 # %% ../nbs/02_data.ipynb #f2ae3f8b
 # Appendix 1: annotation files read strictly: a missing file says how to get it, a csv's header and every row's
 # field count are checked (a comma in a free-text last column is joined back), a data json must hold its list.
-def _anno_hint(anno_dir) -> str:
+# A hidden cell at the top imports these from glscl.data for the lesson, hence `noqa: F811` on their definitions.
+def _anno_hint(anno_dir) -> str:  # noqa: F811
     return (f"download the MSR-VTT annotations (msrvtt_data.zip from the CLIP4Clip release) into {anno_dir}, "
             "see data/README.md, or run `glscl toy` / `glscl.toyworld.make_toy_msrvtt` for the toy world")
 
-def _anno_file(anno_dir: Path, key: str) -> Path:
+def _anno_file(anno_dir: Path, key: str) -> Path:  # noqa: F811
     "The path of annotation file `key`, or a FileNotFoundError that says how to get it."
     p = anno_dir / MSRVTT_FILES[key]
     if not p.is_file(): raise FileNotFoundError(f"missing MSR-VTT annotation file {p}: {_anno_hint(anno_dir)}")
     return p
 
-def _read_csv(path: Path, expected: list, free_text: str = None) -> list:
+def _read_csv(path: Path, expected: list, free_text: str = None) -> list:  # noqa: F811
     """Rows of csv `path` as (line, dict), after checking that its header holds the `expected` columns. A row with more
     fields than the header is an unquoted comma in the last column when that column is `free_text` (the fields are
     joined back, nothing is lost), else an error naming the line; so is a row with fewer fields."""
@@ -290,13 +291,13 @@ def _read_csv(path: Path, expected: list, free_text: str = None) -> list:
                 if len(row) != n:
                     raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {n} "
                                      f"({', '.join(header)}): {row!r}; quote fields that contain commas")
-                rows.append((line, dict(zip(header, row))))
+                rows.append((line, dict(zip(header, row, strict=True))))
             return rows
     except csv.Error as e:
         raise ValueError(f"{path}: not a valid csv file ({e}); re-download it or fix that line") from None
     except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text ({e}); re-download it") from None
 
-def _read_json(path: Path, key: str, anno_dir) -> list:
+def _read_json(path: Path, key: str, anno_dir) -> list:  # noqa: F811
     "The list `key` of MSR-VTT's data json, or an error saying how to get a good one."
     try:
         items = json.loads(path.read_text(encoding="utf-8"))[key]
@@ -311,7 +312,8 @@ def _read_json(path: Path, key: str, anno_dir) -> list:
 # Appendix 2: captions, video ids and arguments. A caption must keep a word after CLIP's cleaning; a video id read from
 # a data file must name a file inside the video folder; `tokenize`'s and the datasets' arguments are checked when they
 # are made (not later, in a DataLoader worker).
-def check_caption(caption, where: str) -> str:
+# A hidden cell at the top imports these from glscl.data for the lesson, hence `noqa: F811` on their definitions.
+def check_caption(caption, where: str) -> str:  # noqa: F811
     """`caption` if CLIP's tokenizer keeps something of it, else a ValueError naming `where`: not a string, empty, or
     empty after the tokenizer's cleaning (HTML entities such as `&nbsp;`, control and zero-width characters, odd
     spaces)."""
@@ -322,7 +324,7 @@ def check_caption(caption, where: str) -> str:
                          "word); fix or drop it")
     return caption
 
-def check_video_id(vid, where: str) -> str:
+def check_video_id(vid, where: str) -> str:  # noqa: F811
     """`vid` if it names a file inside the video folder, else a ValueError naming `where`: a video id read from a data
     file must not be empty, absolute (`/etc/x`, `C:\\x`) or climb out with `..`, so that no file outside the folder is
     ever read."""
@@ -334,7 +336,7 @@ def check_video_id(vid, where: str) -> str:
                          "a video id names a file inside the video folder: fix that line")
     return vid
 
-def _check_texts(texts, max_words) -> list:
+def _check_texts(texts, max_words) -> list:  # noqa: F811
     """`texts` (a caption or captions) as a list whose every caption keeps a word after cleaning; `max_words` an int >=
     3."""
     if int(max_words) != max_words or max_words < 3:
@@ -345,23 +347,23 @@ def _check_texts(texts, max_words) -> list:
     for i, t in enumerate(texts): check_caption(t, f"caption {i}")
     return texts
 
-def _check_sampling(frame_sampling: str):
+def _check_sampling(frame_sampling: str):  # noqa: F811
     if frame_sampling not in FRAME_RULES:
         raise ValueError(f"unknown frame_sampling {frame_sampling!r}; allowed values are {FRAME_RULES}")
 
-def _check_options(frame_sampling: str, augment, image_size: int, seed):
+def _check_options(frame_sampling: str, augment, image_size: int, seed):  # noqa: F811
     "A known frame sampling rule, a RandAugment spec that parses (for `image_size`), a seed that is an int >= 0."
     _check_sampling(frame_sampling)
     if augment: _rand_augment(str(augment), int(image_size))
     if int(seed) != seed or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
 
-def _checked_pairs(pairs) -> list:
+def _checked_pairs(pairs) -> list:  # noqa: F811
     "(video_id, caption) pairs with string ids, every caption checked."
     out = [(str(v), c) for v, c in pairs]
     for i, (v, c) in enumerate(out): check_caption(c, f"pair {i} (video {v})")
     return out
 
-def _unique_ids(video_ids) -> list:
+def _unique_ids(video_ids) -> list:  # noqa: F811
     ids = [str(v) for v in video_ids]
     if len(set(ids)) != len(ids):
         dup = sorted({v for v in ids if ids.count(v) > 1})
@@ -369,19 +371,23 @@ def _unique_ids(video_ids) -> list:
     return ids
 
 # %% ../nbs/16a_datasets.ipynb #d16a0002
-ACTIVITYNET_FILES = dict(train=('train_ids.json', 'train.json'), val=('val_ids.json', 'val_1.json'))
+# Exported to glscl.data; the export cell at the top imports it from there for glscl.datasets, hence `noqa: F811`.
+ACTIVITYNET_FILES = dict(train=('train_ids.json', 'train.json'), val=('val_ids.json', 'val_1.json'))  # noqa: F811
 
 # %% ../nbs/16a_datasets.ipynb #d16a0004
-LSMDC_FILES = dict(train='LSMDC16_annos_training.csv', val='LSMDC16_annos_val.csv',
+# Exported to glscl.data; the export cell at the top imports it from there for glscl.datasets, hence `noqa: F811`.
+LSMDC_FILES = dict(train='LSMDC16_annos_training.csv', val='LSMDC16_annos_val.csv',  # noqa: F811
                    test='LSMDC16_challenge_1000_publictect.csv')
 
 # %% ../nbs/16a_datasets.ipynb #35d1e163
-def same_stem(vid: str) -> tuple:
+# Exported to glscl.data; the export cell at the top imports it from there for glscl.datasets, hence `noqa: F811`.
+def same_stem(vid: str) -> tuple:  # noqa: F811
     "The file stems of a video id: the id itself (MSR-VTT, MSVD, LSMDC, DiDeMo)."
     return (vid,)
 
 # %% ../nbs/16a_datasets.ipynb #d16b0001
-class VideoLookup:
+# Exported to glscl.data; the export cell at the top imports it from there for glscl.datasets, hence `noqa: F811`.
+class VideoLookup:  # noqa: F811
     """The file of a video id under `video_dir`: `<stem><ext>` for the id's stems (`stems(vid)`, default the id itself)
     and the usual extensions (`VIDEO_EXTS`), or a file named exactly like the id; else the same anywhere below
     `video_dir` (an index built once). A missing video is a FileNotFoundError saying what was looked for."""

@@ -13,11 +13,10 @@ import csv
 import io
 import json
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 from .data import check_caption, check_video_id, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
 from .data import ACTIVITYNET_FILES, LSMDC_FILES       # the file tables (16 exports them there, see below)
@@ -124,7 +123,7 @@ def read_didemo(anno_dir: PathLike, split: str) -> list:
     pairs = []
     for vid in ids:
         if vid not in by_video: raise ValueError(f"{path}: video {vid!r} of {split}_list.txt has no description")
-        sents, starts = zip(*by_video[vid])
+        sents, starts = zip(*by_video[vid], strict=True)
         pairs.append((vid, paragraph(list(sents), list(starts))))
     return pairs
 

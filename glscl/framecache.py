@@ -51,9 +51,9 @@ def _read_index(path: Path, lines_too: bool = False) -> list:
     if not path.exists(): return []
     lines = path.read_text().split('\n')
     recs = []
-    for i, l in enumerate(lines):
-        if not l.strip(): continue
-        try: recs.append((i + 1, json.loads(l)) if lines_too else json.loads(l))
+    for i, line in enumerate(lines):
+        if not line.strip(): continue
+        try: recs.append((i + 1, json.loads(line)) if lines_too else json.loads(line))
         except json.JSONDecodeError:
             if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1:]):
                 raise ValueError(f"{path}, line {i + 1} is not JSON: the index is damaged; delete the cache folder and "
@@ -69,7 +69,7 @@ def check_index(folder: Path, settings: dict) -> list:
     shard. Anything else is an error naming the file and line (never bytes from elsewhere)."""
     path, S, N, sizes, out = folder/'index.jsonl', int(settings['image_size']), int(settings['max_frames']), {}, []
     for line, r in _read_index(path, lines_too=True):
-        def bad(why):
+        def bad(why, line=line):
             return ValueError(f"{path}, line {line}: {why}; the cache is damaged or was edited: delete {folder} and "
                               "build it again (`glscl cache-frames`)")
         if not isinstance(r, dict) or not isinstance(r.get('video'), str) or not r['video']:

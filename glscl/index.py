@@ -292,12 +292,14 @@ def _carry_shortlist(self: VideoIndex, gen: Path, keep: list, n_old: int):
 # (nothing in an index can run code); `check_index` compares every array with index.json and the others (rows,
 # shape, dtype, the checksum written at build time, no NaN or inf), so a damaged index is an error naming the
 # file, never a silently different ranking.
-def _damaged(path, why: str) -> ValueError:
+# A hidden cell at the top imports this appendix's functions from glscl.index for the lesson, hence `noqa: F811`
+# on their definitions.
+def _damaged(path, why: str) -> ValueError:  # noqa: F811
     return ValueError(f"{why}: the index {path} is damaged; build it again into an empty folder "
                       f"(`glscl search --index NEW_FOLDER --build VIDEO_FOLDER`, or VideoIndex.build)")
 
 # %% ../nbs/18a_video_index.ipynb #ac3aee35
-def _read_meta(p: Path) -> dict:
+def _read_meta(p: Path) -> dict:  # noqa: F811
     "index.json (plain JSON: nothing in it can run), or an error naming the file."
     try: meta = json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -306,7 +308,7 @@ def _read_meta(p: Path) -> dict:
     return meta
 
 # %% ../nbs/18a_video_index.ipynb #276d2a22
-def _array_dir(path: Path, meta: dict) -> Path:
+def _array_dir(path: Path, meta: dict) -> Path:  # noqa: F811
     """Where the arrays live: the generation folder that index.json points to (the folder itself for a glscl-index-1
     index)."""
     g = meta.get('generation')
@@ -316,7 +318,7 @@ def _array_dir(path: Path, meta: dict) -> Path:
     return path/g
 
 # %% ../nbs/18a_video_index.ipynb #27309ed4
-def _load_arrays(path: Path, meta: dict, mmap: bool = True) -> dict:
+def _load_arrays(path: Path, meta: dict, mmap: bool = True) -> dict:  # noqa: F811
     """The index's .npy arrays, read without pickle (an object array is refused: it could run code), or an error naming
     the file."""
     d, out = _array_dir(path, meta), {}
@@ -329,14 +331,14 @@ def _load_arrays(path: Path, meta: dict, mmap: bool = True) -> dict:
     return out
 
 # %% ../nbs/18a_video_index.ipynb #18af90c1
-def _sha256(f: Path) -> str:
+def _sha256(f: Path) -> str:  # noqa: F811
     h = hashlib.sha256()
     with open(f, 'rb') as fh:
         for b in iter(lambda: fh.read(1 << 22), b''): h.update(b)
     return h.hexdigest()
 
 # %% ../nbs/18a_video_index.ipynb #9b3bddb0
-def check_index(path, meta: dict, arrays: dict, verify: bool = True):
+def check_index(path, meta: dict, arrays: dict, verify: bool = True):  # noqa: F811
     """Refuse an index whose parts disagree, naming the file: index.json's file lists, each array's rows, shape and
     dtype (against index.json and each other), and with `verify` each array's checksum written at build time and its
     values (no NaN or inf; every video has a valid frame)."""

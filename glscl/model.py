@@ -11,9 +11,11 @@ import torch
 import torch.nn as nn
 from fastcore.basics import patch
 from .clip import load_clip, ClipEncoder, TemporalTransformer, cast_released_fp16
-import glscl.tinyclip          # registers the course's glscl-tiny and its 'toy' weights with open_clip (06_tiny_clip)
+# registers the course's glscl-tiny and its 'toy' weights with open_clip (06_tiny_clip)
+import glscl.tinyclip  # noqa: F401  (imported for that side effect)
 from .lim import LocalInteraction
-from .heads import similarity_head, mean_pooling_similarity   # S = Sim1 + lambda Sim2, or meanP (11a)
+from .heads import similarity_head   # S = Sim1 + lambda Sim2, or meanP (11a)
+from .heads import mean_pooling_similarity  # noqa: F401  (old import path: glscl.model.mean_pooling_similarity)
 from .losses import contrastive_loss, inter_consistency_loss, intra_diversity_loss, query_cosine
 
 # %% ../nbs/11b_model.ipynb #262bdfb7
@@ -209,8 +211,8 @@ def forward(self: GLSCL, batch: dict, gather=None, towers: dict = None) -> dict:
     video = self.encode_video(batch['frames'], batch['frame_mask'], features=batch.get('frame_features'),
                               queries=not lim_after, tower=towers.get('video'))
     if gather is not None:
-        video = dict(video,
-                     **dict(zip(('frames', 'mask'), pad_frame_slots(video['frames'], video['mask'], c.max_frames))))
+        frames, mask = pad_frame_slots(video['frames'], video['mask'], c.max_frames)
+        video = dict(video, frames=frames, mask=mask)
         text, video = gather(text), gather(video)                    # every rank sees the global batch
     if lim_after: text, video = self.add_queries(text, 'text'), self.add_queries(video, 'video')
     sim = self.similarity(text, video)

@@ -20,7 +20,8 @@ from .heads import similarity_head, score_blocks
 from .model import GLSCL
 # the index (18a, glscl.index) sits below search; glscl.search gathers its names, so that
 # `from glscl.search import VideoIndex, store_arrays` works as before
-from .index import *
+from .index import *  # noqa: F403
+from .index import VideoIndex, float_block, DTYPES
 from .index import _array_dir, _block_vectors, _fill, _open_shortlist     # the shortlist's home in an index (18a)
 
 # %% ../nbs/18b_search.ipynb #23324537
@@ -103,7 +104,7 @@ def _search(self: VideoIndex, text: str, k: int = 5, candidates: int = None, pat
     m, w = vb['mask'], head.frame_weights(t, vb)                         # uniform for mean pooling
     self.last = dict(path=way, scored=len(s), videos=len(self), seconds=time.perf_counter() - t0)
     return [dict(file=self.files[i], score=float(sc), best_frame=int(w[0, r].argmax()), weights=w[0, r][m[r]].tolist())
-            for r, (i, sc) in enumerate(zip(hits, top.values.tolist()))]
+            for r, (i, sc) in enumerate(zip(hits, top.values.tolist(), strict=True))]
 
 VideoIndex.search = _search
 

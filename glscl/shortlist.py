@@ -12,7 +12,6 @@ __all__ = ['SHORTLIST_FORMAT', 'KINDS', 'WORLD', 'CLUSTER_BLOCK', 'shortlist_vec
 # %% ../nbs/19_shortlist.ipynb #71a8b13e
 import hashlib
 import json
-import os
 from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
@@ -149,7 +148,7 @@ class Shortlist:
                 finally: ivf.nprobe = keep
             else: _, ids = self.index.search(q[todo], max(k, 1))
             short = []
-            for r, row in zip(todo, ids):
+            for r, row in zip(todo, ids, strict=True):
                 v = row[row >= 0] // per
                 if per > 1: v = v[np.sort(np.unique(v, return_index=True)[1])]
                 out[r, :min(n, len(v))] = v[:n]
@@ -260,7 +259,6 @@ def _event(w: dict, ev) -> np.ndarray:
     return _unit(sum(w['attrs'][a][ev[..., a]] for a in range(w['n_attrs'])))
 
 def _tunit(x):
-    import torch
     return x.div_(x.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
 
 def _queries(w: dict, x, g, noise: float):

@@ -330,7 +330,8 @@ def _temp_dir(out_dir: Path, kind: str) -> Path:
 
 # %% ../nbs/03_toy_world.ipynb #d03c0900
 # Appendix 2: a world is reused, or drawn into a temporary folder and swapped in whole (an interruption leaves the old).
-def _toy_world_there(out_dir: Path, params: dict, overwrite: bool) -> bool:
+# A hidden cell at the top imports these from glscl.toyworld for the lesson, hence `noqa: F811` on their definitions.
+def _toy_world_there(out_dir: Path, params: dict, overwrite: bool) -> bool:  # noqa: F811
     """Whether `out_dir` holds the toy world of `params` already; a folder with other files, or another world, is
     refused."""
     _check_toy_folder(out_dir)
@@ -342,7 +343,7 @@ def _toy_world_there(out_dir: Path, params: dict, overwrite: bool) -> bool:
                               "pass overwrite=True (glscl toy --overwrite) to replace it, or choose another folder")
     return False
 
-def _split_sizes(n_videos: int, n_test, n_val: int) -> int:
+def _split_sizes(n_videos: int, n_test, n_val: int) -> int:  # noqa: F811
     "The number of test videos (default a sixth), after checking that every split gets at least one video."
     n_test = max(1, n_videos // 6) if n_test is None else n_test
     if not 0 < n_test < n_videos: raise ValueError(f"n_test={n_test} must be between 1 and n_videos-1")
@@ -350,7 +351,7 @@ def _split_sizes(n_videos: int, n_test, n_val: int) -> int:
         raise ValueError(f"n_val={n_val} must leave at least one training video (n_videos={n_videos}, n_test={n_test})")
     return n_test
 
-def _write_toy_folder(out_dir: Path, write) -> Path:
+def _write_toy_folder(out_dir: Path, write) -> Path:  # noqa: F811
     "`write(tmp)` into a new temporary folder beside `out_dir`, then that folder swapped in for `out_dir`."
     try: out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -371,7 +372,7 @@ def _write_toy_folder(out_dir: Path, write) -> Path:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
-def _write_csv(path: Path, header: list, rows: list):
+def _write_csv(path: Path, header: list, rows: list):  # noqa: F811
     import csv
     with open(path, 'w', newline='') as f:
         w = csv.writer(f); w.writerow(header); w.writerows(rows)
@@ -383,7 +384,8 @@ def toy_params(cfg) -> dict:
     return dict(n_videos=cfg.toy_videos, seed=cfg.toy_seed, n_test=cfg.toy_test or None, n_val=cfg.toy_val)
 
 # %% ../nbs/04b_preset_data.ipynb #d04b0002
-def ensure_toy_world(cfg) -> Path:
+# Exported to glscl.toyworld; the export cell at the top imports it from there for glscl.presetdata, hence `noqa: F811`.
+def ensure_toy_world(cfg) -> Path:  # noqa: F811
     """Make the toy world of preset `cfg` (a `Config` with dataset 'toy') unless it is already there; return its folder.
     (`glscl.presetdata.ensure_data` also builds the preset's frame cache.)"""
     return make_toy_msrvtt(cfg.anno_dir, **toy_params(cfg))
@@ -400,7 +402,8 @@ def frame_caption(ev: Event, p: float) -> str:
     return f"a {size} {ev.colour} {ev.shape} {where}"
 
 # %% ../nbs/06_tiny_clip.ipynb #d06a0004
-def toy_frames(n: int, seed: int = 0, size: int = 96) -> tuple:
+# Exported to glscl.toyworld; the export cell at the top imports it from there for glscl.tinyclip, hence `noqa: F811`.
+def toy_frames(n: int, seed: int = 0, size: int = 96) -> tuple:  # noqa: F811
     "`n` random single frames uint8 [n,size,size,3] with their captions, for image-text pretraining."
     rng = np.random.default_rng(seed)
     frames, caps = np.empty((n, size, size, 3), np.uint8), []

@@ -20,22 +20,35 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .config import Config, load_config
-from .filesafety import atomic_save, folder_lock
-from .data import VideoTextDataset, collate_videos, read_msrvtt, MSRVTT_FILES
+from .config import Config
+from .filesafety import folder_lock
+from .data import VideoTextDataset, collate_videos
 from .datasets import read_pairs
-from .presetdata import ensure_data, dataset_from_config
+from .presetdata import dataset_from_config
 from .model import GLSCL
-from .metrics import metrics_rows, format_metrics
-# one concern a module (13a-13f); glscl.train gathers their names, so `from glscl.train import evaluate` still works
-from .optim import *
-from .precision import *
-from .precision import _device
-from .distributed import *
-from .checkpoint import *
-from .checkpoint import _plain
-from .evaluation import *
-from .step import *
+# what train uses from the parts of 13a-13f
+from .optim import make_optimizer, make_scheduler
+from .precision import make_scaler
+from .distributed import EpochBatches, world, make_gather, all_gather_objects, all_true
+from .checkpoint import (save_checkpoint, read_checkpoint, load_checkpoint, check_resume, rng_state, set_rng_state,
+                              seed_everything)
+from .evaluation import evaluate, frozen_features, frame_features
+from .step import train_step, pick_device, LOG_STEP_KEYS
+# Old import paths: one concern a module (13a-13f); glscl.train gathers their names (and the ones it imported before
+# the split), so that `from glscl.train import evaluate, BertAdam, _device, load_config` still works.
+from .config import load_config  # noqa: F401
+from .filesafety import atomic_save  # noqa: F401
+from .data import read_msrvtt, MSRVTT_FILES  # noqa: F401
+from .presetdata import ensure_data  # noqa: F401
+from .metrics import metrics_rows, format_metrics  # noqa: F401
+from .optim import *  # noqa: F403
+from .precision import *  # noqa: F403
+from .precision import _device  # noqa: F401
+from .distributed import *  # noqa: F403
+from .checkpoint import *  # noqa: F403
+from .checkpoint import _plain  # noqa: F401
+from .evaluation import *  # noqa: F403
+from .step import *  # noqa: F403
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +70,16 @@ class RunLog:
         if resume_step is None: self.path.write_text('')
         elif self.path.exists():
             keep = [json.dumps(r) for r in read_log(self.path) if r.get('step', 0) <= resume_step]
-            self.path.write_text(''.join(l + '\n' for l in keep))
+            self.path.write_text(''.join(line + '\n' for line in keep))
     def write(self, **rec):
         with open(self.path, 'a') as f: f.write(json.dumps(rec) + '\n')
     def read(self) -> list: return read_log(self.path)
 
 def read_log(path) -> list:
     "The records of a run's log.jsonl (a last line cut off by a kill is dropped)."
-    recs, lines = [], [l for l in Path(path).read_text().splitlines() if l.strip()]
-    for i, l in enumerate(lines):
-        try: recs.append(json.loads(l))
+    recs, lines = [], [line for line in Path(path).read_text().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        try: recs.append(json.loads(line))
         except json.JSONDecodeError:
             if i < len(lines) - 1: raise ValueError(f"{path}, line {i + 1} is not JSON: the log is damaged") from None
     return recs
@@ -367,7 +380,7 @@ def plot_run(log_path, out_png=None):
     steps = [r for r in recs if r['kind'] == 'step']; evals = [r for r in recs if r['kind'] == 'eval']
     fig, axs = plt.subplots(2, 3, figsize=(12, 5.5))
     x = [r['step'] for r in steps]
-    for ax, k in zip(axs.flat[:4], LOG_STEP_KEYS):
+    for ax, k in zip(axs.flat[:4], LOG_STEP_KEYS, strict=False):
         ax.plot(x, [r[k] for r in steps], lw=1); ax.set_title(k); ax.set_xlabel('step')
         ax.ticklabel_format(axis='y', style='sci', scilimits=(-3, 3))
     ax = axs.flat[4]

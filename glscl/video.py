@@ -294,7 +294,7 @@ def _fps_scale_graph(frame: av.VideoFrame, time_base, fps: float, size: tuple, r
              g.add("fps", f"fps={_rate(fps)}:round={rounding}"),
              g.add("scale", f"{size[1]}:{size[0]}:flags=bicubic:out_range=tv:out_color_matrix=bt601"),
              g.add("format", "yuv420p"), g.add("buffersink")]
-    for a, b in zip(chain, chain[1:]): a.link_to(b)
+    for a, b in zip(chain, chain[1:], strict=False): a.link_to(b)
     g.configure()
     return g
 

@@ -1,7 +1,6 @@
 """The two-stage search (glscl.shortlist + glscl.search): a shortlist of every video is the exhaustive search; recall on
 a clustered set is above a floor; incremental adds equal one build; a damaged or foreign FAISS file is refused; the int8
 store and the zero-shot mode against slow references."""
-import json
 import numpy as np
 import pytest
 import torch
@@ -68,11 +67,11 @@ def test_recall_above_floor(clustered):
         t = {k: x[i:i + 1] for k, x in c['T'].items()}
         s, rows = rerank(t, c['store'], sl.candidates(query_vectors(c['txt']['eos'][i:i + 1]), 200)[0], one)
         got.append(rows[s.topk(10).indices.numpy()])
-    r10 = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(got, ref)])
+    r10 = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(got, ref, strict=True)])
     assert r10 >= RECALL_FLOOR, r10
     mean = _sl(c, kind='mean', factory='Flat')   # the mean vector proposes worse candidates (why frames)
     cand = mean.candidates(query_vectors(c['txt']['eos']), 50)
-    assert np.mean([len(set(a) & set(r)) / 10 for a, r in zip(cand, ref)]) < r10
+    assert np.mean([len(set(a) & set(r)) / 10 for a, r in zip(cand, ref, strict=True)]) < r10
 
 
 def test_incremental_adds_equal_one_build(clustered):
@@ -142,7 +141,7 @@ def toy(tmp_path_factory):
     folder = tmp_path_factory.mktemp('videos')
     for v in ids[:10]: (folder/f'{v}.mp4').symlink_to((root/'videos'/f'{v}.mp4').resolve())
     return dict(cfg=cfg, model=model, folder=folder, ids=ids[:10],
-                captions=[c for c, j in zip(captions, cv) if j < 10], root=root)
+                captions=[c for c, j in zip(captions, cv, strict=True) if j < 10], root=root)
 
 
 def test_index_paths_agree_and_carry_the_shortlist(toy, tmp_path):

@@ -1,7 +1,9 @@
 "Run presets: settings.ini -> typed Config, base chains, overrides and errors."
 import pathlib
+from dataclasses import dataclass, fields
 import pytest
 from glscl.config import load_config, list_presets, Config
+from glscl.config import setting, keys_affecting, keys_free_of, EFFECTS, LIMITS, CHOICES, SettingError
 from glscl.cli import course_notebooks
 
 def test_presets_exist_and_load(root):
@@ -69,9 +71,6 @@ def test_course_notebooks_in_order():
     assert names == sorted(names) and names[0].startswith('00')
 
 # --- each setting declared once: its range, its choices and what it affects, on the Config field ----------------------
-
-from dataclasses import dataclass, fields
-from glscl.config import setting, keys_affecting, keys_free_of, EFFECTS, LIMITS, CHOICES, SettingError
 
 def test_every_field_is_declared_with_what_it_affects():
     undeclared = [f.name for f in fields(Config) if 'affects' not in f.metadata]

@@ -1,7 +1,6 @@
 """The other four benchmarks (issue 10): each reader on small files in the exact formats (with blank lines, unicode,
 a missing video, an empty caption list), the video lookup of each naming, multi-sentence and paragraph evaluation on a
 hand-made similarity matrix, the presets, and one toy training step per preset in its own layout."""
-import csv
 import json
 import math
 import pickle
@@ -13,7 +12,7 @@ import torch
 from glscl.config import load_config
 from glscl.data import VideoLookup, VideoTextDataset, collate_videos
 from glscl.datasets import (read_msvd, read_didemo, read_lsmdc, read_activitynet, paragraph, BENCHMARKS, PAPER_T2V,
-                            read_pairs, video_lookup, annotation_files)
+                            video_lookup, annotation_files)
 from glscl.metrics import retrieval_metrics
 from glscl.toyworld import make_toy_msrvtt
 from glscl.toylayouts import write_toy_layout, LAYOUTS
@@ -72,7 +71,7 @@ def test_read_didemo_paragraph_in_time_order(tmp_path):
 
 def test_paragraph_against_a_plain_sort():
     sents, starts = ['c', 'a', 'b', 'd'], [5.0, 0.0, 2.5, 2.5]
-    ref = [s for _, _, s in sorted(zip(starts, range(4), sents))]
+    ref = [s for _, _, s in sorted(zip(starts, range(4), sents, strict=True))]
     assert paragraph(sents, starts) == ' '.join(ref) == 'a b d c'
 
 # --- LSMDC ------------------------------------------------------------------------------------------------------------
@@ -200,7 +199,7 @@ def test_one_training_step_per_preset(toy, tmp_path, layout):
     before = [p.detach().clone() for p in m.lim.parameters()]
     recs = [T.train_step(m, batch, opt, sched, cfg, k) for k in range(2)]   # the released warmup's first step has lr 0
     assert (all(math.isfinite(r['loss']) for r in recs)
-            and any(not torch.equal(a, b) for a, b in zip(before, m.lim.parameters())))
+            and any(not torch.equal(a, b) for a, b in zip(before, m.lim.parameters(), strict=True)))
     caps, vids, cv = T.split_items(cfg, cfg.test_split)
     assert len(vids) == 2 and all(video_lookup(cfg)(v).is_file() for v in vids)
     assert (len(caps) > len(vids)) == (layout == 'msvd')

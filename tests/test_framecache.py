@@ -7,7 +7,6 @@ import pytest
 import torch
 from glscl.config import load_config
 from glscl.toyworld import make_toy_msrvtt
-from glscl.data import VideoTextDataset, VideoDataset
 from glscl.framecache import build_frame_cache, open_frame_cache, FrameCache, split_videos
 from glscl.presetdata import dataset_from_config, videos_from_config
 from glscl.cli import main
@@ -39,7 +38,7 @@ def test_cache_gives_the_video_path_tensors(cfg):
     # through DataLoader workers (the cache is pickled without its memory maps)
     dl = lambda ds: list(torch.utils.data.DataLoader(videos_from_config(ds, vids[:6]), batch_size=3, num_workers=2,
                                                      collate_fn=lambda b: torch.stack([x['frames'] for x in b])))
-    assert all(torch.equal(x, y) for x, y in zip(dl(plain), dl(cfg)))
+    assert all(torch.equal(x, y) for x, y in zip(dl(plain), dl(cfg), strict=True))
 
 def test_mismatched_cache_refused(cfg, caplog):
     "A cache of other sampling settings is never read: the datasets say so and read the videos; building into it fails."
@@ -63,7 +62,7 @@ def test_resume_after_a_kill(cfg):
     with open(cfg.frame_cache/'index.jsonl', 'a') as f: f.write('{"video": "video9", "sha')
     r = build_frame_cache(cfg, progress=False)
     assert r['videos'] == 24
-    recs = [json.loads(l) for l in (cfg.frame_cache/'index.jsonl').read_text().splitlines()]
+    recs = [json.loads(line) for line in (cfg.frame_cache/'index.jsonl').read_text().splitlines()]
     assert len(recs) == len({x['video'] for x in recs}) == 24
     assert shard.stat().st_size == sum(x['nbytes'] for x in recs)                  # the torn tail was cut off
     plain = cfg.replace(frame_cache=None)

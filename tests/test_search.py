@@ -25,7 +25,7 @@ def world(tmp_path_factory):
     (folder/'notes.txt').write_text('not a video')
     path = tmp_path_factory.mktemp('index')
     index = VideoIndex.build(folder, model, path, progress=False)
-    caps = [c for c, j in zip(captions, cv) if j < len(ids)]
+    caps = [c for c, j in zip(captions, cv, strict=True) if j < len(ids)]
     return dict(cfg=cfg, model=model, ids=ids, folder=folder, path=path, index=index, captions=caps)
 
 
@@ -80,7 +80,7 @@ def test_score_blocks_any_block_size(world):
 
 
 def test_incremental_update_and_float16(world, tmp_path):
-    cfg, m = world['cfg'], world['model']
+    m = world['model']
     folder = tmp_path/'v'; folder.mkdir()
     for f in world['index'].files[:3]: (folder/f).symlink_to((world['folder']/f).resolve())
     idx = VideoIndex.build(folder, m, tmp_path/'i', dtype='float16', progress=False)

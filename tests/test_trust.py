@@ -21,6 +21,7 @@ from glscl.data import read_msrvtt, VideoDataset, MSRVTT_FILES
 from glscl.toyworld import make_toy_msrvtt
 from glscl.model import GLSCL
 import glscl.train as T
+from conftest import cli_here
 
 
 class Planted:
@@ -36,8 +37,6 @@ def plant(path, marker, raw: bool = False):
         with open(path, 'wb') as f: pickle.dump(obj, f)
     else: torch.save(obj, path)
     return path
-
-from conftest import cli_here
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -404,7 +403,8 @@ def test_two_trainings_at_once_one_is_refused_and_overwrite_replaces(cfg):
     o, e = p.communicate()
     assert p.returncode == 0 and 'final checkpoint, step 2' in o, e
     assert r.returncode == 2 and f'run folder {out} is being written by process {p.pid}' in r.stderr, r.stderr
-    assert [json.loads(l)['step'] for l in (out/'log.jsonl').read_text().splitlines() if '"step"' in l][:2] == [1, 2]
+    assert [json.loads(line)['step'] for line in (out/'log.jsonl').read_text().splitlines()
+            if '"step"' in line][:2] == [1, 2]
     assert not (out/'.last.pt.k1l2.tmp').exists() and T.read_checkpoint(out/'best.pt')['format'] == 'glscl-checkpoint-1'
 
 def test_an_index_of_the_first_format_still_opens_and_moves_to_generations(index):
