@@ -55,6 +55,7 @@ def uses_quick_gelu(model: torch.nn.Module) -> bool:
     from open_clip.transformer import QuickGELU
     return any(isinstance(m, QuickGELU) for m in model.modules())
 
+# %% ../nbs/13d_checkpoints.ipynb #48153e00
 def save_checkpoint(path, model, opt=None, sched=None, scaler=None, state: dict = None, rng_ranks: list = None) -> Path:
     """Everything a resume needs, written atomically: model, optimizer, scheduler, scaler, RNG states (of every rank),
     loop state, config."""
@@ -70,6 +71,7 @@ TRUST_HINT = ("a glscl checkpoint written before this safe format holds NumPy's 
               "this file yourself, or trust whoever gave it to you, load it knowingly with --trust-pickle "
               "(trust_pickle=True); never for a file from elsewhere")
 
+# %% ../nbs/13d_checkpoints.ipynb #2a179395
 def read_checkpoint(path, trust_pickle: bool = False) -> dict:
     """A glscl checkpoint as saved by `save_checkpoint`, or a clear error. It is read safely (`weights_only=True`:
     tensors, numbers, strings, lists and dicts; nothing in it can run). `trust_pickle=True` reads a checkpoint of an
@@ -91,6 +93,7 @@ def read_checkpoint(path, trust_pickle: bool = False) -> dict:
                          "for CLIP weights use clip_pretrained instead")
     return ckpt
 
+# %% ../nbs/13d_checkpoints.ipynb #9375f1b9
 def nonfinite_tensors(sd: dict) -> list:
     "Names of the floating-point tensors of state dict `sd` that hold a NaN or an infinity, with how many."
     return [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in sd.items()
@@ -124,6 +127,7 @@ def check_state_dict(model, sd: dict, path, ckpt_cfg: dict = None):
                      ". Build the model from the checkpoint's own config (glscl.train.model_from_checkpoint) or resume "
                      "with the same preset.")
 
+# %% ../nbs/13d_checkpoints.ipynb #c7c2b37f
 def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng: bool = False, ckpt: dict = None,
                     trust_pickle: bool = False) -> dict:
     """Load a checkpoint into `model` (and the optimizer, scheduler, scaler and RNGs if given); returns it. `ckpt`:
@@ -139,6 +143,7 @@ def load_checkpoint(path, model, opt=None, sched=None, scaler=None, restore_rng:
 
 RESUME_FREE_KEYS = keys_free_of('training')   # paths, workers, evaluation, length, memory: the same loss and gradients
 
+# %% ../nbs/13d_checkpoints.ipynb #2379e29f
 def check_resume(ckpt: dict, cfg: Config, path):
     "A resume must continue the same run: refuse a checkpoint without optimizer state or with other settings."
     if ckpt.get('optimizer') is None:
@@ -152,6 +157,7 @@ def check_resume(ckpt: dict, cfg: Config, path):
                          "Resume with the run's own settings (only paths, workers, evaluation and the length may "
                          "change).")
 
+# %% ../nbs/13d_checkpoints.ipynb #6504854d
 def model_from_checkpoint(path, device='cpu', trust_pickle: bool = False) -> GLSCL:
     "A GLSCL built from the config stored in the checkpoint (no CLIP download: the weights come from the file)."
     ckpt = read_checkpoint(path, trust_pickle)

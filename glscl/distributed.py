@@ -47,6 +47,7 @@ def world() -> tuple:
     "(rank, world_size) of this process: (0, 1) when torch.distributed is not initialised."
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+# %% ../nbs/13c_processes.ipynb #5321053e
 def all_gather_objects(obj) -> list:
     "Every rank's `obj` (any picklable value), in rank order."
     rank, W = world()
@@ -55,6 +56,7 @@ def all_gather_objects(obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
+# %% ../nbs/13c_processes.ipynb #b82cec36
 def _gather_rows(x: torch.Tensor, sizes: list) -> torch.Tensor:
     "All ranks' rows of `x` (rank r has sizes[r] rows), concatenated in rank order."
     n = max(sizes)
@@ -91,12 +93,14 @@ def gather_batch(enc: dict, released: bool = False) -> dict:
         else: out[k] = _gather_rows(x.to(torch.uint8) if x.dtype == torch.bool else x, sizes).to(x.dtype)
     return out
 
+# %% ../nbs/13c_processes.ipynb #d8184cc1
 def make_gather(cfg: Config):
     "The `gather` the model's forward takes: None in one process, else `gather_batch` with `cfg.ddp_gather`."
     if world()[1] == 1: return None
     released = cfg.ddp_gather == 'released'
     return lambda enc: gather_batch(enc, released)
 
+# %% ../nbs/13c_processes.ipynb #2ae57697
 def on_shards(fn, n: int) -> list:
     """Run `fn(indices)` on this rank's contiguous share of range(n); every rank gets all shares' results in order.
     An error on any rank is raised on every rank (its own error where it failed)."""
@@ -113,6 +117,7 @@ def on_shards(fn, n: int) -> list:
     if errs: raise RuntimeError('; '.join(errs))
     return [r for r, _ in got if r is not None]
 
+# %% ../nbs/13c_processes.ipynb #006feb2a
 def all_true(flag: bool, device) -> bool:
     "Whether `flag` holds on every rank (one collective; the local flag in one process)."
     if world()[1] == 1: return flag

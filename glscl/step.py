@@ -29,6 +29,7 @@ class NonFiniteLoss(RuntimeError):
 
 LOG_STEP_KEYS = ('loss', 'nce', 'icl', 'idl')
 
+# %% ../nbs/13f_step.ipynb #6604e05a
 def forward_backward(model: GLSCL, batch: dict, cfg: Config, step: int = 0, gather=None,
                      scaler=None, forward=None) -> dict:
     """The loss of `batch` (the `step`-th, from 0) and its gradients, written anew into every parameter's `.grad`;
@@ -68,6 +69,7 @@ def forward_backward(model: GLSCL, batch: dict, cfg: Config, step: int = 0, gath
     else: cache.backward(scaled); average_gradients(model)
     return {k: v.detach() for k, v in out.items()}
 
+# %% ../nbs/13f_step.ipynb #88bb388c
 def train_step(model: GLSCL, batch: dict, opt, sched, cfg: Config, step: int, gather=None,
                scaler=None, forward=None) -> dict:
     """One optimisation step on `batch` (the `step`-th, from 0); returns the logged numbers. Raises `NonFiniteLoss`

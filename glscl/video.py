@@ -133,6 +133,7 @@ def video_backend(backend: Optional[str] = None) -> str:
     if name == "decord": _decord()                       # a clear ImportError now, not inside a DataLoader worker
     return name
 
+# %% ../nbs/01a_frames.ipynb #58912a07
 def _header_frames(container) -> int:
     "The frame count an mp4/mov header declares (its sample table), else 0 (other containers' counts are estimates)."
     if "mp4" not in container.format.name or not container.streams.video: return 0
@@ -150,6 +151,7 @@ def _check_complete(path: Path, n: int):
     if declared > n:
         raise _video_error(path, f"it is truncated: the container declares {declared} frames but holds only {n}")
 
+# %% ../nbs/01a_frames.ipynb #4d445b7f
 def _read_decord(path: Path, max_frames: int, fps: float, rule: str) -> np.ndarray:
     "decord: index the file, then `get_batch` seeks to each chosen frame and decodes only those."
     decord = _decord()
@@ -168,6 +170,7 @@ def _read_decord(path: Path, max_frames: int, fps: float, rule: str) -> np.ndarr
 MAX_PIXELS = 4096 * 4096      # frames larger than this are refused (a 8192x8192 video took 7.6 GB to index);
                               # $GLSCL_MAX_PIXELS changes it
 
+# %% ../nbs/01a_frames.ipynb #32bb3407
 def check_frame_size(path: Path, max_pixels: int = None):
     """A VideoError (a counted skip, never a memory blow-up) when `path`'s frames hold more than `max_pixels` pixels
     (read from the header)."""
@@ -182,6 +185,7 @@ def check_frame_size(path: Path, max_pixels: int = None):
                          f"Mpixels (decoding it would take {12 * w * h * 3 / 2**30:.1f} GiB for 12 frames): re-encode "
                          "it smaller (glscl.video.compress_videos) or raise $GLSCL_MAX_PIXELS; it is skipped")
 
+# %% ../nbs/01a_frames.ipynb #c3114555
 def sample_frames(path: PathLike, max_frames: int = 12, fps: float = 1.0, rule: str = "glscl",
                   backend: Optional[str] = None) -> tuple:
     """Decode only the frames `frame_indices` picks (with `rule`): (frames uint8 [n,H,W,3], mask bool [max_frames]).
