@@ -133,6 +133,7 @@ def _tiny_clip(a):
 
 def _course(a): run_course(a.preset, a.out, a.only)
 
+# %% ../nbs/20_cli.ipynb #dd65a404
 def parse_sets(pairs) -> dict:
     "`['lr=1e-4', 'epochs=2']` -> {'lr': '1e-4', 'epochs': '2'} (values are converted by `load_config`)."
     out = {}
@@ -142,6 +143,7 @@ def parse_sets(pairs) -> dict:
         out[k.strip()] = v.strip()
     return out
 
+# %% ../nbs/20_cli.ipynb #02e3f417
 def _train(a):
     "Train on a preset; under `torchrun` every process runs this, rank 0 prepares the toy world and prints."
     import torch.distributed as dist
@@ -185,6 +187,7 @@ def _cache_frames(a):
           f"({r['bytes_per_video'] / 1024:.0f} KiB a video)"
           + (f"; {len(r['unreadable'])} unreadable: {', '.join(r['unreadable'][:10])}" if r['unreadable'] else ''))
 
+# %% ../nbs/20_cli.ipynb #05bb23f2
 EVAL_SETTABLE = keys_affecting('eval_override')      # the settings declared so in 00a_config
 
 def _eval(a):
@@ -196,11 +199,13 @@ def _eval(a):
                                              f"{', encodings from the cache' if r['cached'] else ''})",
                          note=r['v2t_note']))
 
+# %% ../nbs/20_cli.ipynb #0a07a964
 def _compare(a):
     r = compare_checkpoints(a.a, a.b, a.split, a.n_boot, a.seed, a.level, parse_paper(a.paper), parse_sets(a.set),
                             progress=not a.quiet, v2t_protocol=a.v2t_protocol, trust_pickle=a.trust_pickle)
     print(r['text'])
 
+# %% ../nbs/20_cli.ipynb #95c78a91
 def _settings_file(s: str) -> str:
     p = Path(s).expanduser()
     if not p.is_file(): raise argparse.ArgumentTypeError(f"settings file {p} not found")
@@ -224,6 +229,7 @@ def _use_settings(path):
         else: os.environ['GLSCL_SETTINGS'] = old
     return restore
 
+# %% ../nbs/20_cli.ipynb #6d320712
 def parser() -> argparse.ArgumentParser:
     "The `glscl` argument parser."
     p = argparse.ArgumentParser(
@@ -304,6 +310,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_compare)
     return p
 
+# %% ../nbs/20_cli.ipynb #329a9deb
 def main(argv=None):
     "Entry point of the `glscl` console script (also `python -m glscl.cli`, which `torchrun -m glscl.cli` uses)."
     a = parser().parse_args(_settings_first(argv))
