@@ -3,7 +3,8 @@
 Everything else about the package is declared in pyproject.toml. settings.ini stays at the top of the repository, the
 one home of every preset; at build time it is copied into the wheel's build folder only, never into glscl/ of the
 source tree, so there is no second copy to keep in sync. Editable installs read the checkout's settings.ini directly
-(glscl.config.settings_files), so the hook does nothing for them. The sdist carries settings.ini through MANIFEST.in.
+(glscl.settingsfiles.settings_files), so the hook does nothing for them. The sdist carries settings.ini through
+MANIFEST.in.
 """
 from pathlib import Path
 from setuptools import setup

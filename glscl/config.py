@@ -4,17 +4,16 @@
 
 # %% auto #0
 __all__ = ['INF', 'EFFECTS', 'LIMITS', 'CHOICES', 'SettingError', 'setting', 'Config', 'keys_affecting', 'keys_free_of',
-           'user_data_dir', 'packaged_settings', 'checkout_settings', 'settings_files', 'settings_path', 'data_home',
-           'list_presets', 'describe_settings', 'load_config']
+           'load_config']
 
 # %% ../nbs/00a_config.ipynb #4b2e74af
-import configparser
 import dataclasses
 import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, get_type_hints
+from .settingsfiles import settings_files, data_home, _read_ini, _names, _is_packaged
 
 # %% ../nbs/00a_config.ipynb #c9b55c72
 class SettingError(ValueError):
@@ -254,101 +253,6 @@ def _convert(typ, value, key, root: Path, keep_paths: bool = False):
         return value
     raise TypeError(f"setting {key!r}: no conversion to {typ}")
 
-# %% ../nbs/00a_config.ipynb #5b6dd9d0
-import sys
-
-def user_data_dir() -> Path:
-    """The platform's per-user data folder for glscl: $XDG_DATA_HOME/glscl or ~/.local/share/glscl (Linux),
-    ~/Library/Application Support/glscl (macOS), %LOCALAPPDATA%\\glscl (Windows)."""
-    if sys.platform == 'win32': base = os.environ.get('LOCALAPPDATA') or Path.home()/'AppData'/'Local'
-    elif sys.platform == 'darwin': base = Path.home()/'Library'/'Application Support'
-    else:
-        base = os.environ.get('XDG_DATA_HOME', '')
-        if not os.path.isabs(base): base = Path.home()/'.local'/'share'     # the XDG rule: a relative value is ignored
-    return Path(base)/'glscl'
-
-def packaged_settings() -> Optional[Path]:
-    """The `settings.ini` installed inside the glscl package (a wheel or sdist install has it; a checkout has none
-    there)."""
-    import glscl
-    p = Path(glscl.__file__).resolve().parent/'settings.ini'
-    return p if p.is_file() else None
-
-def _is_checkout(d: Path) -> bool:
-    "A glscl repository checkout: settings.ini, pyproject.toml and the glscl package side by side."
-    return (d/'settings.ini').is_file() and (d/'pyproject.toml').is_file() and (d/'glscl'/'config.py').is_file()
-
-def checkout_settings() -> Optional[Path]:
-    """The checkout's `settings.ini`: the current folder or a parent, else the checkout this package is imported from
-    (editable install)."""
-    import glscl
-    here = Path.cwd().resolve()
-    for d in [here, *here.parents, Path(glscl.__file__).resolve().parents[1]]:
-        if _is_checkout(d): return d/'settings.ini'
-    return None
-
-def settings_files(path=None) -> list:
-    """The files presets are read from, the first that has a preset wins: an explicit file (`path`, else
-    $GLSCL_SETTINGS), then the default presets: the checkout's `settings.ini`, else the packaged one."""
-    files, explicit = [], path if path is not None else (os.environ.get('GLSCL_SETTINGS') or None)
-    if explicit is not None:
-        p = Path(os.path.expanduser(str(explicit)))
-        if not p.is_file():
-            raise FileNotFoundError(f"settings file {p} not found" + (
-                "" if path is not None else " (named by $GLSCL_SETTINGS): fix the path or unset GLSCL_SETTINGS"))
-        files.append(p)
-    default = checkout_settings() or packaged_settings()
-    if default is not None and not (files and files[0].resolve() == default.resolve()): files.append(default)
-    if not files:
-        import glscl
-        raise FileNotFoundError("glscl's presets not found: no glscl checkout here and no settings.ini in the "
-                                f"installed package {Path(glscl.__file__).resolve().parent}; reinstall glscl from a "
-                                "wheel or sdist built with its setup.py (it ships settings.ini), or set "
-                                "GLSCL_SETTINGS=/path/to/settings.ini")
-    return files
-
-def settings_path(path=None) -> Path:
-    "The presets file in use: `path`, else $GLSCL_SETTINGS, else the checkout's `settings.ini`, else the packaged one."
-    return settings_files(path)[0]
-
-def _is_packaged(p: Path) -> bool:
-    q = packaged_settings()
-    return q is not None and Path(p).resolve() == q
-
-def data_home(path=None) -> Path:
-    """Where generated data and weights are cached, and where the packaged presets' relative paths point: $GLSCL_DATA,
-    else data/ next to the presets file in use (the repository's data/ in a checkout), else (only the packaged presets)
-    the user's data folder `user_data_dir()`. Never inside the installed package."""
-    if os.environ.get('GLSCL_DATA'): return Path(os.environ['GLSCL_DATA'])
-    p = settings_path(path)
-    return user_data_dir() if _is_packaged(p) else p.parent/'data'
-
-def _read_ini(path: Path) -> configparser.ConfigParser:
-    cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
-    cp.optionxform = str
-    try: cp.read(path, encoding='utf-8')
-    except (configparser.Error, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a valid settings file: {str(e).splitlines()[0]}; fix that line") from None
-    return cp
-
-def _names(layers) -> list:
-    "Preset names of all layers, each once, in order."
-    return list(dict.fromkeys(n for _, cp in layers for n in cp.sections()))
-
-def list_presets(path=None) -> list:
-    "Names of the presets: the explicit settings file's sections, then the default presets' (see `settings_files`)."
-    return _names([(f, _read_ini(f)) for f in settings_files(path)])
-
-def describe_settings(path=None) -> str:
-    "One line: the files presets are read from, in order, and where the packaged presets' relative paths point."
-    out, home = [], checkout_settings()
-    for f in settings_files(path):
-        if _is_packaged(f): kind = f"packaged with glscl; its relative paths under {data_home(path)}"
-        elif home is not None and f.resolve() == home.resolve(): kind = "the repository checkout"
-        else: kind = "the path given" if path is not None else "$GLSCL_SETTINGS or --settings"
-        out.append(f"{f} ({kind})")
-    return "presets from " + ", then ".join(out)
-
 # %% ../nbs/00a_config.ipynb #3985618c
 def _section(layers, name, start=0, seen=()) -> tuple:
     """The keys of preset `name` (looked up in `layers[start:]`, a list of (file, parser)), following `base =` chains,
@@ -414,3 +318,6 @@ def load_config(name: str = 'toy', path=None, **overrides) -> Config:
 # they had a module of their own imports them from here.
 from .filesafety import atomic_save, atomic_write, UnsafeFile, safe_load, FolderBusy  # noqa: F401
 from .filesafety import LOCK_NAME, clean_temporaries, lock_folder, unlock_folder, folder_lock  # noqa: F401
+# Finding settings.ini moved to glscl.settingsfiles (00c_settings_files); code written before imports it from here.
+from .settingsfiles import user_data_dir, packaged_settings, _is_checkout, checkout_settings  # noqa: F401
+from .settingsfiles import settings_path, list_presets, describe_settings  # noqa: F401

@@ -16,7 +16,7 @@ def course_notebooks(nbs_dir=None) -> list:
     """The course's notebooks in order (`NN_name.ipynb`, and `NNa_name.ipynb` for the parts of one that is split: 13a
     ... 13h)."""
     if nbs_dir is None:
-        from glscl.config import checkout_settings
+        from glscl.settingsfiles import checkout_settings
         home = checkout_settings()   # not a $GLSCL_SETTINGS file's folder, nor the package's
         if home is None:
             raise FileNotFoundError("the course's notebooks live in a glscl repository checkout (nbs/), not in the "

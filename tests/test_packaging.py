@@ -11,6 +11,7 @@ import sysconfig
 from pathlib import Path
 import pytest
 import glscl.config as C
+import glscl.settingsfiles as S   # where the lookup lives: patched there, seen by glscl.config too
 from glscl.clip import data_dir
 from glscl.cli import main, course_notebooks
 
@@ -20,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def packaged(monkeypatch, tmp_path):
     """As an installed wheel sees it: no checkout, the presets packaged (the repository's settings.ini stands in for the
     copy)."""
-    monkeypatch.setattr(C, 'checkout_settings', lambda: None)
-    monkeypatch.setattr(C, 'packaged_settings', lambda: (ROOT/'settings.ini').resolve())
+    monkeypatch.setattr(S, 'checkout_settings', lambda: None)
+    monkeypatch.setattr(S, 'packaged_settings', lambda: (ROOT/'settings.ini').resolve())
     for k in ('GLSCL_SETTINGS', 'GLSCL_DATA', 'XDG_DATA_HOME'): monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv('HOME', str(tmp_path/'home'))
     monkeypatch.chdir(tmp_path)
@@ -89,7 +90,7 @@ def test_cli_settings_flag(packaged, monkeypatch):
     with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(io.StringIO()):
         main(['presets', '--settings', str(packaged/'none.ini')])
     assert e.value.code == 2
-    monkeypatch.setattr(C, 'packaged_settings', lambda: None)   # an install without presets: a message with the fix
+    monkeypatch.setattr(S, 'packaged_settings', lambda: None)   # an install without presets: a message with the fix
     with pytest.raises(FileNotFoundError, match="no settings.ini in the installed package .*GLSCL_SETTINGS"):
         C.load_config('toy')
 
