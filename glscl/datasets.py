@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
-from .data import check_caption, check_video_id, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
-from .data import ACTIVITYNET_FILES, LSMDC_FILES       # the file tables (16 exports them there, see below)
+from .annotations import check_caption, check_video_id, read_msrvtt, same_stem, MSRVTT_FILES, VideoLookup
+from .annotations import ACTIVITYNET_FILES, LSMDC_FILES       # the file tables (16a exports them there, see below)
 from .toyworld import read_toy, TOY_VAL
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 import numpy as np
-from .data import ACTIVITYNET_FILES, LSMDC_FILES, MSRVTT_FILES, PathLike
+from .annotations import ACTIVITYNET_FILES, LSMDC_FILES, MSRVTT_FILES, PathLike
 from .toyworld import toy_events, event_phrase
 
 # %% ../nbs/16b_toy_layouts.ipynb #f9dd3286

@@ -184,7 +184,7 @@ def test_repository_documents_become_pages(tmp_path):
     assert [p.name for p in pages] == ['index.html', '01_first.html', '02_second.html', 'RELEASED_RECIPE.html']
     second, doc = pages[2].read_text(), pages[3].read_text()
     assert 'href="RELEASED_RECIPE.html"' in second and '.md"' not in second
-    assert 'The released GLSCL recipe' in doc and 'href="02_data.html"' in doc and '.ipynb"' not in doc
+    assert 'The released GLSCL recipe' in doc and 'href="02a_annotations.html"' in doc and '.ipynb"' not in doc
     assert 'href="index.html"' in doc
 
 
