@@ -22,7 +22,7 @@ from .model import GLSCL
 # `from glscl.search import VideoIndex, store_arrays` works as before
 from .index import *  # noqa: F403
 from .index import VideoIndex, float_block, DTYPES
-from .index import _array_dir, _block_vectors, _fill, _open_shortlist     # the shortlist's home in an index (18a)
+from .index import _array_dir, _block_vectors, _fill, _open_shortlist     # the shortlist's home in an index (18c)
 
 # %% ../nbs/18b_search.ipynb #23324537
 SEARCH_BLOCK = 4096   # videos scored per block (a block's arrays are read from the memory map and converted to float32)
