@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved
 import open_clip
 from glscl.video import OPENAI_STD, clip_preprocess, normalize_frames
-from glscl.toyworld import toy_frames
+from glscl.tinyclip import toy_frames
 
 
 def float_preprocess(frames, S):

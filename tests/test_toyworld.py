@@ -6,7 +6,8 @@ import pytest
 from glscl.data import read_msrvtt, MSRVTT_FILES
 from glscl.video import sample_frames
 from glscl.toyworld import (make_toy_msrvtt, toy_events, random_events, render_frame, event_geometry,
-                            video_captions, toy_frames, frame_caption, COLOURS, SHAPE_WORDS, Event)
+                            video_captions, COLOURS, SHAPE_WORDS, Event)
+from glscl.tinyclip import toy_frames, frame_caption
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
